@@ -1,0 +1,52 @@
+# Switchboard: the two commands are `make run` and `make test`; both set up what they need.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: run test lint bench browser clean help
+
+help:
+	@echo "make run     start the gateway (WebSocket :9004, HTTP API :9005)"
+	@echo "make test    run the whole test suite (installs test dependencies)"
+	@echo "make lint    ruff check"
+	@echo "make bench   run the benchmarks (see docs/BENCHMARKS.md)"
+	@echo "make browser install Debian's chromium for the dashboard browser test"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# One stamp per dependency set; either is rebuilt when setup.cfg changes.
+$(VENV)/.deps-run: setup.cfg pyproject.toml | $(PY)
+	$(PIP) install -e .
+	@touch $@
+
+$(VENV)/.deps-test: setup.cfg pyproject.toml | $(PY)
+	$(PIP) install -e '.[test]'
+	@touch $@ $(VENV)/.deps-run
+
+$(VENV)/.deps-bench: setup.cfg pyproject.toml | $(PY)
+	$(PIP) install -e '.[test,bench]'
+	@touch $@ $(VENV)/.deps-run $(VENV)/.deps-test
+
+run: $(VENV)/.deps-run
+	exec $(PY) run_websocket_server.py
+
+test: $(VENV)/.deps-test
+	$(PY) -m ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.deps-test
+	$(PY) -m ruff check .
+
+bench: $(VENV)/.deps-bench
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium package (sudo apt-get install chromium)"; exit 1; fi; }
+	@chromium --version
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,92 @@
+"""HTTP API middleware: JSON errors, authentication, rate limiting, request logging.
+
+Every error, ours or aiohttp's (404, 405, 413), leaves as ``{"error": {"code", "message"}}``;
+an unexpected exception is logged with its traceback and answered 500 without one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import structlog
+from aiohttp import web
+
+from server.errors import SwitchboardError
+from server.keys import SECURITY
+from server.metrics import API_LATENCY, API_REQUESTS
+
+log = structlog.get_logger("switchboard.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Paths anyone may read: liveness, the docs and the dashboard's static page.
+PUBLIC_PATHS = frozenset({"/health", "/healthz", "/docs", "/openapi.json", "/dashboard",
+                          "/favicon.ico", "/"})
+PUBLIC_PREFIXES = ("/static/",)
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 406: "not_acceptable", 408: "request_timeout",
+               413: "payload_too_large", 415: "unsupported_media_type", 429: "rate_limited",
+               503: "unavailable"}
+
+
+def json_error(status: int, code: str, message: str, *, headers: Any = None,
+               **details: Any) -> web.Response:
+    body = {"error": {"code": code, "message": message, **details}}
+    return web.Response(body=orjson.dumps(body), status=status,
+                        content_type="application/json", headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    route = request.match_info.route.resource
+    route_name = route.canonical if route is not None else "unmatched"
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except SwitchboardError as exc:
+        status = exc.http_status
+        return json_error(status, exc.code, exc.message, **exc.details)
+    except web.HTTPException as exc:
+        status = exc.status
+        if status < 400:
+            raise
+        message = exc.text if exc.text and not exc.text.startswith(f"{status}:") else exc.reason
+        if status == 413:
+            message = (f"request body too large (limit "
+                       f"{request.app[SECURITY].settings.api_max_body} bytes)")
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+        return json_error(status, _HTTP_CODES.get(status, "http_error"), message,
+                          headers=headers)
+    except Exception:
+        log.exception("api_crashed", method=request.method, path=request.path)
+        return json_error(500, "internal_error", "internal server error")
+    finally:
+        elapsed = time.perf_counter() - started
+        API_REQUESTS.labels(request.method, route_name, str(status)).inc()
+        API_LATENCY.labels(route_name).observe(elapsed)
+        log.debug("api_request", method=request.method, path=request.path, status=status,
+                  ms=round(elapsed * 1000, 3))
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.method == "OPTIONS" or request.path in PUBLIC_PATHS or request.path.startswith(
+            PUBLIC_PREFIXES):
+        return await handler(request)
+    security = request.app[SECURITY]
+    refusal = security.check_api_token(request)
+    if refusal is not None:
+        return refusal
+    caller = (request.headers.get("Authorization") or request.headers.get("X-API-Key")
+              or request.remote or "unknown")
+    limited = security.check_api_rate(caller)
+    if limited is not None:
+        return limited
+    return await handler(request)

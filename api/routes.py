@@ -1,0 +1,270 @@
+"""HTTP API routes (PRODUCT.md section 3). They talk to the gateway, never to a socket."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from server.errors import ProtocolError, SwitchboardError, ValidationError
+from server.gateway import Gateway
+from server.keys import GATEWAY, ROUTER
+from server.metrics import render
+from server.protocol import Field, validate_fields
+
+MAX_PAGE = 1000
+JSON_TYPES = ("application/json",)
+
+routes = web.RouteTableDef()
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+async def read_json(request: web.Request, spec: dict[str, Field]) -> dict[str, Any]:
+    """The request's JSON object body, validated against ``spec``.
+
+    400 when it is not JSON or not an object, 415 for another content type, 422 naming the
+    first wrong field. The body size limit (413) is enforced by aiohttp (``client_max_size``).
+    """
+    ctype = request.content_type
+    if ctype not in JSON_TYPES and not ctype.endswith("+json"):
+        raise SwitchboardError(
+            f"expected Content-Type: application/json, got {ctype or '(none)'}",
+            code="unsupported_media_type", http_status=415)
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"request body is not valid JSON: {exc.msg}",
+                            code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("request body must be a JSON object", code="invalid_json")
+    validate_fields(body, spec, prefix="")
+    return body
+
+
+def query_int(request: web.Request, name: str, default: int | None, lo: int = 0,
+              hi: int = 2**62) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(f"{name} must be an integer", code="invalid_field",
+                              details={"field": name}) from None
+    if not lo <= value <= hi:
+        raise ValidationError(f"{name} must be between {lo} and {hi}", code="invalid_field",
+                              details={"field": name})
+    return value
+
+
+def query_bool(request: web.Request, name: str) -> bool | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw.lower() in ("1", "true", "yes"):
+        return True
+    if raw.lower() in ("0", "false", "no"):
+        return False
+    raise ValidationError(f"{name} must be true or false", code="invalid_field",
+                          details={"field": name})
+
+
+def idempotency_key(request: web.Request, body: dict[str, Any]) -> str | None:
+    key = body.get("idempotency_key") or request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 0 < len(key) <= 256:
+        raise ValidationError("idempotency_key must be a string of 1-256 characters",
+                              code="invalid_field", details={"field": "idempotency_key"})
+    return f"{request.path}:{key}"
+
+
+def gw(request: web.Request) -> Gateway:
+    return request.app[GATEWAY]
+
+
+# --- status, clients --------------------------------------------------------------------------
+
+
+@routes.get("/status")
+@routes.get("/ws/status")
+async def get_status(request: web.Request) -> web.Response:
+    return json_response(gw(request).status())
+
+
+@routes.get("/clients")
+async def list_clients(request: web.Request) -> web.Response:
+    limit = query_int(request, "limit", 100, 1, MAX_PAGE)
+    offset = query_int(request, "offset", 0)
+    connected = query_bool(request, "connected")
+    gateway = gw(request)
+    selected = list(gateway.registry.select(
+        channel=request.query.get("channel") or None,
+        client_type=request.query.get("client_type") or None,
+        connected=connected))
+    selected.sort(key=lambda s: (s.connected_at, s.client_id))
+    assert limit is not None and offset is not None
+    page = selected[offset:offset + limit]
+    node = gateway.broker.node_id
+    return json_response({"clients": [s.describe(node) for s in page], "total": len(selected),
+                          "limit": limit, "offset": offset})
+
+
+@routes.get("/clients/{client_id}")
+async def get_client(request: web.Request) -> web.Response:
+    gateway = gw(request)
+    session = gateway.require(request.match_info["client_id"])
+    return json_response(session.describe(gateway.broker.node_id))
+
+
+@routes.get("/clients/{client_id}/messages")
+async def get_messages(request: web.Request) -> web.Response:
+    session = gw(request).require(request.match_info["client_id"])
+    limit = query_int(request, "limit", 100, 1, MAX_PAGE)
+    after = query_int(request, "after_seq", None)
+    before = query_int(request, "before_seq", None)
+    assert limit is not None
+    entries = list(session.history)
+    if after is not None:
+        entries = [e for e in entries if (e.pos > after if e.outbound else e.pos >= after)]
+    if before is not None:
+        entries = [e for e in entries if e.pos < before]
+    has_more = len(entries) > limit
+    # Paging backwards (before_seq only) returns the newest page before it; otherwise oldest.
+    page = entries[-limit:] if before is not None and after is None else entries[:limit]
+    oldest = session.oldest_outbound_seq()
+    return json_response({
+        "client_id": session.client_id,
+        "messages": [e.as_dict() for e in page],
+        "count": len(page),
+        "has_more": has_more,
+        "last_seq": session.seq,
+        "oldest_seq": oldest,
+    })
+
+
+@routes.delete("/clients/{client_id}")
+async def delete_client(request: web.Request) -> web.Response:
+    return json_response(await gw(request).disconnect(request.match_info["client_id"]))
+
+
+# --- delivery ---------------------------------------------------------------------------------
+
+SEND_FIELDS = {
+    "client_id": Field("string", required=True, max_length=128),
+    "content": Field("any"),
+    "message_type": Field("string", max_length=64),
+    "data": Field("object"),
+}
+
+
+@routes.post("/send_message")
+async def send_message(request: web.Request) -> web.Response:
+    body = await read_json(request, SEND_FIELDS)
+    if "content" not in body and "data" not in body:
+        raise ValidationError("content is required (or data)", code="invalid_field",
+                              details={"field": "content"})
+    gateway = gw(request)
+    key = idempotency_key(request, body)
+    answer, replayed = await gateway.idempotent(key, lambda: gateway.send_message(
+        body["client_id"], body.get("content"), message_type=body.get("message_type") or "message",
+        data=body.get("data")))
+    if replayed:
+        answer = {**answer, "idempotent_replay": True}
+    return json_response(answer, status=200 if answer["status"] == "delivered" else 202)
+
+
+BROADCAST_FIELDS = {
+    "message_type": Field("string", required=True, max_length=64),
+    "data": Field("object"),
+    "channel": Field("string", max_length=128),
+    "client_type": Field("string", max_length=64),
+}
+
+
+@routes.post("/broadcast")
+async def broadcast(request: web.Request) -> web.Response:
+    body = await read_json(request, BROADCAST_FIELDS)
+    gateway = gw(request)
+    key = idempotency_key(request, body)
+    answer, replayed = await gateway.idempotent(key, lambda: gateway.broadcast(
+        body["message_type"], body.get("data") or {}, channel=body.get("channel"),
+        client_type=body.get("client_type")))
+    if replayed:
+        answer = {**answer, "idempotent_replay": True}
+    return json_response(answer)
+
+
+CALL_FIELDS = {
+    "client_id": Field("string", required=True, max_length=128),
+    "tool_name": Field("string", required=True, max_length=128),
+    "params": Field("object"),
+    "timeout": Field("number"),
+    "wait_for_client": Field("boolean"),
+}
+
+
+@routes.post("/call_tool")
+async def call_tool(request: web.Request) -> web.Response:
+    body = await read_json(request, CALL_FIELDS)
+    timeout = body.get("timeout")
+    if timeout is not None and not 0 < timeout <= 3600:
+        raise ValidationError("timeout must be between 0 and 3600 seconds",
+                              code="invalid_field", details={"field": "timeout"})
+    answer = await gw(request).call_tool(
+        body["client_id"], body["tool_name"], body.get("params") or {}, timeout=timeout,
+        wait_for_client=bool(body.get("wait_for_client", False)))
+    return json_response(answer)
+
+
+# --- introspection ----------------------------------------------------------------------------
+
+
+@routes.get("/channels")
+async def channels(request: web.Request) -> web.Response:
+    registry = gw(request).registry
+    stats = registry.channel_stats()
+    return json_response({"channels": [{"channel": name, "subscribers": count}
+                                       for name, count in stats.items()],
+                          "total_channels": len(stats),
+                          "available_channels": registry.available_channels()})
+
+
+@routes.get("/handlers")
+@routes.get("/ws/handlers")
+async def handlers(request: web.Request) -> web.Response:
+    router = request.app[ROUTER]
+    return json_response({"handlers": router.describe(), "types": router.types()})
+
+
+@routes.get("/tools")
+async def tools(request: web.Request) -> web.Response:
+    return json_response({"tools": gw(request).tools.describe()})
+
+
+@routes.get("/health")
+@routes.get("/healthz")
+async def health(request: web.Request) -> web.Response:
+    """Liveness: the process answers. ``?ready=1`` (or ``/ready``) checks readiness."""
+    return json_response({"status": "ok"})
+
+
+@routes.get("/ready")
+async def ready(request: web.Request) -> web.Response:
+    gateway = gw(request)
+    broker_ok = gateway.broker.healthy
+    ok = broker_ok and gateway.accepting
+    return json_response({"status": "ready" if ok else "unavailable",
+                          "broker": gateway.broker.describe(), "accepting": gateway.accepting},
+                         status=200 if ok else 503)
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=render(), headers={
+        "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -1,0 +1,151 @@
+"""Application assembly: the WebSocket app and the HTTP API app over one gateway.
+
+``create_apps(settings)`` returns both ``web.Application``s sharing one
+:class:`~server.gateway.Gateway` (one session registry). Resources and background tasks (the
+broker, the expiry sweeper, the metrics collector, webhook clients) live in the WebSocket app's
+``cleanup_ctx``; its ``on_shutdown`` closes every socket with 1001.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import aiohttp_cors
+import structlog
+from aiohttp import web
+
+from api.middleware import auth_middleware, error_middleware
+from api.routes import routes as api_routes
+from handlers import build_router
+from server.broker import create_broker
+from server.config import Settings
+from server.errors import CloseCode
+from server.gateway import SYSTEM_CHANNELS, Gateway
+from server.keys import CONNECTIONS, GATEWAY, ROUTER, SECURITY
+from server.metrics import BROKER_UP, REGISTRY, LiveStateCollector
+from server.router import MessageRouter
+from server.security import Security
+from server.sessions import SessionRegistry
+from server.tools import default_tools
+from server.ws import WS_PATHS, close_all, websocket_handler
+
+log = structlog.get_logger("switchboard.app")
+
+#: How often sessions past SESSION_TTL are reclaimed.
+SWEEP_INTERVAL = 1.0
+
+
+def create_gateway(settings: Settings) -> Gateway:
+    allow_list = (*settings.channels, *SYSTEM_CHANNELS) if settings.channels else ()
+    registry = SessionRegistry(history_limit=settings.history_limit,
+                               session_ttl=settings.session_ttl, channel_allow_list=allow_list)
+    broker = create_broker(settings.broker_url, settings.node_id)
+    return Gateway(settings=settings, registry=registry, broker=broker,
+                   tools=default_tools.copy())
+
+
+def create_apps(settings: Settings, gateway: Gateway | None = None,
+                router: MessageRouter | None = None
+                ) -> tuple[web.Application, web.Application]:
+    """The WebSocket app and the API app, sharing one gateway and router."""
+    gateway = gateway or create_gateway(settings)
+    router = router or build_router()
+    security = Security(settings)
+
+    ws_app = web.Application()
+    ws_app[GATEWAY] = gateway
+    ws_app[ROUTER] = router
+    ws_app[SECURITY] = security
+    ws_app[CONNECTIONS] = set()
+    for path in WS_PATHS:
+        ws_app.router.add_get(path, websocket_handler)
+    ws_app.cleanup_ctx.append(_broker_ctx)
+    ws_app.cleanup_ctx.append(_sweeper_ctx)
+    ws_app.cleanup_ctx.append(_metrics_ctx)
+    ws_app.on_shutdown.append(_close_sockets)
+
+    api_app = web.Application(middlewares=[error_middleware, auth_middleware],
+                              client_max_size=settings.api_max_body)
+    api_app[GATEWAY] = gateway
+    api_app[ROUTER] = router
+    api_app[SECURITY] = security
+    api_app.add_routes(api_routes)
+    _setup_cors(api_app, settings)
+    return ws_app, api_app
+
+
+def _setup_cors(app: web.Application, settings: Settings) -> None:
+    origins = settings.allowed_origins or ("*",)
+    options = aiohttp_cors.ResourceOptions(
+        allow_credentials=False, expose_headers="*",
+        allow_headers=("Authorization", "Content-Type", "X-API-Key", "Idempotency-Key"),
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"], max_age=600)
+    cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
+    for route in list(app.router.routes()):
+        if route.method != "HEAD":
+            cors.add(route)
+
+
+async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[GATEWAY]
+
+    async def on_message(topic: str, payload: bytes) -> None:  # pragma: no cover - redis
+        handler = getattr(gateway, "on_broker_message", None)
+        if handler is not None:
+            await handler(topic, payload)
+
+    await gateway.broker.start(on_message)
+    log.info("broker_started", **gateway.broker.describe())
+    yield
+    await gateway.cancel_tasks()
+    await gateway.broker.stop()
+
+
+async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[GATEWAY]
+
+    async def sweep_forever() -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                gateway.sweep()
+            except Exception:  # housekeeping must never die
+                log.exception("sweep_failed")
+
+    task = asyncio.get_running_loop().create_task(sweep_forever(), name="session-sweeper")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[GATEWAY]
+    connections = app[CONNECTIONS]
+
+    def sample() -> dict[str, float]:
+        registry = gateway.registry
+        BROKER_UP.set(1 if gateway.broker.healthy else 0)
+        return {
+            "connections": len(connections),
+            "sessions": len(registry),
+            "channels": len(registry.channels),
+            "send_queue_frames": sum(len(c.queue) for c in connections),
+            "send_queue_bytes": sum(c.queued_bytes for c in connections),
+            "pending_tool_calls": len(gateway.pending_calls),
+        }
+
+    collector = LiveStateCollector(sample)
+    REGISTRY.register(collector)
+    yield
+    REGISTRY.unregister(collector)
+
+
+async def _close_sockets(app: web.Application) -> None:
+    app[GATEWAY].accepting = False
+    connections = app[CONNECTIONS]
+    if connections:
+        log.info("closing_sockets", count=len(connections), code=int(CloseCode.GOING_AWAY))
+    await close_all(connections, CloseCode.GOING_AWAY)

@@ -1,0 +1,320 @@
+"""Settings, read from environment variables (and optionally a ``.env`` file) and validated once.
+
+Every variable has a safe default. A bad value raises :class:`ConfigError` whose message is one
+line naming the variable; ``run_websocket_server.py`` prints it and exits with status 2.
+The README's configuration table is kept in step with :data:`SETTINGS_DOC`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from server.errors import ConfigError
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _int(name: str, raw: str, lo: int, hi: int) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}: must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _float(name: str, raw: str, lo: float, hi: float) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}: expected a number of seconds, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name}: must be between {lo:g} and {hi:g}, got {value:g}")
+    return value
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}: expected true/false, got {raw!r}")
+
+
+def _choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in choices:
+        raise ConfigError(f"{name}: expected one of {', '.join(choices)}, got {raw!r}")
+    return value
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _host(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value or any(c.isspace() for c in value) or "/" in value:
+        raise ConfigError(f"{name}: expected a host name or IP address, got {raw!r}")
+    return value
+
+
+def _url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
+    value = raw.strip()
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or (parts.scheme not in ("memory",) and not parts.netloc):
+        raise ConfigError(f"{name}: expected a {'/'.join(schemes)} URL, got {value!r}")
+    return value
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    origins = _list(raw)
+    for origin in origins:
+        if origin == "*":
+            continue
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("",):
+            raise ConfigError(
+                f"{name}: each origin must look like https://app.example.com (no path), "
+                f"got {origin!r}"
+            )
+    return origins
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """All runtime settings. Build with :meth:`from_env`; tests use ``Settings(**overrides)``."""
+
+    ws_host: str = "0.0.0.0"
+    ws_port: int = 9004
+    api_host: str = ""  # "" means: loopback without API_TOKEN, else WS_HOST
+    api_port: int = 9005
+    ws_heartbeat: float = 30.0
+    ws_timeout: float = 300.0
+    max_connections: int = 10_000
+    max_connections_per_ip: int = 0
+    max_message_size: int = 1024 * 1024
+    history_limit: int = 1000
+    session_ttl: float = 300.0
+    send_queue_frames: int = 1000
+    send_queue_bytes: int = 8 * 1024 * 1024
+    api_token: str = field(default="", repr=False)
+    api_insecure: bool = False
+    api_max_body: int = 1024 * 1024
+    api_rate_limit: float = 0.0
+    api_rate_burst: int = 200
+    ws_rate_limit: float = 100.0
+    ws_rate_burst: int = 200
+    ws_compression: bool = False
+    ws_auth: str = "none"
+    ws_auth_token: str = field(default="", repr=False)
+    ws_jwt_secret: str = field(default="", repr=False)
+    allowed_origins: tuple[str, ...] = ()
+    channels: tuple[str, ...] = ()
+    chat_webhook_url: str = ""
+    tool_webhook_url: str = ""
+    webhook_timeout: float = 30.0
+    call_tool_timeout: float = 30.0
+    permission_timeout: float = 60.0
+    idempotency_ttl: float = 300.0
+    broker_url: str = "memory://"
+    workers: int = 1
+    node_id: str = ""
+    log_level: str = "info"
+    log_format: str = "console"
+    shutdown_timeout: float = 10.0
+
+    @property
+    def effective_api_host(self) -> str:
+        """Where the API listens: API_HOST, else WS_HOST when a token protects it, else
+        loopback only (an unauthenticated push API is never exposed by default)."""
+        if self.api_host:
+            return self.api_host
+        return self.ws_host if self.api_token else "127.0.0.1"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None,
+                 env_file: str | os.PathLike[str] | None = None) -> Settings:
+        """Read and validate every setting. Raises ConfigError naming the bad variable.
+
+        Values already in the environment win over those in ``env_file`` (``.env`` style:
+        ``KEY=value`` lines, ``#`` comments).
+        """
+        env: dict[str, str] = {}
+        if env_file is not None and Path(env_file).is_file():
+            env.update(_read_env_file(Path(env_file)))
+        env.update(os.environ if environ is None else environ)
+        values: dict[str, Any] = {}
+        for spec in SETTINGS_DOC:
+            raw = env.get(spec.env)
+            if raw is None or (raw.strip() == "" and spec.env not in _EMPTY_ALLOWED):
+                continue
+            values[spec.attr] = spec.parse(spec.env, raw)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Cross-field rules (each message names the variable to change)."""
+        if self.ws_port == self.api_port and self.ws_host == self.effective_api_host:
+            raise ConfigError("API_PORT: must differ from WS_PORT on the same host")
+        if not self.api_token and not self.api_insecure and not is_loopback(
+            self.effective_api_host
+        ):
+            raise ConfigError(
+                f"API_TOKEN: required when the API listens beyond loopback "
+                f"(API_HOST={self.effective_api_host}); set API_TOKEN, or API_INSECURE=true "
+                f"to expose an unauthenticated push API on purpose"
+            )
+        if self.ws_auth == "jwt" and not self.ws_jwt_secret:
+            raise ConfigError("WS_JWT_SECRET: required when WS_AUTH=jwt")
+        if self.ws_auth == "token" and not self.ws_auth_token:
+            raise ConfigError("WS_AUTH_TOKEN: required when WS_AUTH=token")
+        scheme = urlsplit(self.broker_url).scheme
+        if self.workers > 1 and scheme == "memory":
+            raise ConfigError(
+                "WORKERS: more than one worker needs a shared broker; set BROKER_URL=redis://…"
+            )
+        if self.send_queue_bytes < self.max_message_size:
+            raise ConfigError("SEND_QUEUE_BYTES: must be at least MAX_MESSAGE_SIZE")
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings without secrets, for logs and ``/status``."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name in _SECRETS:
+                out[f.name] = bool(getattr(self, f.name))
+            else:
+                out[f.name] = getattr(self, f.name)
+        return out
+
+
+_SECRETS = frozenset({"api_token", "ws_auth_token", "ws_jwt_secret"})
+_EMPTY_ALLOWED = frozenset({"ALLOWED_ORIGINS", "CHANNELS"})
+
+
+@dataclass(frozen=True, slots=True)
+class SettingSpec:
+    env: str
+    attr: str
+    parse: Callable[[str, str], Any]
+    default: str
+    doc: str
+
+
+def _spec(env: str, parse: Callable[[str, str], Any], default: str, doc: str) -> SettingSpec:
+    return SettingSpec(env, env.lower(), parse, default, doc)
+
+
+def _port(n: str, r: str) -> int:
+    return _int(n, r, 1, 65535)
+
+
+#: Every environment variable, its parser, default and one-line meaning (the README's table).
+SETTINGS_DOC: tuple[SettingSpec, ...] = (
+    _spec("WS_HOST", _host, "0.0.0.0", "Interface the WebSocket app listens on."),
+    _spec("WS_PORT", _port, "9004", "WebSocket port (paths /, /ws, /ws/chat, /ws/mcplog)."),
+    _spec("API_HOST", _host, "WS_HOST if API_TOKEN set, else 127.0.0.1",
+          "Interface of the HTTP API."),
+    _spec("API_PORT", _port, "9005", "HTTP API port."),
+    _spec("WS_HEARTBEAT", lambda n, r: _float(n, r, 0, 3600), "30",
+          "Seconds between server pings (0 disables)."),
+    _spec("WS_TIMEOUT", lambda n, r: _float(n, r, 1, 86400), "300",
+          "Close a connection that sent nothing for this many seconds (close 4011)."),
+    _spec("MAX_CONNECTIONS", lambda n, r: _int(n, r, 1, 10_000_000), "10000",
+          "Concurrent WebSocket connections; beyond it the upgrade gets HTTP 503."),
+    _spec("MAX_CONNECTIONS_PER_IP", lambda n, r: _int(n, r, 0, 10_000_000), "0",
+          "Concurrent connections from one IP (0 = no limit); beyond it HTTP 429."),
+    _spec("MAX_MESSAGE_SIZE", lambda n, r: _int(n, r, 256, 64 * 1024 * 1024), "1048576",
+          "Largest client frame in bytes; larger closes with 1009."),
+    _spec("HISTORY_LIMIT", lambda n, r: _int(n, r, 1, 1_000_000), "1000",
+          "Frames of history kept per session (both directions)."),
+    _spec("SESSION_TTL", lambda n, r: _float(n, r, 0, 30 * 86400), "300",
+          "Seconds a dropped session is kept for resume."),
+    _spec("SEND_QUEUE_FRAMES", lambda n, r: _int(n, r, 1, 10_000_000), "1000",
+          "Frames queued for one slow connection before it is closed with 4008."),
+    _spec("SEND_QUEUE_BYTES", lambda n, r: _int(n, r, 1024, 2**40), "8388608",
+          "Bytes queued for one slow connection before it is closed with 4008."),
+    _spec("API_TOKEN", lambda n, r: r.strip(), "(unset)",
+          "Bearer token the HTTP API requires (also accepted as X-API-Key)."),
+    _spec("API_INSECURE", _bool, "false",
+          "Allow an unauthenticated API on a non-loopback interface."),
+    _spec("API_MAX_BODY", lambda n, r: _int(n, r, 1024, 2**31), "1048576",
+          "Largest HTTP request body in bytes (413 beyond)."),
+    _spec("API_RATE_LIMIT", lambda n, r: _float(n, r, 0, 1e9), "0",
+          "API requests per second per token/IP (0 = unlimited); 429 beyond."),
+    _spec("API_RATE_BURST", lambda n, r: _int(n, r, 1, 10_000_000), "200",
+          "Burst size of the API rate limit."),
+    _spec("WS_RATE_LIMIT", lambda n, r: _float(n, r, 0, 1e9), "100",
+          "Client frames per second per connection (0 = unlimited)."),
+    _spec("WS_RATE_BURST", lambda n, r: _int(n, r, 1, 10_000_000), "200",
+          "Burst size of the frame rate limit."),
+    _spec("WS_COMPRESSION", _bool, "false", "Offer permessage-deflate."),
+    _spec("WS_AUTH", lambda n, r: _choice(n, r, ("none", "token", "jwt")), "none",
+          "Client authentication: none, token (WS_AUTH_TOKEN) or jwt (WS_JWT_SECRET)."),
+    _spec("WS_AUTH_TOKEN", lambda n, r: r.strip(), "(unset)",
+          "Static token clients present when WS_AUTH=token."),
+    _spec("WS_JWT_SECRET", lambda n, r: r.strip(), "(unset)",
+          "HS256 secret for client JWTs when WS_AUTH=jwt."),
+    _spec("ALLOWED_ORIGINS", _origins, "(any)",
+          "Comma-separated exact Origins allowed to open sockets and call the API from a "
+          "browser."),
+    _spec("CHANNELS", lambda n, r: _list(r), "(any)", "Comma-separated channel allow-list."),
+    _spec("CHAT_WEBHOOK_URL", lambda n, r: _url(n, r, ("http", "https")), "(echo)",
+          "Backend that answers chat messages (JSON or streamed)."),
+    _spec("TOOL_WEBHOOK_URL", lambda n, r: _url(n, r, ("http", "https")), "(unset)",
+          "Backend that runs tools not in the local registry."),
+    _spec("WEBHOOK_TIMEOUT", lambda n, r: _float(n, r, 0.1, 3600), "30",
+          "Seconds to wait for a webhook backend."),
+    _spec("CALL_TOOL_TIMEOUT", lambda n, r: _float(n, r, 0.1, 3600), "30",
+          "Default seconds POST /call_tool waits for the client (504 beyond)."),
+    _spec("PERMISSION_TIMEOUT", lambda n, r: _float(n, r, 0.1, 3600), "60",
+          "Seconds a high-risk tool waits for permission_response."),
+    _spec("IDEMPOTENCY_TTL", lambda n, r: _float(n, r, 1, 86400), "300",
+          "Seconds an idempotency_key is remembered."),
+    _spec("BROKER_URL", lambda n, r: _url(n, r, ("memory", "redis", "rediss")), "memory://",
+          "memory:// (one process) or redis://host:port/db to scale out."),
+    _spec("WORKERS", lambda n, r: _int(n, r, 1, 256), "1",
+          "Processes sharing both ports (needs a redis BROKER_URL when > 1)."),
+    _spec("NODE_ID", lambda n, r: r.strip(), "(hostname-pid)", "This node's name in a cluster."),
+    _spec("LOG_LEVEL", lambda n, r: _choice(n, r, ("debug", "info", "warning", "error")),
+          "info", "Log level."),
+    _spec("LOG_FORMAT", lambda n, r: _choice(n, r, ("json", "console")), "console",
+          "json (one object per line) or console."),
+    _spec("SHUTDOWN_TIMEOUT", lambda n, r: _float(n, r, 0, 600), "10",
+          "Seconds to finish in-flight work on SIGINT/SIGTERM."),
+)
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip().removeprefix("export ").strip()
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[key] = value
+    return out

@@ -1,0 +1,204 @@
+"""Errors and close codes: one root exception, each error knowing its wire code.
+
+This module imports nothing from aiohttp so the protocol layer and its tests stay I/O free.
+
+* ``SwitchboardError`` is the root. Every subclass carries ``code`` (the string put in an
+  ``error`` frame or an HTTP error body) and ``http_status`` (what the HTTP API answers).
+* ``CloseCode`` lists every WebSocket close code the gateway sends after the upgrade, with
+  what it means and whether a client should reconnect (and resume) or not.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Any
+
+
+class SwitchboardError(Exception):
+    """Root of every error the gateway reports to a client or an HTTP caller."""
+
+    code: str = "internal_error"
+    http_status: int = 500
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        http_status: int | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if http_status is not None:
+            self.http_status = http_status
+        self.details = details or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``{"code", "message", ...details}`` body used on both ports."""
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        body.update(self.details)
+        return body
+
+
+class ConfigError(SwitchboardError):
+    """A setting is invalid; the message names the environment variable."""
+
+    code = "config_error"
+
+
+class ProtocolError(SwitchboardError):
+    """A client frame is malformed (bad JSON, not an object, a field of the wrong type)."""
+
+    code = "invalid_frame"
+    http_status = 400
+
+
+class ValidationError(SwitchboardError):
+    """A field has the wrong type or value; the message names the field."""
+
+    code = "validation_error"
+    http_status = 422
+
+
+class UnknownTypeError(ProtocolError):
+    code = "unknown_type"
+
+
+class NotFoundError(SwitchboardError):
+    code = "not_found"
+    http_status = 404
+
+
+class ClientNotFound(NotFoundError):
+    code = "client_not_found"
+
+
+class ClientOffline(SwitchboardError):
+    """The session is kept for resume, but nobody is connected to answer right now."""
+
+    code = "client_offline"
+    http_status = 409
+
+
+class ClientDisconnected(SwitchboardError):
+    """The client went away while the gateway waited for its answer."""
+
+    code = "client_disconnected"
+    http_status = 502
+
+
+class CallTimeout(SwitchboardError):
+    code = "timeout"
+    http_status = 504
+
+
+class DeliveryFailed(SwitchboardError):
+    """A frame could be neither delivered nor queued; the HTTP caller must be told."""
+
+    code = "delivery_failed"
+    http_status = 503
+
+
+class Unavailable(SwitchboardError):
+    code = "unavailable"
+    http_status = 503
+
+
+class AuthError(SwitchboardError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class ForbiddenError(SwitchboardError):
+    code = "forbidden"
+    http_status = 403
+
+
+class RateLimited(SwitchboardError):
+    code = "rate_limited"
+    http_status = 429
+
+
+class PayloadTooLarge(SwitchboardError):
+    code = "payload_too_large"
+    http_status = 413
+
+
+class ToolError(SwitchboardError):
+    """A server-side tool could not run (unknown tool, bad params, the tool raised)."""
+
+    code = "tool_error"
+    http_status = 422
+
+
+class UpstreamError(SwitchboardError):
+    """A backend webhook was slow, down or answered garbage."""
+
+    code = "upstream_error"
+    http_status = 502
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes sent after the upgrade.
+
+    ``reconnect`` says what a well-behaved client does next: reconnect (with backoff) and resume
+    with ``client_id``, ``session_token`` and ``last_seq``, or stop and tell its user.
+    """
+
+    NORMAL = 1000
+    """The client closed, or the server ended the connection normally. Do not reconnect."""
+    GOING_AWAY = 1001
+    """The server is shutting down or restarting. Reconnect and resume: nothing is lost."""
+    MESSAGE_TOO_BIG = 1009
+    """A frame exceeded MAX_MESSAGE_SIZE (or its decompressed size did). The frame was dropped;
+    reconnect and resume, and send smaller frames."""
+    INTERNAL_ERROR = 1011
+    """An unexpected server failure. Reconnect with backoff and resume."""
+    REPLACED = 4000
+    """Another connection resumed this session (a second tab, a reconnect). Do not reconnect:
+    the newer connection owns the session."""
+    SESSION_ENDED = 4001
+    """An operator ended the session (``DELETE /clients/{id}``). Do not reconnect."""
+    INVALID_SESSION = 4003
+    """The ``session_token`` did not match or the session expired. Do not resume; connect
+    afresh without ``session_token`` (a new session)."""
+    SLOW_CONSUMER = 4008
+    """The client did not read fast enough and its send queue overflowed. Reconnect and resume:
+    every missed frame is replayed from history."""
+    RATE_LIMITED = 4009
+    """The client kept sending faster than its frame rate limit. Reconnect after a backoff."""
+    TOKEN_EXPIRED = 4010
+    """The client's authentication token expired. Reconnect with a fresh token and resume."""
+    IDLE_TIMEOUT = 4011
+    """Nothing was received for WS_TIMEOUT seconds. Reconnect and resume when needed."""
+
+    @property
+    def reconnect(self) -> bool:
+        """Whether a client should reconnect (and resume) after this close code."""
+        return self not in _NO_RECONNECT
+
+    @property
+    def explanation(self) -> str:
+        """A short human-readable reason, sent as the close frame's message."""
+        return _EXPLANATIONS[self]
+
+
+_NO_RECONNECT = frozenset({CloseCode.NORMAL, CloseCode.REPLACED, CloseCode.SESSION_ENDED,
+                           CloseCode.INVALID_SESSION})
+
+_EXPLANATIONS: dict[CloseCode, str] = {
+    CloseCode.NORMAL: "normal closure",
+    CloseCode.GOING_AWAY: "server shutting down; reconnect and resume",
+    CloseCode.MESSAGE_TOO_BIG: "frame larger than MAX_MESSAGE_SIZE",
+    CloseCode.INTERNAL_ERROR: "internal server error; reconnect with backoff",
+    CloseCode.REPLACED: "session resumed by another connection",
+    CloseCode.SESSION_ENDED: "session ended by the server",
+    CloseCode.INVALID_SESSION: "invalid or expired session token; start a new session",
+    CloseCode.SLOW_CONSUMER: "send queue overflow; reconnect and resume",
+    CloseCode.RATE_LIMITED: "frame rate limit exceeded",
+    CloseCode.TOKEN_EXPIRED: "authentication token expired",
+    CloseCode.IDLE_TIMEOUT: "idle timeout",
+}

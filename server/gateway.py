@@ -1,0 +1,377 @@
+"""The gateway core: what both apps do to sessions, behind one object.
+
+The HTTP API (``api/``) and the frame handlers (``handlers/``) call these methods; they never
+touch a socket. Delivery goes through the :class:`~server.sessions.SessionRegistry` (seq,
+history, fan-out) and, for other nodes, through the broker seam.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from server import protocol
+from server.broker import Broker
+from server.config import Settings
+from server.errors import (
+    CallTimeout,
+    ClientDisconnected,
+    ClientNotFound,
+    ClientOffline,
+    CloseCode,
+    SwitchboardError,
+    ToolError,
+)
+from server.sessions import Session, SessionRegistry
+from server.tools import ToolContext, ToolRegistry, error_result, invoke, redact, shape_result
+
+log = structlog.get_logger("switchboard.gateway")
+
+#: Channel that receives a copy of every tool lifecycle frame (for dashboards and observers).
+TOOL_ACTIVITY_CHANNEL = "tool_activity"
+SYSTEM_CHANNELS = (TOOL_ACTIVITY_CHANNEL,)
+
+
+@dataclass(slots=True)
+class PendingCall:
+    """A server-initiated ``tool_call`` waiting for the client's ``tool_result``."""
+
+    client_id: str
+    tool_name: str
+    future: asyncio.Future[dict[str, Any]]
+    wait_for_client: bool = False
+
+
+@dataclass(slots=True)
+class PendingPermission:
+    client_id: str
+    future: asyncio.Future[bool]
+
+
+@dataclass(slots=True)
+class _IdempotentEntry:
+    expires: float
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    registry: SessionRegistry
+    broker: Broker
+    tools: ToolRegistry
+    pending_calls: dict[str, PendingCall] = field(default_factory=dict)
+    pending_permissions: dict[str, PendingPermission] = field(default_factory=dict)
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    idempotency: dict[str, _IdempotentEntry] = field(default_factory=dict)
+    tool_fallback: Callable[[str, dict[str, Any], ToolContext], Awaitable[Any]] | None = None
+    #: With CHAT_WEBHOOK_URL set: answers a chat frame (spawned, so reading goes on).
+    chat_backend: Callable[[Any, Any], Coroutine[Any, Any, None]] | None = None
+    accepting: bool = True
+    started_at: float = field(default_factory=time.time)
+
+    def status(self) -> dict[str, Any]:
+        """``GET /status`` and ``get_status``: state, counters, broker (no secrets)."""
+        stats = self.registry.stats()
+        return {
+            "status": "running" if self.accepting else "shutting_down",
+            **stats,
+            "max_connections": self.settings.max_connections,
+            "pending_tool_calls": len(self.pending_calls),
+            "node_id": self.broker.node_id,
+            "broker": self.broker.describe(),
+        }
+
+    # --- frames to one session ----------------------------------------------------------------
+
+    def emit(self, session: Session, frame_type: str, data: dict[str, Any] | None = None, *,
+             reply_to: str | None = None, extra: dict[str, Any] | None = None) -> int:
+        """Deliver a server frame to a session (kept in history); returns its seq."""
+        frame = protocol.server_frame(frame_type, data, reply_to=reply_to, extra=extra)
+        seq, _ = self.registry.deliver(session, protocol.encode(frame))
+        return seq
+
+    def emit_ephemeral(self, session: Session, frame_type: str,
+                       data: dict[str, Any] | None = None, *, reply_to: str | None = None) -> None:
+        """A frame not kept in history (no seq): pong, heartbeat_response."""
+        frame = protocol.server_frame(frame_type, data, reply_to=reply_to)
+        self.registry.deliver_ephemeral(session, protocol.encode(frame))
+
+    def require(self, client_id: str) -> Session:
+        session = self.registry.get(client_id)
+        if session is None:
+            raise ClientNotFound(f"no session with client_id {client_id!r} (unknown or expired)")
+        return session
+
+    # --- HTTP API operations ------------------------------------------------------------------
+
+    async def send_message(self, client_id: str, content: Any, *, message_type: str = "message",
+                           data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Deliver to one client, or queue it in history when the session is offline."""
+        session = self.require(client_id)
+        payload = dict(data or {})
+        if content is not None:
+            payload["content"] = content
+        frame = protocol.server_frame(message_type, payload)
+        seq, pushed = self.registry.deliver(session, protocol.encode(frame))
+        status = "delivered" if pushed else "queued"
+        log.debug("message_sent", client_id=client_id, message_id=frame["message_id"],
+                  type=message_type, seq=seq, status=status)
+        return {"status": status, "message_id": frame["message_id"], "seq": seq,
+                "client_id": client_id}
+
+    async def broadcast(self, message_type: str, data: dict[str, Any] | None = None, *,
+                        channel: str | None = None, client_type: str | None = None,
+                        exclude: str | None = None) -> dict[str, Any]:
+        """Serialise once, then fan out to every matching session (live ones get it now,
+        offline ones keep it for resume). Returns counts and the frame's message_id."""
+        extra = {"channel": channel} if channel is not None else None
+        frame = protocol.server_frame(message_type, data, extra=extra)
+        encoded = protocol.encode(frame)
+        targets = self.registry.select(channel=channel, client_type=client_type)
+        if exclude is not None:
+            targets = (s for s in targets if s.client_id != exclude)
+        pushed, queued = self.registry.fan_out(targets, encoded)
+        self.registry.counters.total_broadcasts += 1
+        log.debug("broadcast", message_id=frame["message_id"], type=message_type,
+                  channel=channel, client_type=client_type, recipients=pushed, queued=queued)
+        return {"recipients": pushed, "queued": queued, "message_id": frame["message_id"]}
+
+    async def call_tool(self, client_id: str, tool_name: str, params: dict[str, Any], *,
+                        timeout: float | None = None,  # noqa: ASYNC109 - the API field
+                        wait_for_client: bool = False) -> dict[str, Any]:
+        """Ask a client to run a tool and wait for its ``tool_result``.
+
+        Raises ClientNotFound (404), ClientOffline (409, unless ``wait_for_client``),
+        ClientDisconnected (502, the client left mid-call) or CallTimeout (504).
+        """
+        session = self.require(client_id)
+        if not session.connected and not wait_for_client:
+            raise ClientOffline(
+                f"client {client_id!r} is offline; pass wait_for_client=true to wait for it "
+                f"to resume")
+        timeout = self.settings.call_tool_timeout if timeout is None else timeout
+        call_id = secrets.token_urlsafe(18)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending_calls[call_id] = PendingCall(client_id, tool_name, future, wait_for_client)
+        started = time.perf_counter()
+        try:
+            self.emit(session, "tool_call",
+                      {"call_id": call_id, "tool_name": tool_name, "params": params})
+            try:
+                async with asyncio.timeout(timeout):
+                    answer = await future
+            except TimeoutError:
+                raise CallTimeout(
+                    f"client {client_id!r} did not answer tool_call {call_id} within "
+                    f"{timeout:g}s", details={"call_id": call_id}) from None
+        finally:
+            self.pending_calls.pop(call_id, None)
+        log.info("tool_call_answered", client_id=client_id, call_id=call_id, tool=tool_name,
+                 success=answer["success"], ms=round((time.perf_counter() - started) * 1000, 2))
+        return answer
+
+    def resolve_tool_result(self, session: Session, call_id: str, data: dict[str, Any]) -> bool:
+        """A client's ``tool_result``. Only the client the call was addressed to can answer."""
+        pending = self.pending_calls.get(call_id)
+        if pending is None or pending.client_id != session.client_id or pending.future.done():
+            return False
+        has_error = data.get("error") is not None
+        success = bool(data.get("success", not has_error))
+        answer: dict[str, Any] = {"call_id": call_id, "tool_name": pending.tool_name,
+                                  "client_id": session.client_id, "success": success}
+        if has_error:
+            answer["error"] = data["error"]
+        answer["result"] = data.get("result")
+        pending.future.set_result(answer)
+        return True
+
+    async def disconnect(self, client_id: str, *, code: CloseCode = CloseCode.SESSION_ENDED,
+                         reason: str = "session ended by the server") -> dict[str, Any]:
+        """End a session: close its socket (4001 by default) and forget its history."""
+        session = self.require(client_id)
+        was_connected = session.connected
+        if session.outbox is not None:
+            session.outbox.close_soon(int(code), reason)
+        self.registry.end(client_id)
+        self.client_gone(session, ended=True)
+        log.info("session_ended", client_id=client_id, was_connected=was_connected)
+        return {"client_id": client_id, "disconnected": was_connected, "ended": True}
+
+    def client_gone(self, session: Session, *, ended: bool = False) -> None:
+        """The session's socket closed (or the session ended): fail calls that cannot be
+        answered any more, at once."""
+        for call_id, pending in list(self.pending_calls.items()):
+            if pending.client_id != session.client_id or pending.future.done():
+                continue
+            if pending.wait_for_client and not ended:
+                continue
+            pending.future.set_exception(ClientDisconnected(
+                f"client {session.client_id!r} disconnected before answering tool_call "
+                f"{call_id}", details={"call_id": call_id}))
+        if ended:
+            for pending_perm in self.pending_permissions.values():
+                if pending_perm.client_id == session.client_id and not pending_perm.future.done():
+                    pending_perm.future.set_result(False)
+
+    # --- tools run by the gateway (client-initiated tool_call) --------------------------------
+
+    async def run_tool(self, session: Session, tool_name: str, params: dict[str, Any], *,
+                       call_id: str | None, reply_to: str | None) -> dict[str, Any]:
+        """Run a server-side tool with the seed-001 lifecycle and answer with tool_response."""
+        call_id = call_id or secrets.token_urlsafe(12)
+        tool = self.tools.get(tool_name)
+        if tool is None and self.tool_fallback is None:
+            response = {"call_id": call_id, "tool_name": tool_name, "success": False,
+                        "error": f"unknown tool {tool_name!r}", "result": None,
+                        "available_tools": self.tools.names()}
+            self.emit(session, "tool_response", response, reply_to=reply_to)
+            return response
+
+        risk = tool.risk_level if tool is not None else "medium"
+        base = {"call_id": call_id, "tool_name": tool_name, "parameters": redact(params),
+                "risk_level": risk, "start_time": protocol.now_iso(),
+                "client_id": session.client_id}
+        started = time.perf_counter()
+        self._lifecycle(session, "mcp_tool_execution_start", {**base, "status": "executing"},
+                        reply_to)
+        ctx = ToolContext(self, session, call_id)
+        raw: Any = None
+        try:
+            if risk == "high":
+                self._lifecycle(session, "mcp_tool_waiting_permission",
+                                {**base, "status": "waiting_permission"}, reply_to)
+                granted = await self.request_permission(session, call_id)
+                if granted is not True:
+                    reason = ("permission denied" if granted is False else
+                              f"no permission_response within "
+                              f"{self.settings.permission_timeout:g}s")
+                    raise ToolError(reason, code="permission_denied")
+            if tool is not None:
+                raw = await invoke(tool, params, ctx)
+            else:
+                assert self.tool_fallback is not None
+                raw = await self.tool_fallback(tool_name, params, ctx)
+            result = shape_result(raw)
+        except SwitchboardError as exc:
+            result = error_result(exc.message)
+        except Exception as exc:  # a tool's own failure is a failed call, not a crash
+            log.exception("tool_failed", client_id=session.client_id, tool=tool_name,
+                          call_id=call_id)
+            result = error_result(f"{type(exc).__name__}: {exc}")
+        success = bool(result["success"])
+        duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        self._lifecycle(session, "mcp_tool_execution_complete", {
+            **base, "end_time": protocol.now_iso(), "duration_ms": duration_ms,
+            "success": success, "result": result,
+            "status": "completed" if success else "failed"}, reply_to)
+        response = {"call_id": call_id, "tool_name": tool_name, "success": success,
+                    "result": raw if success else None}
+        if not success:
+            response["error"] = result["content"]
+        self.emit(session, "tool_response", response, reply_to=reply_to)
+        log.info("tool_executed", client_id=session.client_id, tool=tool_name,
+                 call_id=call_id, success=success, ms=duration_ms)
+        return response
+
+    def _lifecycle(self, session: Session, frame_type: str, data: dict[str, Any],
+                   reply_to: str | None) -> None:
+        frame = protocol.server_frame(frame_type, data, reply_to=reply_to)
+        encoded = protocol.encode(frame)
+        self.registry.deliver(session, encoded)
+        observers = [s for s in self.registry.select(channel=TOOL_ACTIVITY_CHANNEL)
+                     if s is not session]
+        if observers:
+            self.registry.fan_out(observers, encoded)
+
+    async def request_permission(self, session: Session, call_id: str) -> bool | None:
+        """Wait for the client's permission_response; None when it timed out. The wait
+        survives a reconnect: a resumed client sees the request replayed and may still answer.
+        """
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.pending_permissions[call_id] = PendingPermission(session.client_id, future)
+        try:
+            async with asyncio.timeout(self.settings.permission_timeout):
+                return await future
+        except TimeoutError:
+            return None
+        finally:
+            self.pending_permissions.pop(call_id, None)
+
+    def resolve_permission(self, session: Session, call_id: str, granted: bool) -> bool:
+        pending = self.pending_permissions.get(call_id)
+        if pending is None or pending.client_id != session.client_id or pending.future.done():
+            return False
+        pending.future.set_result(granted)
+        return True
+
+    # --- idempotency --------------------------------------------------------------------------
+
+    async def idempotent(self, key: str | None,
+                         operation: Callable[[], Awaitable[dict[str, Any]]]
+                         ) -> tuple[dict[str, Any], bool]:
+        """Run ``operation`` once per key within IDEMPOTENCY_TTL; a retry (even one racing the
+        first) gets the first answer. Returns ``(answer, replayed)``. Failures are not kept.
+        """
+        if key is None:
+            return await operation(), False
+        now = time.monotonic()
+        entry = self.idempotency.get(key)
+        if entry is not None and entry.expires > now:
+            return await asyncio.shield(entry.future), True
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.idempotency[key] = _IdempotentEntry(now + self.settings.idempotency_ttl, future)
+        try:
+            answer = await operation()
+        except BaseException as exc:
+            self.idempotency.pop(key, None)
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: a racing retry re-raises it itself
+            raise
+        future.set_result(answer)
+        return answer, False
+
+    def sweep(self) -> list[str]:
+        """Periodic housekeeping: expire sessions past SESSION_TTL, forget old idempotency
+        keys. Returns the expired client ids."""
+        now = time.monotonic()
+        for key in [k for k, e in self.idempotency.items() if e.expires <= now]:
+            del self.idempotency[key]
+        expired = self.registry.expire()
+        for client_id in expired:
+            for pending in self.pending_calls.values():
+                if pending.client_id == client_id and not pending.future.done():
+                    pending.future.set_exception(ClientNotFound(
+                        f"session {client_id!r} expired before answering"))
+        if expired:
+            log.info("sessions_expired", count=len(expired))
+        return expired
+
+    # --- background work ----------------------------------------------------------------------
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> None:
+        """Run work that must not block a connection's reader (tool runs, webhooks); it is
+        tracked and cancelled at shutdown."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background_task_failed", task=task.get_name(),
+                      exc_info=task.exception())
+
+    async def cancel_tasks(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        for task in list(self.tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

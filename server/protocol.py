@@ -1,0 +1,244 @@
+"""The wire protocol, without I/O: frame decoding, validation and encoding.
+
+Every frame is one JSON object in a text frame::
+
+    {"type": "chat_message", "data": {...}, "message_id": "…", "timestamp": "…Z"}
+
+Server frames kept in a session's history also carry ``seq`` (per session, +1 each) and frames
+answering a client frame carry ``reply_to``. This module imports no aiohttp and never awaits, so
+it is tested without an event loop and is the one place that knows the envelope's shape.
+
+Client frames are accepted in three spellings, normalised by :func:`decode_client_frame`:
+
+* the envelope above;
+* seed 004's flat form, ``{"type": "text_message", "content": "hi"}`` (fields beside ``type``
+  become ``data`` when there is no ``data``);
+* seed 003's legacy form, ``{"action": "subscribe", "channel": "alerts"}``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from server.errors import ProtocolError, ValidationError
+
+#: Keys of the envelope itself; anything else at the top level of a flat frame is data.
+ENVELOPE_KEYS = frozenset({"type", "action", "data", "message_id", "timestamp", "client_id",
+                           "seq", "reply_to"})
+MAX_TYPE_LENGTH = 64
+MAX_MESSAGE_ID_LENGTH = 128
+
+
+def now_iso() -> str:
+    """The current time as ISO-8601 UTC with milliseconds, e.g. ``2026-01-01T00:00:00.000Z``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class ClientFrame:
+    """A decoded, normalised client frame. ``message_id`` is always set (server-assigned when
+    the client sent none)."""
+
+    type: str
+    data: dict[str, Any]
+    message_id: str
+    timestamp: Any = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def decode_client_frame(payload: str | bytes) -> ClientFrame:
+    """Parse one client text frame.
+
+    Raises :class:`ProtocolError` with code ``invalid_json`` (not JSON), ``invalid_frame`` (not
+    an object), ``missing_type`` (no usable ``type``/``action``), or :class:`ValidationError`
+    (``invalid_field``) when an envelope field has the wrong type. The error's ``details``
+    carry ``reply_to`` when the frame had a usable ``message_id``.
+    """
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"frame is not valid JSON: {exc.msg}", code="invalid_json") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(
+            f"frame must be a JSON object, got {_json_kind(obj)}", code="invalid_frame"
+        )
+
+    message_id = obj.get("message_id")
+    reply = {}
+    if message_id is not None:
+        if isinstance(message_id, int) and not isinstance(message_id, bool):
+            message_id = str(message_id)
+        if not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_MESSAGE_ID_LENGTH:
+            raise ValidationError(
+                f"message_id must be a string of 1-{MAX_MESSAGE_ID_LENGTH} characters",
+                code="invalid_field", details={"field": "message_id"},
+            )
+        reply = {"reply_to": message_id}
+
+    frame_type = obj.get("type")
+    if frame_type is None:
+        frame_type = obj.get("action")
+    if frame_type is None:
+        raise ProtocolError("frame has no 'type'", code="missing_type", details=reply)
+    if not isinstance(frame_type, str) or not 0 < len(frame_type) <= MAX_TYPE_LENGTH:
+        raise ValidationError(
+            f"'type' must be a non-empty string of at most {MAX_TYPE_LENGTH} characters",
+            code="invalid_field", details={"field": "type", **reply},
+        )
+
+    if "data" in obj:
+        data = obj["data"]
+        if data is None:
+            data = {}
+        elif not isinstance(data, dict):
+            raise ValidationError(
+                f"'data' must be an object, got {_json_kind(data)}",
+                code="invalid_field", details={"field": "data", **reply},
+            )
+    else:
+        data = {k: v for k, v in obj.items() if k not in ENVELOPE_KEYS}
+
+    return ClientFrame(
+        type=frame_type,
+        data=data,
+        message_id=message_id or new_message_id(),
+        timestamp=obj.get("timestamp"),
+        raw=obj,
+    )
+
+
+# --- field validation -------------------------------------------------------------------------
+
+_KIND_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "object": (dict,),
+    "array": (list,),
+    "boolean": (bool,),
+    "integer": (int,),
+    "number": (int, float),
+    "any": (object,),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One field of a frame's ``data``: its JSON kind, whether it is required, and limits."""
+
+    kind: str = "any"
+    required: bool = False
+    max_length: int | None = None
+    nullable: bool = False
+
+
+def validate_fields(data: Mapping[str, Any], spec: Mapping[str, Field], *,
+                    prefix: str = "data.") -> None:
+    """Check ``data`` against ``spec``; unknown keys are allowed (forward compatibility).
+
+    Raises :class:`ValidationError` (code ``invalid_field``) naming the first wrong field
+    (as ``{prefix}{name}``).
+    """
+    for name, rule in spec.items():
+        label = f"{prefix}{name}"
+        if name not in data or (data[name] is None and not rule.required):
+            if rule.required:
+                raise ValidationError(f"{label} is required", code="invalid_field",
+                                      details={"field": label})
+            continue
+        value = data[name]
+        if value is None and rule.nullable:
+            continue
+        kinds = _KIND_TYPES[rule.kind]
+        bad_bool = isinstance(value, bool) and rule.kind in ("integer", "number")
+        if not isinstance(value, kinds) or bad_bool:
+            raise ValidationError(
+                f"{label} must be {_article(rule.kind)}, got {_json_kind(value)}",
+                code="invalid_field", details={"field": label},
+            )
+        if rule.max_length is not None and isinstance(value, str | list):
+            if len(value) > rule.max_length:
+                raise ValidationError(
+                    f"{label} is longer than {rule.max_length}",
+                    code="invalid_field", details={"field": label},
+                )
+        if rule.kind == "string" and rule.required and value == "":
+            raise ValidationError(f"{label} must not be empty", code="invalid_field",
+                                  details={"field": label})
+
+
+def _article(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+# --- server frames ----------------------------------------------------------------------------
+
+
+def server_frame(
+    frame_type: str,
+    data: Mapping[str, Any] | None = None,
+    *,
+    reply_to: str | None = None,
+    message_id: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build a server frame (without ``seq``: the session adds it when it keeps the frame)."""
+    frame: dict[str, Any] = {
+        "type": frame_type,
+        "data": dict(data) if data is not None else {},
+        "message_id": message_id or new_message_id(),
+        "timestamp": now_iso(),
+    }
+    if reply_to is not None:
+        frame["reply_to"] = reply_to
+    if extra:
+        frame.update(extra)
+    return frame
+
+
+def error_frame(code: str, message: str, *, reply_to: str | None = None,
+                **details: Any) -> dict[str, Any]:
+    return server_frame("error", {"code": code, "message": message, **details},
+                        reply_to=reply_to)
+
+
+def encode(frame: Mapping[str, Any]) -> bytes:
+    """Serialise a frame once; the bytes are what goes on the wire (UTF-8 JSON)."""
+    return orjson.dumps(frame)
+
+
+def with_seq(encoded: bytes, seq: int) -> bytes:
+    """Prefix ``"seq": n`` to an encoded frame without re-serialising it.
+
+    A broadcast is serialised once and each recipient session stamps its own ``seq`` here.
+    """
+    return b'{"seq":%d,%s' % (seq, encoded[1:]) if len(encoded) > 2 else b'{"seq":%d}' % seq
+
+
+def decode(encoded: bytes | str) -> dict[str, Any]:
+    """Decode a frame the server encoded (history replay, the history API)."""
+    return orjson.loads(encoded)

@@ -1,0 +1,196 @@
+"""Security controls of both ports, in one place.
+
+* WebSocket handshake: exact ``Origin`` allow-list (403), optional client authentication
+  (``WS_AUTH=token`` or ``jwt``; 401), per-IP connection cap (429).
+* Per-connection frame rate limit: a token bucket; excess frames are dropped with an ``error``
+  frame, and a client that keeps flooding is closed with 4009.
+* HTTP API: bearer token / ``X-API-Key`` compared in constant time (401 missing, 403 wrong),
+  per-caller rate limit (429 + ``Retry-After``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+
+import jwt
+from aiohttp import web
+
+from server.config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An authenticated WebSocket client: ``subject`` becomes its client_id (JWT ``sub``)."""
+
+    subject: str | None
+    expires_at: float | None = None
+
+
+def error_response(status: int, code: str, message: str,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status,
+                             headers=headers)
+
+
+def constant_time_equals(presented: str, expected: str) -> bool:
+    return hmac.compare_digest(presented.encode("utf-8", "replace"), expected.encode())
+
+
+class TokenBucket:
+    """Classic token bucket: ``rate`` tokens a second, up to ``burst``."""
+
+    __slots__ = ("burst", "rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def allow(self, cost: float = 1.0) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= cost:
+            self.tokens -= cost
+            return True
+        return False
+
+    def retry_after(self) -> float:
+        """Seconds until one token is available."""
+        missing = max(0.0, 1.0 - self.tokens)
+        return round(missing / self.rate, 3) if self.rate > 0 else 0.0
+
+
+class FrameLimiter(TokenBucket):
+    """A connection's frame budget. After ``burst`` consecutive refusals it asks to close.
+    Warnings are rate-limited too (one error frame per second at most)."""
+
+    __slots__ = ("last_warning", "refused")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        super().__init__(rate, burst)
+        self.refused = 0
+        self.last_warning = 0.0
+
+    def allow(self, cost: float = 1.0) -> bool:
+        if super().allow(cost):
+            self.refused = 0
+            return True
+        self.refused += 1
+        return False
+
+    def should_close(self) -> bool:
+        return self.refused > self.burst
+
+    def should_warn(self) -> bool:
+        now = time.monotonic()
+        if now - self.last_warning >= 1.0:
+            self.last_warning = now
+            return True
+        return False
+
+
+class Security:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.per_ip: dict[str, int] = {}
+        self.api_buckets: dict[str, TokenBucket] = {}
+
+    # --- WebSocket handshake ------------------------------------------------------------------
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        allowed = self.settings.allowed_origins
+        if not allowed or "*" in allowed:
+            return True
+        return origin is not None and origin in allowed
+
+    def check_handshake(self, request: web.Request) -> web.Response | None:
+        origin = request.headers.get("Origin")
+        if not self.origin_allowed(origin):
+            return error_response(403, "origin_not_allowed",
+                                  f"origin {origin or '(none)'} is not allowed")
+        return None
+
+    def authenticate_client(self, request: web.Request) -> Identity | web.Response | None:
+        """None when WS_AUTH=none; an Identity, or a 401 response."""
+        mode = self.settings.ws_auth
+        if mode == "none":
+            return None
+        presented = _bearer(request) or request.query.get("token")
+        if not presented:
+            return error_response(401, "unauthorized",
+                                  "authentication required: pass ?token= or "
+                                  "Authorization: Bearer")
+        if mode == "token":
+            if not constant_time_equals(presented, self.settings.ws_auth_token):
+                return error_response(401, "unauthorized", "invalid token")
+            return Identity(subject=request.query.get("client_id") or None)
+        try:
+            claims = jwt.decode(presented, self.settings.ws_jwt_secret, algorithms=["HS256"],
+                                options={"require": ["exp", "sub"]})
+        except jwt.ExpiredSignatureError:
+            return error_response(401, "token_expired", "token expired")
+        except jwt.InvalidTokenError as exc:
+            return error_response(401, "unauthorized", f"invalid token: {exc}")
+        return Identity(subject=str(claims["sub"]), expires_at=float(claims["exp"]))
+
+    def admit_ip(self, ip: str) -> bool:
+        cap = self.settings.max_connections_per_ip
+        count = self.per_ip.get(ip, 0)
+        if cap and count >= cap:
+            return False
+        self.per_ip[ip] = count + 1
+        return True
+
+    def release_ip(self, ip: str) -> None:
+        count = self.per_ip.get(ip, 0) - 1
+        if count > 0:
+            self.per_ip[ip] = count
+        else:
+            self.per_ip.pop(ip, None)
+
+    def frame_limiter(self) -> FrameLimiter | None:
+        if self.settings.ws_rate_limit <= 0:
+            return None
+        return FrameLimiter(self.settings.ws_rate_limit, self.settings.ws_rate_burst)
+
+    # --- HTTP API -----------------------------------------------------------------------------
+
+    def check_api_token(self, request: web.Request) -> web.Response | None:
+        expected = self.settings.api_token
+        if not expected:
+            return None
+        presented = _bearer(request) or request.headers.get("X-API-Key")
+        if not presented:
+            return error_response(401, "unauthorized",
+                                  "missing credentials: send Authorization: Bearer <API_TOKEN> "
+                                  "or X-API-Key", headers={"WWW-Authenticate": "Bearer"})
+        if not constant_time_equals(presented, expected):
+            return error_response(403, "forbidden", "invalid API token")
+        return None
+
+    def check_api_rate(self, caller: str) -> web.Response | None:
+        rate = self.settings.api_rate_limit
+        if rate <= 0:
+            return None
+        bucket = self.api_buckets.get(caller)
+        if bucket is None:
+            if len(self.api_buckets) > 10_000:
+                self.api_buckets.clear()
+            bucket = self.api_buckets[caller] = TokenBucket(rate, self.settings.api_rate_burst)
+        if bucket.allow():
+            return None
+        retry = max(1, round(bucket.retry_after() + 0.5))
+        return error_response(429, "rate_limited", "too many requests",
+                              headers={"Retry-After": str(retry)})
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None

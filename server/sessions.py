@@ -1,0 +1,365 @@
+"""The session registry: every session's metadata, subscriptions and bounded history.
+
+Shared by the WebSocket app and the HTTP API (one instance per process, stored under an
+``AppKey``). A session outlives its socket: when the connection drops it is kept for
+``SESSION_TTL`` seconds with its history, subscriptions and anything delivered meanwhile, so a
+client that resumes with ``session_token`` and ``last_seq`` gets every frame it missed.
+
+History holds encoded frames in both directions. Server frames kept in history get the
+session's next ``seq`` (strictly +1); client frames are recorded at the position of the last
+server frame, so paging by ``after_seq`` / ``before_seq`` keeps the conversation in order.
+
+Nothing here touches a socket: a connected session has an :class:`Outbox` (implemented by the
+WebSocket endpoint) that takes encoded frames without blocking.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from server import protocol
+from server.protocol import now_iso
+
+CLIENT_ID_MAX = 128
+
+
+class Outbox(Protocol):
+    """Where a connected session's frames go. ``push`` never blocks; it returns False when the
+    connection is closing or overflowed (the frame stays in history for resume)."""
+
+    def push(self, data: bytes) -> bool: ...
+
+    def close_soon(self, code: int, reason: str) -> None: ...
+
+
+@dataclass(slots=True)
+class HistoryEntry:
+    """One frame in a session's history. ``pos`` is the frame's ``seq`` for server frames and
+    the seq of the last server frame before it for client frames."""
+
+    pos: int
+    outbound: bool
+    data: bytes
+    at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        frame = protocol.decode(self.data)
+        return {
+            "direction": "out" if self.outbound else "in",
+            "seq": self.pos if self.outbound else None,
+            "after_seq": None if self.outbound else self.pos,
+            "frame": frame,
+        }
+
+
+class Session:
+    """One client's session. Mutated only through :class:`SessionRegistry`."""
+
+    __slots__ = ("channels", "client_id", "client_type", "connected_at", "disconnected_at",
+                 "history", "last_activity", "messages_in", "messages_out", "meta", "outbox",
+                 "seq", "token")
+
+    def __init__(self, client_id: str, client_type: str, history_limit: int,
+                 meta: dict[str, Any] | None = None) -> None:
+        self.client_id = client_id
+        self.client_type = client_type
+        self.token = secrets.token_urlsafe(32)
+        now = time.time()
+        self.connected_at = now
+        self.last_activity = now
+        self.disconnected_at: float | None = None
+        self.messages_in = 0
+        self.messages_out = 0
+        self.channels: set[str] = set()
+        self.history: deque[HistoryEntry] = deque(maxlen=history_limit)
+        self.seq = 0
+        self.outbox: Outbox | None = None
+        self.meta: dict[str, Any] = meta or {}
+
+    @property
+    def connected(self) -> bool:
+        return self.outbox is not None
+
+    def token_matches(self, token: str) -> bool:
+        """Constant-time comparison of a presented session token."""
+        return hmac.compare_digest(self.token.encode(), token.encode("utf-8", "replace"))
+
+    def oldest_outbound_seq(self) -> int | None:
+        for entry in self.history:
+            if entry.outbound:
+                return entry.pos
+        return None
+
+    def replay_after(self, last_seq: int) -> tuple[list[bytes], bool]:
+        """Server frames with seq > last_seq, oldest first, and whether that is complete
+        (False when history no longer reaches back to last_seq + 1)."""
+        if last_seq >= self.seq:
+            return [], last_seq == self.seq
+        entries = [e for e in self.history if e.outbound and e.pos > last_seq]
+        # Outbound history is contiguous, so it is complete iff it starts right after last_seq.
+        complete = bool(entries) and entries[0].pos == last_seq + 1
+        return [e.data for e in entries], complete
+
+    def describe(self, node: str = "") -> dict[str, Any]:
+        """The public view used by ``GET /clients`` (no secrets)."""
+        out = {
+            "client_id": self.client_id,
+            "client_type": self.client_type,
+            "connected": self.connected,
+            "connected_at": _iso(self.connected_at),
+            "last_activity": _iso(self.last_activity),
+            "disconnected_at": _iso(self.disconnected_at) if self.disconnected_at else None,
+            "message_count": self.messages_in + self.messages_out,
+            "messages_in": self.messages_in,
+            "messages_out": self.messages_out,
+            "channels": sorted(self.channels),
+            "last_seq": self.seq,
+            "history_size": len(self.history),
+        }
+        if node:
+            out["node"] = node
+        if self.meta:
+            out.update({k: v for k, v in self.meta.items() if k in ("remote", "user_agent")})
+        return out
+
+
+def _iso(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+@dataclass(slots=True)
+class Counters:
+    """Process-wide counters shown by ``GET /status`` and ``get_status`` (seed 003's names)."""
+
+    total_connections_ever: int = 0
+    total_messages_sent: int = 0
+    total_messages_received: int = 0
+    total_broadcasts: int = 0
+    total_resumes: int = 0
+    total_sessions_expired: int = 0
+    total_slow_disconnects: int = 0
+
+
+class SessionRegistry:
+    """All sessions of this process, their channels, and history.
+
+    Methods are synchronous and never await: the WebSocket endpoint, handlers and the API call
+    them from the event loop and fan-out stays one tight loop.
+    """
+
+    def __init__(self, *, history_limit: int, session_ttl: float,
+                 channel_allow_list: Iterable[str] = ()) -> None:
+        self.history_limit = history_limit
+        self.session_ttl = session_ttl
+        self.channel_allow_list = frozenset(channel_allow_list)
+        self.sessions: dict[str, Session] = {}
+        self.channels: dict[str, set[Session]] = {}
+        self.counters = Counters()
+        self.started_at = time.time()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def get(self, client_id: str) -> Session | None:
+        return self.sessions.get(client_id)
+
+    def create(self, client_id: str | None, client_type: str,
+               meta: dict[str, Any] | None = None) -> Session:
+        """A new session. ``client_id`` is used when valid and free, else one is generated."""
+        if client_id is None or not valid_client_id(client_id) or client_id in self.sessions:
+            client_id = generate_client_id()
+            while client_id in self.sessions:  # pragma: no cover - 128 random bits
+                client_id = generate_client_id()
+        session = Session(client_id, client_type, self.history_limit, meta)
+        self.sessions[client_id] = session
+        return session
+
+    def attach(self, session: Session, outbox: Outbox) -> Outbox | None:
+        """Bind a live connection to the session; returns the connection it replaces."""
+        previous = session.outbox
+        session.outbox = outbox
+        session.disconnected_at = None
+        session.last_activity = time.time()
+        self.counters.total_connections_ever += 1
+        return previous
+
+    def detach(self, session: Session, outbox: Outbox) -> None:
+        """The connection ``outbox`` ended; the session is kept for ``SESSION_TTL``."""
+        if session.outbox is outbox:
+            session.outbox = None
+            session.disconnected_at = time.time()
+            if self.session_ttl <= 0:
+                self.end(session.client_id)
+
+    def end(self, client_id: str) -> Session | None:
+        """Forget a session entirely (its history and subscriptions)."""
+        session = self.sessions.pop(client_id, None)
+        if session is None:
+            return None
+        for channel in list(session.channels):
+            self._leave(session, channel)
+        return session
+
+    def expire(self, now: float | None = None) -> list[str]:
+        """End every session disconnected for longer than ``SESSION_TTL``; returns their ids."""
+        now = time.time() if now is None else now
+        deadline = now - self.session_ttl
+        expired = [s.client_id for s in self.sessions.values()
+                   if s.outbox is None and s.disconnected_at is not None
+                   and s.disconnected_at <= deadline]
+        for client_id in expired:
+            self.end(client_id)
+        self.counters.total_sessions_expired += len(expired)
+        return expired
+
+    # --- delivery -----------------------------------------------------------------------------
+
+    def deliver(self, session: Session, encoded: bytes) -> tuple[int, bool]:
+        """Stamp the next seq on an encoded server frame, keep it in history and push it to the
+        live connection if any. Returns ``(seq, pushed)``; not pushed means queued for resume.
+        """
+        session.seq += 1
+        seq = session.seq
+        data = protocol.with_seq(encoded, seq)
+        session.history.append(HistoryEntry(seq, True, data, time.time()))
+        session.messages_out += 1
+        self.counters.total_messages_sent += 1
+        outbox = session.outbox
+        return seq, outbox is not None and outbox.push(data)
+
+    def deliver_ephemeral(self, session: Session, encoded: bytes) -> bool:
+        """Push a frame that is not kept in history (no seq): pong, connection_established."""
+        outbox = session.outbox
+        return outbox is not None and outbox.push(encoded)
+
+    def fan_out(self, sessions: Iterable[Session], encoded: bytes) -> tuple[int, int]:
+        """The one fan-out loop: deliver one encoded frame to many sessions.
+
+        Returns ``(pushed, queued)``: frames handed to live connections, and frames kept for
+        sessions that are offline (or whose connection is overflowing) until they resume.
+        """
+        pushed = queued = 0
+        now = time.time()
+        counters = self.counters
+        with_seq = protocol.with_seq
+        for session in sessions:
+            session.seq += 1
+            seq = session.seq
+            data = with_seq(encoded, seq)
+            session.history.append(HistoryEntry(seq, True, data, now))
+            session.messages_out += 1
+            outbox = session.outbox
+            if outbox is not None and outbox.push(data):
+                pushed += 1
+            else:
+                queued += 1
+        counters.total_messages_sent += pushed + queued
+        return pushed, queued
+
+    def record_inbound(self, session: Session, data: bytes) -> None:
+        """Keep a client frame in history (at the position of the last server frame)."""
+        session.history.append(HistoryEntry(session.seq, False, data, time.time()))
+        session.messages_in += 1
+        session.last_activity = time.time()
+        self.counters.total_messages_received += 1
+
+    # --- selection ----------------------------------------------------------------------------
+
+    def select(self, *, channel: str | None = None, client_type: str | None = None,
+               connected: bool | None = None) -> Iterator[Session]:
+        """Sessions matching every given filter (all of them when none is given)."""
+        pool: Iterable[Session]
+        if channel is not None:
+            pool = self.channels.get(channel, ())
+        else:
+            pool = self.sessions.values()
+        for session in pool:
+            if client_type is not None and session.client_type != client_type:
+                continue
+            if connected is not None and session.connected != connected:
+                continue
+            yield session
+
+    # --- channels -----------------------------------------------------------------------------
+
+    def channel_allowed(self, channel: str) -> bool:
+        return not self.channel_allow_list or channel in self.channel_allow_list
+
+    def available_channels(self) -> list[str]:
+        return sorted(self.channel_allow_list or self.channels)
+
+    def join(self, session: Session, channel: str) -> bool:
+        """Subscribe; returns False if it was already subscribed."""
+        if channel in session.channels:
+            return False
+        session.channels.add(channel)
+        self.channels.setdefault(channel, set()).add(session)
+        return True
+
+    def leave(self, session: Session, channel: str) -> bool:
+        """Unsubscribe; returns False if it was not subscribed. Empty channels are removed."""
+        if channel not in session.channels:
+            return False
+        self._leave(session, channel)
+        return True
+
+    def _leave(self, session: Session, channel: str) -> None:
+        session.channels.discard(channel)
+        members = self.channels.get(channel)
+        if members is not None:
+            members.discard(session)
+            if not members:
+                del self.channels[channel]
+
+    def channel_stats(self) -> dict[str, int]:
+        return {name: len(members) for name, members in sorted(self.channels.items())}
+
+    # --- status -------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``/status`` and ``get_status`` (seed 003's names and more)."""
+        connected = sum(1 for s in self.sessions.values() if s.outbox is not None)
+        c = self.counters
+        channel_stats = self.channel_stats()
+        return {
+            "connected_clients": connected,
+            "total_clients": connected,
+            "active_connections": connected,
+            "total_sessions": len(self.sessions),
+            "offline_sessions": len(self.sessions) - connected,
+            "total_channels": len(channel_stats),
+            "channel_stats": channel_stats,
+            "active_channels": list(channel_stats),
+            "total_messages_sent": c.total_messages_sent,
+            "total_messages_received": c.total_messages_received,
+            "total_messages": c.total_messages_sent + c.total_messages_received,
+            "total_connections_ever": c.total_connections_ever,
+            "total_connections": c.total_connections_ever,
+            "total_broadcasts": c.total_broadcasts,
+            "total_resumes": c.total_resumes,
+            "total_sessions_expired": c.total_sessions_expired,
+            "total_slow_disconnects": c.total_slow_disconnects,
+            "uptime": round(time.time() - self.started_at, 3),
+            "server_time": now_iso(),
+        }
+
+
+def generate_client_id() -> str:
+    return secrets.token_hex(16)
+
+
+def valid_client_id(client_id: str) -> bool:
+    """1-128 characters of letters, digits and ``-_.:@``."""
+    return (0 < len(client_id) <= CLIENT_ID_MAX
+            and all(c.isascii() and (c.isalnum() or c in "-_.:@") for c in client_id))

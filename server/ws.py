@@ -1,0 +1,362 @@
+"""The WebSocket endpoint: the only module that touches sockets.
+
+One :class:`Connection` per socket: a reader loop (this request handler) that decodes frames and
+dispatches them, and a writer task that drains the connection's own bounded send queue, so a
+client that stops reading delays nobody else. When its queue overflows (``SEND_QUEUE_FRAMES`` /
+``SEND_QUEUE_BYTES``) the client is closed with 4008 and can resume: every frame is in history.
+
+Connect with ``?client_id=&client_type=``; resume with ``client_id``, ``session_token`` and
+``last_seq``. The first frame is always ``connection_established``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from typing import Any
+
+import structlog
+from aiohttp import WSMsgType, web
+
+from server import protocol
+from server.errors import CloseCode, ProtocolError, SwitchboardError
+from server.gateway import Gateway
+from server.keys import CONNECTIONS, GATEWAY, ROUTER, SECURITY
+from server.router import HandlerContext, MessageRouter
+from server.sessions import Session
+
+log = structlog.get_logger("switchboard.ws")
+
+WS_PATHS = ("/", "/ws", "/ws/chat", "/ws/mcplog")
+CLIENT_TYPE_MAX = 64
+#: How long a closing handshake may take before the transport is aborted (slow consumers).
+CLOSE_GRACE = 5.0
+
+
+class Connection:
+    """One live socket bound to a session. Implements the registry's ``Outbox``."""
+
+    __slots__ = (
+        "_wakeup",
+        "close_code",
+        "close_reason",
+        "closed",
+        "closing",
+        "max_bytes",
+        "max_frames",
+        "peer",
+        "queue",
+        "queued_bytes",
+        "request",
+        "session",
+        "writer",
+        "ws",
+    )
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, session: Session,
+                 max_frames: int, max_bytes: int, peer: str) -> None:
+        self.ws = ws
+        self.request = request
+        self.session = session
+        self.max_frames = max_frames
+        self.max_bytes = max_bytes
+        self.peer = peer
+        self.queue: deque[bytes] = deque()
+        self.queued_bytes = 0
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.closed = False
+        self.writer: asyncio.Task[None] | None = None
+        self.closing: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+
+    # Outbox ----------------------------------------------------------------------------------
+
+    def push(self, data: bytes) -> bool:
+        """Queue an encoded frame for the writer; never blocks. False when closing or full."""
+        if self.close_code is not None or self.closed:
+            return False
+        size = len(data)
+        if len(self.queue) >= self.max_frames or self.queued_bytes + size > self.max_bytes:
+            self.close_soon(CloseCode.SLOW_CONSUMER, CloseCode.SLOW_CONSUMER.explanation)
+            return False
+        self.queue.append(data)
+        self.queued_bytes += size
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+        return True
+
+    def close_soon(self, code: int, reason: str) -> None:
+        """Close with ``code`` as soon as possible (queued frames stay in history)."""
+        if self.close_code is not None or self.closed:
+            return
+        self.close_code = code
+        self.close_reason = reason
+        self.queue.clear()
+        self.queued_bytes = 0
+        if self.writer is not None:
+            self.writer.cancel()
+        self.closing = asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    # Writer ----------------------------------------------------------------------------------
+
+    def start_writer(self) -> None:
+        self.writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def _write_loop(self) -> None:
+        ws = self.ws
+        queue = self.queue
+        loop = asyncio.get_running_loop()
+        text = WSMsgType.TEXT
+        try:
+            while True:
+                while queue:
+                    data = queue.popleft()
+                    self.queued_bytes -= len(data)
+                    await ws.send_frame(data, text)
+                self._wakeup = loop.create_future()
+                await self._wakeup
+                self._wakeup = None
+        except (ConnectionError, RuntimeError):
+            # The peer went away mid-write; the reader sees the close and cleans up.
+            self.closed = True
+
+    async def _close(self, code: int, reason: str) -> None:
+        try:
+            async with asyncio.timeout(CLOSE_GRACE):
+                await self.ws.close(code=code, message=reason.encode()[:120])
+        except (TimeoutError, ConnectionError, RuntimeError):
+            transport = self.request.transport
+            if transport is not None:
+                transport.abort()
+
+
+def _peer(request: web.Request) -> str:
+    return request.remote or "unknown"
+
+
+def _bad_request(message: str, code: str = "invalid_request", status: int = 400
+                 ) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def _int_param(request: web.Request, name: str) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ProtocolError(f"{name} must be a non-negative integer",
+                            code="invalid_request") from None
+    if value < 0:
+        raise ProtocolError(f"{name} must be a non-negative integer", code="invalid_request")
+    return value
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    app = request.app
+    gateway: Gateway = app[GATEWAY]
+    settings = gateway.settings
+    connections: set[Connection] = app[CONNECTIONS]
+    security = app[SECURITY]
+    peer = _peer(request)
+
+    ws = web.WebSocketResponse(
+        heartbeat=settings.ws_heartbeat or None,
+        receive_timeout=settings.ws_timeout,
+        max_msg_size=settings.max_message_size,
+        compress=settings.ws_compression,
+        decode_text=False,
+    )
+    if not ws.can_prepare(request).ok:
+        return _bad_request("this is a WebSocket endpoint: connect with a WebSocket client "
+                            "(Upgrade: websocket)", code="upgrade_required", status=426)
+
+    # Refusals before the upgrade use HTTP status codes (PRODUCT.md section 5).
+    if not gateway.accepting:
+        return _bad_request("server is shutting down", code="unavailable", status=503)
+    refusal = security.check_handshake(request)
+    if refusal is not None:
+        return refusal
+    identity = security.authenticate_client(request)
+    if isinstance(identity, web.StreamResponse):
+        return identity
+    if len(connections) >= settings.max_connections:
+        return _bad_request("too many connections", code="too_many_connections", status=503)
+    if not security.admit_ip(peer):
+        return _bad_request("too many connections from this address",
+                            code="too_many_connections", status=429)
+    try:
+        last_seq = _int_param(request, "last_seq")
+    except ProtocolError as exc:
+        security.release_ip(peer)
+        return _bad_request(exc.message)
+
+    query = request.query
+    client_id = identity.subject if identity is not None else query.get("client_id") or None
+    client_type = (query.get("client_type") or "default")[:CLIENT_TYPE_MAX]
+    token = query.get("session_token")
+
+    try:
+        await ws.prepare(request)
+    except Exception:
+        security.release_ip(peer)
+        raise
+    registry = gateway.registry
+    session: Session | None = None
+    if token:
+        candidate = registry.get(client_id) if client_id else None
+        if candidate is None or not candidate.token_matches(token):
+            security.release_ip(peer)
+            await _refuse(ws, CloseCode.INVALID_SESSION,
+                          "invalid session: unknown client_id, expired session or wrong "
+                          "session_token; connect without session_token to start a new session")
+            log.info("resume_refused", client_id=client_id, peer=peer)
+            return ws
+        session = candidate
+    resumed = session is not None
+    if session is None:
+        session = registry.create(client_id, client_type,
+                                  meta={"remote": peer,
+                                        "user_agent": request.headers.get("User-Agent", "")})
+    conn = Connection(ws, request, session, settings.send_queue_frames, settings.send_queue_bytes,
+                      peer)
+    replay: list[bytes] = []
+    recovered = False
+    if resumed:
+        replay, recovered = session.replay_after(last_seq if last_seq is not None else 0)
+        registry.counters.total_resumes += 1
+    # Greeting, replay and attach happen without awaiting, so no frame can slip in between:
+    # everything after last_seq arrives in order, then live frames, with no gap or duplicate.
+    hello = protocol.server_frame("connection_established", {
+        "client_id": session.client_id,
+        "client_type": session.client_type,
+        "session_token": session.token,
+        "resumed": resumed,
+        "recovered": recovered if resumed else True,
+        "last_seq": session.seq,
+        "replayed": len(replay),
+        "heartbeat": settings.ws_heartbeat,
+        "session_ttl": settings.session_ttl,
+        "max_message_size": settings.max_message_size,
+        "server_time": protocol.now_iso(),
+        "message": "WebSocket connection established",
+    })
+    conn.push(protocol.encode(hello))
+    if request.path == "/ws/mcplog":
+        # Seed 000's clients wait for connection_ack.
+        conn.push(protocol.encode(protocol.server_frame(
+            "connection_ack", {"message": "WebSocket connection established"},
+            extra={"message": "WebSocket connection established"})))
+    for data in replay:
+        conn.push(data)
+    previous = registry.attach(session, conn)
+    if previous is not None:
+        previous.close_soon(CloseCode.REPLACED, CloseCode.REPLACED.explanation)
+    connections.add(conn)
+    conn.start_writer()
+    log.info("client_connected", client_id=session.client_id, client_type=session.client_type,
+             resumed=resumed, recovered=recovered, replayed=len(replay), peer=peer,
+             path=request.path)
+
+    try:
+        await _read_loop(conn, gateway, app[ROUTER], security)
+    finally:
+        connections.discard(conn)
+        security.release_ip(peer)
+        conn.closed = True
+        if conn.writer is not None:
+            conn.writer.cancel()
+        registry.detach(session, conn)
+        if session.outbox is None:
+            gateway.client_gone(session)
+        log.info("client_disconnected", client_id=session.client_id,
+                 code=ws.close_code if conn.close_code is None else conn.close_code,
+                 duration_s=round(time.time() - session.last_activity, 3))
+    return ws
+
+
+async def _refuse(ws: web.WebSocketResponse, code: CloseCode, message: str) -> None:
+    frame = protocol.error_frame(code.name.lower(), message, close_code=int(code))
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.send_frame(protocol.encode(frame), WSMsgType.TEXT)
+        await ws.close(code=int(code), message=code.explanation.encode())
+
+
+async def _read_loop(conn: Connection, gateway: Gateway, router: MessageRouter,
+                     security: Any) -> None:
+    ws = conn.ws
+    session = conn.session
+    limiter = security.frame_limiter()
+    while True:
+        try:
+            msg = await ws.receive()
+        except TimeoutError:
+            conn.close_soon(CloseCode.IDLE_TIMEOUT, CloseCode.IDLE_TIMEOUT.explanation)
+            return
+        kind = msg.type
+        if kind is WSMsgType.TEXT:
+            if limiter is not None and not limiter.allow():
+                _rate_limited(conn, gateway, limiter)
+                continue
+            await _handle_text(conn, gateway, router, msg.data)
+        elif kind is WSMsgType.BINARY:
+            gateway.emit(session, "error", {
+                "code": "binary_not_supported",
+                "message": "binary frames are not supported; send JSON in text frames"})
+        elif kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            return
+        elif kind is WSMsgType.ERROR:
+            exc = ws.exception()
+            log.info("ws_protocol_error", client_id=session.client_id, error=str(exc),
+                     code=ws.close_code)
+            return
+        if conn.close_code is not None or conn.closed:
+            return
+
+
+def _rate_limited(conn: Connection, gateway: Gateway, limiter: Any) -> None:
+    if limiter.should_close():
+        conn.close_soon(CloseCode.RATE_LIMITED, CloseCode.RATE_LIMITED.explanation)
+        return
+    if limiter.should_warn():
+        gateway.emit(conn.session, "error", {
+            "code": "rate_limited",
+            "message": "too many frames: this one was dropped; slow down or the connection "
+                       "will be closed with 4009",
+            "retry_after": limiter.retry_after()})
+
+
+async def _handle_text(conn: Connection, gateway: Gateway, router: MessageRouter,
+                       data: bytes) -> None:
+    session = conn.session
+    reply_to: str | None = None
+    try:
+        frame = protocol.decode_client_frame(data)
+        reply_to = frame.message_id
+        gateway.registry.record_inbound(session, data)
+        await router.dispatch(HandlerContext(gateway, session, frame), frame)
+    except SwitchboardError as exc:
+        details = dict(exc.details)
+        reply_to = details.pop("reply_to", reply_to)
+        gateway.emit(session, "error", {"code": exc.code, "message": exc.message, **details},
+                     reply_to=reply_to)
+    except Exception:
+        log.exception("handler_crashed", client_id=session.client_id, message_id=reply_to)
+        gateway.emit(session, "error", {"code": "internal_error",
+                                        "message": "the server failed to handle this frame"},
+                     reply_to=reply_to)
+
+
+async def close_all(connections: set[Connection], code: CloseCode) -> None:
+    """Close every socket (shutdown: 1001, clients reconnect and resume)."""
+    for conn in list(connections):
+        conn.close_soon(code, code.explanation)
+    closing = [c.closing for c in connections if c.closing is not None]
+    if closing:
+        # Each close already gives up after CLOSE_GRACE and aborts the transport.
+        await asyncio.gather(*closing, return_exceptions=True)
