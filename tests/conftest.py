@@ -1,0 +1,204 @@
+"""Shared fixtures: both apps over one gateway on real loopback ports.
+
+``make_gateway(**settings)`` starts the WebSocket app and the HTTP API app (one registry) and
+returns a :class:`LiveGateway` with helpers to connect clients and call the API, so a test can
+go HTTP in, WebSocket out. ``live_gateway`` is one with default test settings.
+
+Tests never sleep to synchronise: :meth:`WSClient.recv` waits for the next frame with a
+timeout, and :func:`wait_for` polls a condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from server.app import create_apps
+from server.config import Settings
+from server.gateway import Gateway
+from server.keys import CONNECTIONS, GATEWAY
+from server.router import MessageRouter
+
+API_TOKEN = "test-token"
+RECV_TIMEOUT = 5.0
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float = RECV_TIMEOUT,
+                   what: str = "condition") -> None:
+    """Wait until ``condition()`` is true, checking every event-loop tick (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.005)
+
+
+class WSClient:
+    """A test client over aiohttp's WebSocket client."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, hello: dict[str, Any]) -> None:
+        self.ws = ws
+        self.hello = hello
+        self.frames: list[dict[str, Any]] = [hello]
+
+    @property
+    def client_id(self) -> str:
+        return self.hello["data"]["client_id"]
+
+    @property
+    def session_token(self) -> str:
+        return self.hello["data"]["session_token"]
+
+    async def send(self, frame_type: str, data: dict[str, Any] | None = None,
+                   message_id: str | None = None, **extra: Any) -> None:
+        frame: dict[str, Any] = {"type": frame_type, "data": data or {}, **extra}
+        if message_id is not None:
+            frame["message_id"] = message_id
+        await self.ws.send_str(orjson.dumps(frame).decode())
+
+    async def send_raw(self, text: str) -> None:
+        await self.ws.send_str(text)
+
+    async def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+        """The next text frame, decoded. Fails on close or timeout."""
+        msg = await self.ws.receive(timeout=timeout)
+        if msg.type is not aiohttp.WSMsgType.TEXT:
+            raise AssertionError(f"expected a text frame, got {msg.type!r} {msg.data!r} "
+                                 f"{msg.extra!r}")
+        frame = orjson.loads(msg.data)
+        self.frames.append(frame)
+        return frame
+
+    async def recv_type(self, frame_type: str, timeout: float = RECV_TIMEOUT
+                        ) -> dict[str, Any]:
+        """Skip frames until one of ``frame_type`` arrives."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = await self.recv(timeout=max(0.01, deadline - time.monotonic()))
+            if frame["type"] == frame_type:
+                return frame
+
+    async def recv_close(self, timeout: float = RECV_TIMEOUT) -> int | None:
+        """Read until the server closes; returns the close code."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = await self.ws.receive(timeout=max(0.01, deadline - time.monotonic()))
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                            aiohttp.WSMsgType.CLOSED):
+                return self.ws.close_code
+            if msg.type is aiohttp.WSMsgType.ERROR:
+                return self.ws.close_code
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+@dataclass
+class LiveGateway:
+    settings: Settings
+    ws_server: TestServer
+    api_server: TestServer
+    http: aiohttp.ClientSession
+    api_token: str
+    clients: list[WSClient] = field(default_factory=list)
+
+    @property
+    def gateway(self) -> Gateway:
+        return self.ws_server.app[GATEWAY]
+
+    @property
+    def ws_app(self) -> web.Application:
+        return self.ws_server.app
+
+    @property
+    def connections(self) -> set[Any]:
+        return self.ws_server.app[CONNECTIONS]
+
+    @property
+    def ws_url(self) -> str:
+        return str(self.ws_server.make_url("/")).replace("http://", "ws://")
+
+    @property
+    def api_url(self) -> str:
+        return str(self.api_server.make_url("")).rstrip("/")
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_token}"} if self.api_token else {}
+
+    async def connect(self, path: str = "/", *, expect_hello: bool = True,
+                      headers: dict[str, str] | None = None, **query: Any) -> WSClient:
+        params = {k: str(v) for k, v in query.items() if v is not None}
+        ws = await self.http.ws_connect(self.ws_server.make_url(path), params=params,
+                                        headers=headers, autoping=True)
+        if not expect_hello:
+            return WSClient(ws, {})
+        msg = await ws.receive(timeout=RECV_TIMEOUT)
+        assert msg.type is aiohttp.WSMsgType.TEXT, msg
+        hello = orjson.loads(msg.data)
+        assert hello["type"] == "connection_established", hello
+        client = WSClient(ws, hello)
+        self.clients.append(client)
+        return client
+
+    async def api(self, method: str, path: str, json: Any = None, *,
+                  headers: dict[str, str] | None = None, data: Any = None,
+                  auth: bool = True) -> tuple[int, Any]:
+        """Call the API; returns (status, decoded JSON or text)."""
+        hdrs = dict(self.auth() if auth else {})
+        hdrs.update(headers or {})
+        async with self.http.request(method, f"{self.api_url}{path}", json=json, data=data,
+                                     headers=hdrs) as resp:
+            body = await resp.read()
+            try:
+                return resp.status, orjson.loads(body)
+            except orjson.JSONDecodeError:
+                return resp.status, body.decode()
+
+
+MakeGateway = Callable[..., Awaitable[LiveGateway]]
+
+
+@pytest.fixture
+async def make_gateway() -> AsyncIterator[MakeGateway]:
+    """Factory: ``await make_gateway(history_limit=5, router=...)`` starts both apps."""
+    started: list[LiveGateway] = []
+
+    async def factory(*, router: MessageRouter | None = None, api_token: str = API_TOKEN,
+                      **overrides: Any) -> LiveGateway:
+        values: dict[str, Any] = {"ws_host": "127.0.0.1", "api_host": "127.0.0.1",
+                                  "api_token": api_token, "ws_port": 0, "api_port": 1,
+                                  "shutdown_timeout": 2.0}
+        values.update(overrides)
+        settings = Settings(**values)
+        ws_app, api_app = create_apps(settings, router=router)
+        ws_server = TestServer(ws_app, host="127.0.0.1")
+        api_server = TestServer(api_app, host="127.0.0.1")
+        await ws_server.start_server()
+        await api_server.start_server()
+        http = aiohttp.ClientSession()
+        live = LiveGateway(settings, ws_server, api_server, http, api_token)
+        started.append(live)
+        return live
+
+    yield factory
+    for live in started:
+        for client in live.clients:
+            if not client.ws.closed:
+                await client.ws.close()
+        await live.http.close()
+        await live.ws_server.close()
+        await live.api_server.close()
+
+
+@pytest.fixture
+async def live_gateway(make_gateway: MakeGateway) -> LiveGateway:
+    return await make_gateway()
