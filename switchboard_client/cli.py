@@ -9,7 +9,7 @@ Subcommands::
         broadcast TYPE [JSON]|call CLIENT TOOL [JSON]|channels|handlers|disconnect ID
 
 Defaults come from ``SWITCHBOARD_URL`` (``ws://127.0.0.1:9004/``), ``SWITCHBOARD_API``
-(``http://127.0.0.1:9005``), ``API_TOKEN`` and ``SWITCHBOARD_WS_TOKEN``. Frames go to stdout
+(``http://127.0.0.1:9005``), ``API_TOKEN`` and ``SWITCHBOARD_WS_TOKEN`` (or ``WS_AUTH_TOKEN``). Frames go to stdout
 (``--json`` prints them as JSON lines); progress and errors go to stderr. Exit status: 0 on
 success, 1 on a connection, API or request error, 2 on bad usage, 130 on Ctrl-C.
 """
@@ -99,7 +99,11 @@ def _common() -> argparse.ArgumentParser:
     p.add_argument("--url", default=S, help="WebSocket URL (env SWITCHBOARD_URL)")
     p.add_argument("--api", default=S, help="HTTP API base URL (env SWITCHBOARD_API)")
     p.add_argument("--token", default=S, help="API bearer token (env API_TOKEN)")
-    p.add_argument("--ws-token", default=S, help="WebSocket auth token (env SWITCHBOARD_WS_TOKEN)")
+    p.add_argument(
+        "--ws-token",
+        default=S,
+        help="WebSocket auth token (env SWITCHBOARD_WS_TOKEN or WS_AUTH_TOKEN)",
+    )
     p.add_argument("--client-id", default=S, help="ask for this client id")
     p.add_argument("--client-type", default=S, help="client_type to announce (default: cli)")
     p.add_argument("--json", action="store_true", default=S, help="print raw JSON lines")
@@ -190,7 +194,10 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         "url": getattr(args, "url", None) or env.get("SWITCHBOARD_URL") or DEFAULT_URL,
         "api": getattr(args, "api", None) or env.get("SWITCHBOARD_API") or DEFAULT_API_URL,
         "token": getattr(args, "token", None) or env.get("API_TOKEN") or None,
-        "ws_token": getattr(args, "ws_token", None) or env.get("SWITCHBOARD_WS_TOKEN") or None,
+        "ws_token": getattr(args, "ws_token", None)
+        or env.get("SWITCHBOARD_WS_TOKEN")
+        or env.get("WS_AUTH_TOKEN")
+        or None,
         "client_id": getattr(args, "client_id", None),
         "client_type": getattr(args, "client_type", None) or "cli",
         "json": getattr(args, "json", False),

@@ -559,7 +559,7 @@ class SwitchboardClient:
                 )
                 msg = await ws.receive()
         except aiohttp.WSServerHandshakeError as exc:
-            raise _handshake_error(self.url, exc) from None
+            raise _handshake_error(self.url, exc, token_refreshable=callable(self._token)) from None
         except TimeoutError:
             if ws is not None:
                 await ws.close()
@@ -579,14 +579,23 @@ class SwitchboardClient:
             await ws.close()
             raise _Closed(int(code if code is not None else CloseCode.ABNORMAL), str(reason))
         first = _decode(msg)
+        if first is not None and first.get("type") == "error":
+            # A refusal after the upgrade: an error frame, then a close with a documented code.
+            err = Frame.from_raw(first).data
+            text = f"{err.get('code', 'error')}: {err.get('message', '')}"
+            code = err.get("close_code")
+            if not isinstance(code, int):
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(self.connect_timeout):
+                        while (await ws.receive()).type is aiohttp.WSMsgType.TEXT:
+                            pass
+                code = ws.close_code
+            await ws.close()
+            if isinstance(code, int) and code != CloseCode.NORMAL:
+                raise _Closed(int(code), text)
+            raise ConnectError(f"{self.url}: refused: {text}", retryable=False)
         if first is None or first.get("type") != "connection_established":
             await ws.close()
-            if first is not None and first.get("type") == "error":
-                err = Frame.from_raw(first).data
-                raise ConnectError(
-                    f"{self.url}: refused: {err.get('code', 'error')}: {err.get('message', '')}",
-                    retryable=False,
-                )
             raise ConnectError(
                 f"{self.url}: expected connection_established, got {msg.data!r:.200}"
             )
@@ -903,24 +912,24 @@ class SwitchboardClient:
             return
         data: dict[str, Any] = {"call_id": call_id}
         try:
-            result = (
-                fn(**params)
-                if isinstance(params, dict)
-                else fn(params)
-                if params is not None
-                else fn()
-            )
+            if isinstance(params, dict):
+                result = fn(**params)
+            else:
+                result = fn() if params is None else fn(params)
             if inspect.isawaitable(result):
                 result = await result
-            orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS)
-            data["result"] = result
         except asyncio.CancelledError:
             raise
-        except orjson.JSONEncodeError as exc:
-            data["error"] = f"result is not JSON-serialisable: {exc}"
         except Exception as exc:
             log.info("tool %r raised %s", name, exc)
             data["error"] = f"{type(exc).__name__}: {exc}"
+        else:
+            try:
+                orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS)
+            except orjson.JSONEncodeError as exc:
+                data["error"] = f"result is not JSON-serialisable: {exc}"
+            else:
+                data["result"] = result
         await self.send("tool_result", data)
 
     async def _answer_permission(self, frame: Frame) -> None:
@@ -965,7 +974,10 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _handshake_error(url: str, exc: aiohttp.WSServerHandshakeError) -> ConnectError:
+def _handshake_error(
+    url: str, exc: aiohttp.WSServerHandshakeError, *, token_refreshable: bool
+) -> ConnectError:
+    """Turn a refused upgrade into a ConnectError; 401 is retryable with a token callable."""
     status = exc.status
     meaning = {
         401: "bad or missing credentials",
@@ -977,5 +989,5 @@ def _handshake_error(url: str, exc: aiohttp.WSServerHandshakeError) -> ConnectEr
     return ConnectError(
         f"{url}: HTTP {status} {meaning}",
         status=status,
-        retryable=status not in (400, 401, 403, 404),
+        retryable=status not in (400, 403, 404, 426) and (status != 401 or token_refreshable),
     )

@@ -68,6 +68,9 @@ class FakeGateway:
         api_token: bearer token required by the HTTP routes.
         ws_token: when set, WebSocket connections must pass ``?token=`` equal to it (else 401).
         channels: channels a client may subscribe to (others get an ``error`` frame).
+        unknown_session: what a resume of an unknown or expired session gets: ``"refuse"``
+            (an ``error`` frame and close 4003, like the real gateway) or ``"fresh"`` (a new
+            session, ``resumed: false``).
 
     Use ``async with FakeGateway() as gw`` (or :meth:`start` / :meth:`stop`); the URLs are
     :attr:`ws_url` and :attr:`api_url` once started.
@@ -80,7 +83,12 @@ class FakeGateway:
         api_token: str = "test-token",
         ws_token: str | None = None,
         channels: tuple[str, ...] = ("news", "alerts"),
+        unknown_session: str = "refuse",
     ) -> None:
+        self.unknown_session = unknown_session
+        #: Replay this many frames the client already has (at-least-once redelivery), to test
+        #: client-side de-duplication.
+        self.replay_overlap = 0
         self.history_limit = history_limit
         self.api_token = api_token
         self.ws_token = ws_token
@@ -268,10 +276,31 @@ class FakeGateway:
         resumed = False
         recovered = True
         last_seq = 0
+        if token is not None and (
+            (sess is None and self.unknown_session == "refuse")
+            or (sess is not None and not secrets.compare_digest(token, sess.token))
+        ):
+            await ws.send_str(
+                dumps(
+                    {
+                        "type": "error",
+                        "data": {
+                            "code": "invalid_session",
+                            "message": "invalid or expired session token",
+                            "close_code": 4003,
+                        },
+                        "message_id": new_message_id(),
+                        "timestamp": now_iso(),
+                    }
+                )
+            )
+            await ws.close(code=4003, message=b"invalid session token")
+            return ws
+        if sess is not None and token is None:
+            # A new connection without the token must not take over an existing session.
+            await ws.close(code=4003, message=b"client_id in use; resume with session_token")
+            return ws
         if sess is not None:
-            if token is None or not secrets.compare_digest(token, sess.token):
-                await ws.close(code=4003, message=b"invalid session token")
-                return ws
             resumed = True
             try:
                 last_seq = max(0, int(query.get("last_seq", "0")))
@@ -314,7 +343,7 @@ class FakeGateway:
             await ws.send_str(dumps(greeting))
             if resumed:
                 for frame in list(sess.history):
-                    if frame["seq"] > last_seq:
+                    if frame["seq"] > last_seq - self.replay_overlap:
                         await ws.send_str(dumps(frame))
         async with self._connected_cond:
             self._connected_cond.notify_all()
@@ -521,3 +550,55 @@ def _http_error(status: int, code: str, message: str) -> web.HTTPException:
     return cls(
         text=dumps({"error": {"code": code, "message": message}}), content_type="application/json"
     )
+
+
+class FrameRecorder:
+    """Collects what a client delivers (server frames and lifecycle events) for assertions.
+
+    ``frames`` / ``events`` keep everything in order; :meth:`next` and :meth:`event` wait for
+    the next not-yet-consumed item (bound them with ``asyncio.wait_for``)::
+
+        rec = FrameRecorder(client)
+        frame = await asyncio.wait_for(rec.next("message"), 5)
+    """
+
+    def __init__(self, client: Any) -> None:
+        from switchboard_client.protocol import Lifecycle
+
+        self.frames: list[Any] = []
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self._frame_q: asyncio.Queue[Any] = asyncio.Queue()
+        self._event_q: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        client.on("*", self._on_frame)
+        for name in sorted(Lifecycle.ALL):
+            client.on(name, lambda payload, name=name: self._on_event(name, payload))
+
+    def _on_frame(self, frame: Any) -> None:
+        self.frames.append(frame)
+        self._frame_q.put_nowait(frame)
+
+    def _on_event(self, name: str, payload: dict[str, Any]) -> None:
+        self.events.append((name, payload))
+        self._event_q.put_nowait((name, payload))
+
+    async def next(self, type: str | None = None) -> Any:
+        """Return the next frame (of ``type``; frames of other types are consumed and skipped)."""
+        while True:
+            frame = await self._frame_q.get()
+            if type is None or frame.type == type:
+                return frame
+
+    async def event(self, name: str) -> dict[str, Any]:
+        """Return the payload of the next lifecycle event ``name`` (others are skipped)."""
+        while True:
+            got, payload = await self._event_q.get()
+            if got == name:
+                return payload
+
+    def types(self) -> list[str]:
+        """Types of all frames received so far, in order."""
+        return [f.type for f in self.frames]
+
+    def seqs(self) -> list[int]:
+        """``seq`` of all frames received so far that had one, in order."""
+        return [f.seq for f in self.frames if f.seq is not None]
