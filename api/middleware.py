@@ -84,9 +84,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     refusal = security.check_api_token(request)
     if refusal is not None:
         return refusal
-    caller = (request.headers.get("Authorization") or request.headers.get("X-API-Key")
-              or request.remote or "unknown")
-    limited = security.check_api_rate(caller)
+    limited = security.check_api_rate(security.api_caller(request))
     if limited is not None:
         return limited
     return await handler(request)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import time
 from dataclasses import dataclass
@@ -171,6 +172,17 @@ class Security:
         if not constant_time_equals(presented, expected):
             return error_response(403, "forbidden", "invalid API token")
         return None
+
+    def api_caller(self, request: web.Request) -> str:
+        """The rate-limit key of an (already authenticated) API request: a digest of the token
+        it presented, however it was presented (Bearer or X-API-Key), so the limit is per
+        token; without API_TOKEN, the peer address (free-form headers would let a caller mint
+        fresh budgets)."""
+        if self.settings.api_token:
+            presented = _bearer(request) or request.headers.get("X-API-Key") or ""
+            digest = hashlib.sha256(presented.encode("utf-8", "replace")).hexdigest()[:32]
+            return f"token:{digest}"
+        return f"ip:{request.remote or 'unknown'}"
 
     def check_api_rate(self, caller: str) -> web.Response | None:
         rate = self.settings.api_rate_limit
