@@ -18,6 +18,7 @@ from aiohttp import web
 
 from api.middleware import auth_middleware, error_middleware
 from api.routes import routes as api_routes
+from api.stream import routes as stream_routes
 from handlers import build_router
 from server.broker import create_broker
 from server.config import Settings
@@ -29,6 +30,7 @@ from server.router import MessageRouter
 from server.security import Security
 from server.sessions import SessionRegistry
 from server.tools import default_tools
+from server.webhooks import webhooks_ctx
 from server.ws import WS_PATHS, close_all, websocket_handler
 
 log = structlog.get_logger("switchboard.app")
@@ -64,6 +66,7 @@ def create_apps(settings: Settings, gateway: Gateway | None = None,
     ws_app.cleanup_ctx.append(_broker_ctx)
     ws_app.cleanup_ctx.append(_sweeper_ctx)
     ws_app.cleanup_ctx.append(_metrics_ctx)
+    ws_app.cleanup_ctx.append(webhooks_ctx)
     ws_app.on_shutdown.append(_close_sockets)
 
     api_app = web.Application(middlewares=[error_middleware, auth_middleware],
@@ -72,6 +75,7 @@ def create_apps(settings: Settings, gateway: Gateway | None = None,
     api_app[ROUTER] = router
     api_app[SECURITY] = security
     api_app.add_routes(api_routes)
+    api_app.add_routes(stream_routes)
     _setup_cors(api_app, settings)
     return ws_app, api_app
 

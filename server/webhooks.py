@@ -1,0 +1,532 @@
+"""Backend webhooks: a real service behind ``chat_message`` and behind unknown tools.
+
+Two optional settings plug a backend into the gateway; each is off (empty) by default:
+
+``CHAT_WEBHOOK_URL``
+    Every ``chat_message`` is POSTed there as JSON::
+
+        {"client_id": "…", "message_id": "…", "content": "…", "role": "user",
+         "conversation_id": "…"?, "data": {…the frame's whole data…},
+         "history": [{"role": "user"|"assistant", "content": "…"}, …]?}
+
+    The backend answers in one of three ways, and the client sees (all ``reply_to`` the chat
+    frame):
+
+    * ``application/json`` ``{"content": "…", "model": "…"?}`` → ``chat_response``
+      ``{content, status: "completed", model, role: "assistant"}``. (OpenAI's
+      ``{"choices": [{"message": {"content": …}}]}`` is understood too.)
+    * ``application/x-ndjson`` — one JSON object a line, ``{"content": "…"}`` or
+      ``{"delta": "…"}`` — or ``text/event-stream`` — ``data: {…}`` events, ``data: [DONE]``
+      ends — → ``stream_start`` {stream_id}, ``stream_chunk`` {stream_id, content, index} per
+      piece as it arrives, ``stream_end`` {stream_id, full_content, chunks, model,
+      status: "completed"}.
+    * ``202 Accepted`` / ``204 No Content`` → nothing is relayed: the backend will answer later
+      through the HTTP API (``POST /send_message`` or ``POST /stream/{client_id}``).
+
+    When the backend is slow (nothing within ``WEBHOOK_TIMEOUT`` seconds: before the answer's
+    headers, or between two pieces of a stream), down, answers non-2xx or garbage, the client
+    gets an ``error`` frame (``reply_to`` the chat frame) with ``code`` one of
+    :data:`BACKEND_ERROR_CODES`; a stream that breaks after ``stream_start`` ends with that
+    ``error`` frame carrying the ``stream_id`` and the ``partial_content`` received so far.
+    The session is unharmed and a ``chat_backend_failed`` log line names the code.
+
+``TOOL_WEBHOOK_URL``
+    A ``tool_call`` for a tool not in the local registry is POSTed there as
+    ``{"tool_name", "params", "call_id", "client_id"}``. The backend answers ``{"result": …}``,
+    ``{"error": "…"}`` or an MCP ``CallToolResult`` (``{"content": [{"type": "text", …}],
+    "isError": false}``); the result goes through the usual seed-001 lifecycle
+    (``mcp_tool_execution_start`` … ``mcp_tool_execution_complete``) and ``tool_response``.
+    A backend failure is a failed call whose reason starts with the code, e.g.
+    ``"backend_timeout: tool backend did not answer within 0.2s"``.
+
+Both share one ``aiohttp.ClientSession`` owned by the WebSocket app (:func:`webhooks_ctx`), and
+neither sends the gateway's own credentials to the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+import structlog
+from aiohttp import web
+
+from server import protocol
+from server.errors import UpstreamError
+from server.keys import GATEWAY
+
+if TYPE_CHECKING:
+    from server.config import Settings
+    from server.gateway import Gateway
+    from server.protocol import ClientFrame
+    from server.router import HandlerContext
+    from server.sessions import Session
+    from server.tools import ToolContext
+
+log = structlog.get_logger("switchboard.webhooks")
+_T = TypeVar("_T")
+
+#: The ``code`` of an ``error`` frame (and the prefix of a failed tool's reason) when a backend
+#: fails: slow, unreachable, non-2xx, or an answer that is not one of the documented shapes.
+BACKEND_TIMEOUT = "backend_timeout"
+BACKEND_UNAVAILABLE = "backend_unavailable"
+BACKEND_ERROR = "backend_error"
+BACKEND_INVALID_RESPONSE = "backend_invalid_response"
+BACKEND_ERROR_CODES = (BACKEND_TIMEOUT, BACKEND_UNAVAILABLE, BACKEND_ERROR,
+                       BACKEND_INVALID_RESPONSE)
+
+#: Largest backend answer accepted (a JSON body, or a stream's total content).
+MAX_REPLY_BYTES = 8 * 1024 * 1024
+#: How many earlier turns of the conversation are sent as ``history``.
+HISTORY_TURNS = 20
+
+NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "application/jsonl",
+                          "application/x-jsonlines", "application/jsonlines"})
+SSE_TYPE = "text/event-stream"
+ACCEPT = "application/json, application/x-ndjson, text/event-stream"
+_CHAT_REQUEST_TYPES = frozenset({"chat_message", "text_message"})
+
+def new_stream_id() -> str:
+    """A fresh ``stream_id`` (shared with the HTTP streaming endpoint)."""
+    return secrets.token_hex(12)
+
+
+class BackendError(UpstreamError):
+    """A backend webhook failed; ``code`` is one of :data:`BACKEND_ERROR_CODES`."""
+
+    code = BACKEND_ERROR
+
+
+class Webhooks:
+    """The gateway's HTTP client for its backends. Build it with :func:`webhooks_ctx` (or
+    directly with a session you own) and :meth:`install` it on the gateway."""
+
+    def __init__(self, settings: Settings, http: aiohttp.ClientSession) -> None:
+        self.settings = settings
+        self.http = http
+        self.timeout = settings.webhook_timeout
+
+    def install(self, gateway: Gateway) -> None:
+        """Set ``gateway.chat_backend`` / ``gateway.tool_fallback`` for each URL configured."""
+        if self.settings.chat_webhook_url:
+            gateway.chat_backend = self.chat
+        if self.settings.tool_webhook_url:
+            gateway.tool_fallback = self.call_tool
+
+    # --- chat -----------------------------------------------------------------------------------
+
+    async def chat(self, ctx: HandlerContext, frame: ClientFrame) -> None:
+        """Answer one chat frame from the chat backend (run by ``gateway.spawn``). Never raises
+        for a backend failure: the client gets an ``error`` frame instead."""
+        url = self.settings.chat_webhook_url
+        data = frame.data
+        body: dict[str, Any] = {
+            "client_id": ctx.session.client_id,
+            "message_id": frame.message_id,
+            "content": data["content"],
+            "role": data.get("role") or "user",
+            "data": data,
+        }
+        conversation_id = data.get("conversation_id")
+        if conversation_id is not None:
+            body["conversation_id"] = conversation_id
+        history = conversation_history(ctx.session, frame, conversation_id)
+        if history:
+            body["history"] = history
+        relay = _ChatRelay(ctx, conversation_id)
+        started = time.perf_counter()
+        try:
+            async with self._post(url, body, ctx.session.client_id, frame.message_id) as resp:
+                await self._check_status(resp, "chat")
+                if resp.status in (202, 204):
+                    log.info("chat_backend_deferred", client_id=ctx.session.client_id,
+                             message_id=frame.message_id, status=resp.status)
+                    return
+                ctype = resp.content_type
+                if ctype in NDJSON_TYPES:
+                    await relay.stream(self._ndjson_pieces(resp))
+                elif ctype == SSE_TYPE:
+                    await relay.stream(self._sse_pieces(resp))
+                else:
+                    reply = await self._read_json(resp)
+                    relay.complete(*_chat_reply(reply))
+        except BackendError as exc:
+            relay.fail(exc)
+            log.warning("chat_backend_failed", client_id=ctx.session.client_id,
+                        message_id=frame.message_id, type=frame.type, code=exc.code,
+                        error=exc.message, backend=_where(url),
+                        ms=_ms(started), chunks=relay.index)
+            return
+        log.info("chat_backend_answered", client_id=ctx.session.client_id,
+                 message_id=frame.message_id, type=frame.type, backend=_where(url),
+                 streamed=relay.stream_id is not None, chunks=relay.index, ms=_ms(started))
+
+    # --- tools ----------------------------------------------------------------------------------
+
+    async def call_tool(self, tool_name: str, params: dict[str, Any], ctx: ToolContext) -> Any:
+        """Run a tool the local registry does not have on the tool backend (the gateway's
+        ``tool_fallback``). Returns the raw result for ``shape_result``; raises
+        :class:`BackendError` (its message starts with the code) when the backend fails or
+        answers ``{"error": …}``."""
+        url = self.settings.tool_webhook_url
+        client_id = ctx.session.client_id if ctx.session is not None else None
+        body = {"tool_name": tool_name, "params": params, "call_id": ctx.call_id,
+                "client_id": client_id}
+        started = time.perf_counter()
+        try:
+            async with self._post(url, body, client_id, ctx.call_id) as resp:
+                await self._check_status(resp, "tool")
+                reply = await self._read_json(resp)
+            result = _tool_reply(reply)
+        except BackendError as exc:
+            log.warning("tool_backend_failed", client_id=client_id, call_id=ctx.call_id,
+                        tool=tool_name, code=exc.code, error=exc.message, backend=_where(url),
+                        ms=_ms(started))
+            raise BackendError(f"{exc.code}: {exc.message}", code=exc.code,
+                               details=exc.details) from None
+        log.info("tool_backend_answered", client_id=client_id, call_id=ctx.call_id,
+                 tool=tool_name, backend=_where(url), ms=_ms(started))
+        return result
+
+    # --- HTTP plumbing --------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _post(self, url: str, body: Mapping[str, Any], client_id: str | None,
+                    request_id: str) -> AsyncIterator[aiohttp.ClientResponse]:
+        """POST ``body``; yields the response once its headers arrived within the timeout."""
+        headers = {"Content-Type": "application/json", "Accept": ACCEPT,
+                   "X-Switchboard-Request-Id": request_id}
+        if client_id is not None:
+            headers["X-Switchboard-Client-Id"] = client_id
+        try:
+            async with asyncio.timeout(self.timeout):
+                resp = await self.http.post(url, data=orjson.dumps(body), headers=headers,
+                                            allow_redirects=False)
+        except TimeoutError:
+            raise BackendError(f"backend did not answer within {self.timeout:g}s",
+                               code=BACKEND_TIMEOUT) from None
+        except (aiohttp.ClientError, OSError, RuntimeError) as exc:
+            # RuntimeError: the client session was closed (the app is shutting down).
+            raise BackendError(f"backend unreachable: {_describe(exc)}",
+                               code=BACKEND_UNAVAILABLE) from None
+        try:
+            yield resp
+        finally:
+            resp.release()
+
+    async def _check_status(self, resp: aiohttp.ClientResponse, what: str) -> None:
+        if 200 <= resp.status < 300:
+            return
+        detail = ""
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.timeout):
+                detail = (await resp.content.read(500)).decode("utf-8", "replace")
+        log.info(f"{what}_backend_http_error", status=resp.status, detail=detail)
+        raise BackendError(f"{what} backend answered HTTP {resp.status}", code=BACKEND_ERROR,
+                           details={"status": resp.status})
+
+    async def _read_json(self, resp: aiohttp.ClientResponse) -> Any:
+        """The whole body parsed as JSON (whatever the Content-Type says)."""
+        raw = await self._read(resp.content.read(MAX_REPLY_BYTES + 1))
+        if len(raw) > MAX_REPLY_BYTES:
+            raise BackendError(f"backend answer larger than {MAX_REPLY_BYTES} bytes",
+                               code=BACKEND_INVALID_RESPONSE)
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise BackendError(
+                f"backend answer is not JSON (Content-Type {resp.content_type or 'none'}, "
+                f"{len(raw)} bytes)", code=BACKEND_INVALID_RESPONSE) from None
+
+    async def _read(self, read: Awaitable[_T]) -> _T:
+        """Await one read from the backend within the timeout, mapping failures."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await read
+        except TimeoutError:
+            raise BackendError(f"backend went silent for {self.timeout:g}s",
+                               code=BACKEND_TIMEOUT) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise BackendError(f"backend connection broke: {_describe(exc)}",
+                               code=BACKEND_UNAVAILABLE) from None
+
+    async def _lines(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """The body's lines as they arrive (without the line ending); each within the timeout."""
+        total = 0
+        while True:
+            line = await self._read(resp.content.readline())
+            if not line:
+                return
+            total += len(line)
+            if total > MAX_REPLY_BYTES:
+                raise BackendError(f"backend stream larger than {MAX_REPLY_BYTES} bytes",
+                                   code=BACKEND_INVALID_RESPONSE)
+            yield line.rstrip(b"\r\n")
+
+    async def _ndjson_pieces(self, resp: aiohttp.ClientResponse) -> AsyncIterator[_Piece]:
+        number = 0
+        async for line in self._lines(resp):
+            number += 1
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise BackendError(f"NDJSON line {number} is not JSON",
+                                   code=BACKEND_INVALID_RESPONSE) from None
+            piece = _piece(obj, f"NDJSON line {number}")
+            if piece is not None:
+                yield piece
+                if piece.done:
+                    return
+
+    async def _sse_pieces(self, resp: aiohttp.ClientResponse) -> AsyncIterator[_Piece]:
+        data: list[bytes] = []
+        event = 0
+        async for line in self._lines(resp):
+            if line:
+                if line.startswith(b"data:"):
+                    value = line[5:]
+                    data.append(value[1:] if value.startswith(b" ") else value)
+                continue  # comments, event:, id:, retry: are not relayed
+            if not data:
+                continue
+            event += 1
+            payload = b"\n".join(data)
+            data = []
+            piece = _sse_piece(payload, event)
+            if piece is not None:
+                yield piece
+                if piece.done:
+                    return
+        if data:  # a last event without its blank line
+            piece = _sse_piece(b"\n".join(data), event + 1)
+            if piece is not None:
+                yield piece
+
+
+@dataclass(slots=True)
+class _Piece:
+    """One piece of a streamed reply: text to relay, and/or the model, and/or the end."""
+
+    content: str = ""
+    model: str | None = None
+    done: bool = False
+
+
+def _sse_piece(payload: bytes, event: int) -> _Piece | None:
+    if payload.strip() == b"[DONE]":
+        return _Piece(done=True)
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        # Plain-text SSE data is a chunk of text as it stands.
+        return _Piece(content=payload.decode("utf-8", "replace"))
+    return _piece(obj, f"event {event}")
+
+
+def _piece(obj: Any, where: str) -> _Piece | None:
+    """Read one streamed object: {"content"} / {"delta"} (a string or OpenAI's
+    {"content": …}), OpenAI's {"choices": [{"delta": {"content"}}]}, {"done": true},
+    {"error": …} (→ backend_error)."""
+    if not isinstance(obj, Mapping):
+        raise BackendError(f"{where} is not a JSON object", code=BACKEND_INVALID_RESPONSE)
+    if obj.get("error"):
+        error = obj["error"]
+        message = error.get("message") if isinstance(error, Mapping) else error
+        raise BackendError(f"backend reported an error mid-stream: {message}",
+                           code=BACKEND_ERROR)
+    text: Any = obj.get("content")
+    if text is None:
+        text = obj.get("delta")
+    if isinstance(text, Mapping):
+        text = text.get("content")
+    if text is None and isinstance(obj.get("choices"), list) and obj["choices"]:
+        choice = obj["choices"][0]
+        if isinstance(choice, Mapping):
+            delta = choice.get("delta") or choice.get("message") or {}
+            text = delta.get("content") if isinstance(delta, Mapping) else None
+    if text is not None and not isinstance(text, str):
+        raise BackendError(f"{where}: content must be a string", code=BACKEND_INVALID_RESPONSE)
+    model = obj.get("model") if isinstance(obj.get("model"), str) else None
+    done = obj.get("done") is True
+    if not text and model is None and not done:
+        return None
+    return _Piece(text or "", model, done)
+
+
+def _chat_reply(reply: Any) -> tuple[str, str | None]:
+    """``(content, model)`` from a JSON chat reply."""
+    if not isinstance(reply, Mapping):
+        raise BackendError("backend answer must be a JSON object with 'content'",
+                           code=BACKEND_INVALID_RESPONSE)
+    content = reply.get("content")
+    if content is None and isinstance(reply.get("choices"), list) and reply["choices"]:
+        choice = reply["choices"][0]
+        message = choice.get("message") if isinstance(choice, Mapping) else None
+        content = message.get("content") if isinstance(message, Mapping) else None
+    if content is None and reply.get("error"):
+        raise BackendError(f"backend reported an error: {reply['error']}", code=BACKEND_ERROR)
+    if not isinstance(content, str):
+        raise BackendError("backend answer has no string 'content'",
+                           code=BACKEND_INVALID_RESPONSE)
+    model = reply.get("model")
+    return content, model if isinstance(model, str) else None
+
+
+def _tool_reply(reply: Any) -> Any:
+    """The raw tool result from ``{"result"}`` / ``{"error"}`` / an MCP CallToolResult."""
+    if not isinstance(reply, Mapping):
+        raise BackendError("tool backend answer must be a JSON object with 'result' or "
+                           "'error'", code=BACKEND_INVALID_RESPONSE)
+    if reply.get("error") is not None:
+        error = reply["error"]
+        message = error.get("message", error) if isinstance(error, Mapping) else error
+        raise BackendError(f"tool backend reported an error: {message}", code=BACKEND_ERROR)
+    if "result" in reply:
+        return reply["result"]
+    if isinstance(reply.get("content"), list):
+        return dict(reply)  # MCP CallToolResult; shape_result reads content/isError
+    raise BackendError("tool backend answer has neither 'result' nor 'error'",
+                       code=BACKEND_INVALID_RESPONSE)
+
+
+class _ChatRelay:
+    """Turns a backend's answer into frames for one chat frame (all ``reply_to`` it)."""
+
+    def __init__(self, ctx: HandlerContext, conversation_id: str | None) -> None:
+        self.ctx = ctx
+        self.conversation_id = conversation_id
+        self.stream_id: str | None = None
+        self.index = 0
+        self.parts: list[str] = []
+        self.model: str | None = None
+
+    def _with_conversation(self, data: dict[str, Any]) -> dict[str, Any]:
+        if self.conversation_id is not None:
+            data["conversation_id"] = self.conversation_id
+        return data
+
+    def complete(self, content: str, model: str | None) -> None:
+        self.ctx.reply("chat_response", self._with_conversation({
+            "content": content, "status": "completed", "model": model or "backend",
+            "role": "assistant"}))
+
+    async def stream(self, pieces: AsyncIterator[_Piece]) -> None:
+        self.stream_id = new_stream_id()
+        self.ctx.reply("stream_start", self._with_conversation({"stream_id": self.stream_id}))
+        async for piece in pieces:
+            if piece.model is not None:
+                self.model = piece.model
+            if piece.content:
+                self.ctx.reply("stream_chunk", {"stream_id": self.stream_id,
+                                                "content": piece.content, "index": self.index})
+                self.index += 1
+                self.parts.append(piece.content)
+        self.ctx.reply("stream_end", self._with_conversation({
+            "stream_id": self.stream_id, "full_content": "".join(self.parts),
+            "chunks": self.index, "model": self.model or "backend", "status": "completed",
+            "role": "assistant"}))
+
+    def fail(self, exc: BackendError) -> None:
+        data: dict[str, Any] = {"code": exc.code, "message": f"chat backend: {exc.message}",
+                                "backend": "chat", **exc.details}
+        if self.stream_id is not None:
+            data["stream_id"] = self.stream_id
+            data["partial_content"] = "".join(self.parts)
+        self.ctx.reply("error", data)
+
+
+def conversation_history(session: Session, frame: ClientFrame,
+                         conversation_id: str | None) -> list[dict[str, str]]:
+    """Earlier chat turns of this session still in its history (oldest first, at most
+    :data:`HISTORY_TURNS`): the client's chat messages before ``frame`` and the answers relayed
+    to it, in the same ``conversation_id`` (frames without one form one conversation)."""
+    entries = list(session.history)
+    decoded: list[tuple[bool, dict[str, Any]]] = []
+    for entry in entries:
+        try:
+            obj = protocol.decode(entry.data)
+        except Exception:  # history keeps what clients sent; skip what does not decode
+            continue
+        if isinstance(obj, dict):
+            decoded.append((entry.outbound, obj))
+    # Everything before the current frame is history (later frames may already be recorded).
+    for position in range(len(decoded) - 1, -1, -1):
+        outbound, obj = decoded[position]
+        if not outbound and obj == frame.raw:
+            decoded = decoded[:position]
+            break
+    turns: list[dict[str, str]] = []
+    for outbound, obj in decoded:
+        kind = obj.get("type") or obj.get("action")
+        data = obj.get("data")
+        if not isinstance(data, dict):
+            data = {k: v for k, v in obj.items() if k not in protocol.ENVELOPE_KEYS}
+        if data.get("conversation_id") != conversation_id:
+            continue
+        if not outbound and kind in _CHAT_REQUEST_TYPES:
+            content = data.get("content")
+            if isinstance(content, str):
+                role = data.get("role") if isinstance(data.get("role"), str) else "user"
+                turns.append({"role": role, "content": content})
+        elif outbound and kind == "chat_response" and isinstance(data.get("content"), str):
+            turns.append({"role": "assistant", "content": data["content"]})
+        elif outbound and kind == "stream_end" and isinstance(data.get("full_content"), str):
+            turns.append({"role": "assistant", "content": data["full_content"]})
+    return turns[-HISTORY_TURNS:]
+
+
+def _where(url: str) -> str:
+    """Scheme, host and path of a URL: never its query or credentials, for logs."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)
+
+
+async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx`` of the WebSocket app: with CHAT_WEBHOOK_URL or TOOL_WEBHOOK_URL set,
+    open one ClientSession, install the hooks on the gateway; at shutdown, cancel in-flight
+    webhook work, unset the hooks and close the session."""
+    gateway = app[GATEWAY]
+    settings = gateway.settings
+    if not (settings.chat_webhook_url or settings.tool_webhook_url):
+        yield
+        return
+    http = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=200, ttl_dns_cache=60),
+        timeout=aiohttp.ClientTimeout(total=None, connect=settings.webhook_timeout),
+        headers={"User-Agent": "switchboard-webhooks"}, trust_env=False)
+    hooks = Webhooks(settings, http)
+    hooks.install(gateway)
+    log.info("webhooks_enabled",
+             chat=_where(settings.chat_webhook_url) if settings.chat_webhook_url else None,
+             tools=_where(settings.tool_webhook_url) if settings.tool_webhook_url else None,
+             timeout=settings.webhook_timeout)
+    try:
+        yield
+    finally:
+        if gateway.chat_backend == hooks.chat:
+            gateway.chat_backend = None
+        if gateway.tool_fallback == hooks.call_tool:
+            gateway.tool_fallback = None
+        await gateway.cancel_tasks()
+        await http.close()
