@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -287,8 +288,10 @@ async def cmd_listen(args: argparse.Namespace, cfg: dict[str, Any], out: Output)
     @client.on("*")
     def _print(frame: Frame) -> None:
         nonlocal seen
-        if frame.type == "connection_established" and not out.json:
-            return  # the "connected ..." progress line says it already
+        if frame.type == "connection_established":
+            if out.json:
+                out.frame(frame)
+            return  # else the "connected ..." progress line says it already; never counted
         out.frame(frame)
         seen += 1
         if args.count is not None and seen >= args.count:
@@ -491,7 +494,8 @@ async def amain(
     err_stream = stderr or sys.stderr
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        with contextlib.redirect_stdout(out_stream), contextlib.redirect_stderr(err_stream):
+            args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed usage or help
         return int(exc.code or 0)
     cfg = _settings(args)
