@@ -70,7 +70,15 @@ KEY_METRICS: list[tuple[str, str, str, bool]] = [
 ]
 # Shown per scenario in the table besides the key metrics (checks of the run itself).
 EXTRA_METRICS: dict[str, list[str]] = {
-    "fanout": ["lost", "duplicates", "reordered", "seq_gaps", "gen_cpu_pct", "server_cpu_pct"],
+    "fanout": [
+        "lost",
+        "duplicates",
+        "reordered",
+        "seq_gaps",
+        "gen_cpu_pct",
+        "server_cpu_pct",
+        "foreign_cpu_pct",
+    ],
     "paced": ["lost", "duplicates", "achieved_rate", "server_cpu_us_per_delivery", "gen_cpu_pct"],
     "idle": ["connected", "rss_after_mb", "gen_cpu_pct"],
     "roundtrip": ["server_cpu_us_per_rt", "gen_cpu_pct", "server_cpu_pct"],
@@ -167,6 +175,20 @@ async def stop_target(running: Running, grace_s: float = 15.0) -> int | None:
     return proc.returncode
 
 
+async def quiet_gate(max_wait: float, threshold_pct: float = 20.0) -> tuple[float, float]:
+    """Wait (at most ``max_wait`` s) until the rest of the machine uses less than
+    ``threshold_pct`` of one core over a 0.5 s sample: other people's work on a 2-core box
+    skews every number. Returns (seconds waited, last sample in % of one core)."""
+    t0 = time.monotonic()
+    while True:
+        b0 = loadgen.machine_busy()
+        await asyncio.sleep(0.5)  # the sampling interval
+        busy_pct = (loadgen.machine_busy() - b0) / 0.5 * 100.0
+        waited = time.monotonic() - t0
+        if busy_pct < threshold_pct or waited >= max_wait:
+            return waited, busy_pct
+
+
 def tail(path: Path, lines: int = 15) -> str:
     with contextlib.suppress(OSError):
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -207,6 +229,12 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
             order = targets[rnd % len(targets) :] + targets[: rnd % len(targets)]
             for name in order:
                 tag = f"{scenario}-{rnd}-{name}"
+                waited, busy = await quiet_gate(args.quiet_wait)
+                if busy >= 20.0:
+                    print(
+                        f"  note: machine still busy ({busy:.0f}% of a core) before {tag}",
+                        flush=True,
+                    )
                 t0 = time.monotonic()
                 try:
                     async with asyncio.timeout(args.scenario_timeout):
@@ -217,6 +245,8 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"  FAILED {msg}\n{tail(logdir / f'{tag}.log')}", flush=True)
                     continue
                 result["round"] = rnd
+                result["quiet_wait_s"] = round(waited, 1)
+                result["busy_before_pct"] = round(busy, 1)
                 raw[scenario][name].append(result)
                 print(
                     f"  {tag:<28} {time.monotonic() - t0:5.1f}s  {brief(scenario, result)}",
@@ -468,6 +498,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds one scenario run may take before it is abandoned",
     )
     p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=None,
+        help="max seconds to wait for the machine to be idle before each run (default 90, quick 2)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -488,6 +524,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for s in args.scenarios:
         if s not in ALL_SCENARIOS:
             p.error(f"unknown scenario {s!r}")
+    if args.quiet_wait is None:
+        args.quiet_wait = 2.0 if args.quick else 90.0
     if args.rounds is None:
         args.rounds = 1 if args.quick else 3
     if args.rounds < 1:
