@@ -40,6 +40,7 @@ class Connection:
 
     __slots__ = (
         "_wakeup",
+        "backlog",
         "close_code",
         "close_reason",
         "closed",
@@ -65,6 +66,10 @@ class Connection:
         self.peer = peer
         self.queue: deque[bytes] = deque()
         self.queued_bytes = 0
+        #: The greeting and the resume replay, sent before the live queue. Not counted against
+        #: the queue limits: the replayed frames are the history's own bytes (bounded by
+        #: HISTORY_LIMIT), and counting them would close a resuming client with 4008 at once.
+        self.backlog: deque[bytes] = deque()
         self.close_code: int | None = None
         self.close_reason = ""
         self.closed = False
@@ -89,6 +94,10 @@ class Connection:
             wakeup.set_result(None)
         return True
 
+    def preload(self, data: bytes) -> None:
+        """Add a frame to the backlog (before the writer starts: greeting, replay)."""
+        self.backlog.append(data)
+
     def close_soon(self, code: int, reason: str) -> None:
         """Close with ``code`` as soon as possible (queued frames stay in history)."""
         if self.close_code is not None or self.closed:
@@ -97,6 +106,7 @@ class Connection:
         self.close_reason = reason
         self.queue.clear()
         self.queued_bytes = 0
+        self.backlog.clear()
         if self.writer is not None:
             self.writer.cancel()
         self.closing = asyncio.get_running_loop().create_task(self._close(code, reason))
@@ -112,6 +122,8 @@ class Connection:
         loop = asyncio.get_running_loop()
         text = WSMsgType.TEXT
         try:
+            while self.backlog:
+                await ws.send_frame(self.backlog.popleft(), text)
             while True:
                 while queue:
                     data = queue.popleft()
@@ -246,14 +258,14 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         "server_time": protocol.now_iso(),
         "message": "WebSocket connection established",
     })
-    conn.push(protocol.encode(hello))
+    conn.preload(protocol.encode(hello))
     if request.path == "/ws/mcplog":
         # Seed 000's clients wait for connection_ack.
-        conn.push(protocol.encode(protocol.server_frame(
+        conn.preload(protocol.encode(protocol.server_frame(
             "connection_ack", {"message": "WebSocket connection established"},
             extra={"message": "WebSocket connection established"})))
     for data in replay:
-        conn.push(data)
+        conn.preload(data)
     previous = registry.attach(session, conn)
     if previous is not None:
         previous.close_soon(CloseCode.REPLACED, CloseCode.REPLACED.explanation)
