@@ -32,7 +32,7 @@ API_TOKEN = "test-token"
 RECV_TIMEOUT = 5.0
 
 
-async def wait_for(condition: Callable[[], bool], timeout: float = RECV_TIMEOUT,
+async def wait_for(condition: Callable[[], bool], timeout: float = RECV_TIMEOUT,  # noqa: ASYNC109
                    what: str = "condition") -> None:
     """Wait until ``condition()`` is true, checking every event-loop tick (no fixed sleeps)."""
     deadline = time.monotonic() + timeout
@@ -68,7 +68,7 @@ class WSClient:
     async def send_raw(self, text: str) -> None:
         await self.ws.send_str(text)
 
-    async def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
+    async def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:  # noqa: ASYNC109
         """The next text frame, decoded. Fails on close or timeout."""
         msg = await self.ws.receive(timeout=timeout)
         if msg.type is not aiohttp.WSMsgType.TEXT:
@@ -78,7 +78,7 @@ class WSClient:
         self.frames.append(frame)
         return frame
 
-    async def recv_type(self, frame_type: str, timeout: float = RECV_TIMEOUT
+    async def recv_type(self, frame_type: str, timeout: float = RECV_TIMEOUT  # noqa: ASYNC109
                         ) -> dict[str, Any]:
         """Skip frames until one of ``frame_type`` arrives."""
         deadline = time.monotonic() + timeout
@@ -87,7 +87,7 @@ class WSClient:
             if frame["type"] == frame_type:
                 return frame
 
-    async def recv_close(self, timeout: float = RECV_TIMEOUT) -> int | None:
+    async def recv_close(self, timeout: float = RECV_TIMEOUT) -> int | None:  # noqa: ASYNC109
         """Read until the server closes; returns the close code."""
         deadline = time.monotonic() + timeout
         while True:

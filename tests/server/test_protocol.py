@@ -1,0 +1,170 @@
+"""The I/O-free frame protocol: decoding, validation, encoding. Plain functions, no event loop."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from server import protocol
+from server.errors import ProtocolError, SwitchboardError, ValidationError
+from server.protocol import Field, decode_client_frame, validate_fields
+
+
+def test_envelope_is_decoded() -> None:
+    frame = decode_client_frame(b'{"type": "chat_message", "data": {"content": "hi"}, '
+                                b'"message_id": "m1", "timestamp": "2026-01-01T00:00:00.000Z"}')
+    assert frame.type == "chat_message"
+    assert frame.data == {"content": "hi"}
+    assert frame.message_id == "m1"
+    assert frame.timestamp == "2026-01-01T00:00:00.000Z"
+
+
+def test_server_assigns_a_message_id_when_the_client_sent_none() -> None:
+    first = decode_client_frame('{"type": "ping"}')
+    second = decode_client_frame('{"type": "ping"}')
+    assert first.message_id and second.message_id
+    assert first.message_id != second.message_id
+    assert first.data == {}
+
+
+def test_integer_message_id_is_accepted_as_a_string() -> None:
+    assert decode_client_frame('{"type": "ping", "message_id": 7}').message_id == "7"
+
+
+def test_null_data_means_empty_object() -> None:
+    assert decode_client_frame('{"type": "ping", "data": null}').data == {}
+
+
+def test_flat_frame_fields_become_data() -> None:
+    frame = decode_client_frame('{"type": "text_message", "content": "hi", "message_id": "x"}')
+    assert frame.type == "text_message"
+    assert frame.data == {"content": "hi"}
+    assert frame.message_id == "x"
+
+
+def test_legacy_action_spelling() -> None:
+    frame = decode_client_frame('{"action": "subscribe", "channel": "alerts"}')
+    assert frame.type == "subscribe"
+    assert frame.data == {"channel": "alerts"}
+
+
+BAD_FRAMES: list[tuple[str, type[SwitchboardError], str, str | None, str | None]] = [
+    # payload, exception, code, field named, reply_to
+    ("not json", ProtocolError, "invalid_json", None, None),
+    ("", ProtocolError, "invalid_json", None, None),
+    ("[1, 2]", ProtocolError, "invalid_frame", None, None),
+    ("42", ProtocolError, "invalid_frame", None, None),
+    ('"ping"', ProtocolError, "invalid_frame", None, None),
+    ("null", ProtocolError, "invalid_frame", None, None),
+    ('{"data": {}}', ProtocolError, "missing_type", None, None),
+    ('{"data": {}, "message_id": "m"}', ProtocolError, "missing_type", None, "m"),
+    ('{"type": 5, "message_id": "m"}', ValidationError, "invalid_field", "type", "m"),
+    ('{"type": ""}', ValidationError, "invalid_field", "type", None),
+    ('{"type": "' + "x" * 65 + '"}', ValidationError, "invalid_field", "type", None),
+    ('{"type": "ping", "data": [], "message_id": "m"}', ValidationError, "invalid_field",
+     "data", "m"),
+    ('{"type": "ping", "data": "x"}', ValidationError, "invalid_field", "data", None),
+    ('{"type": "ping", "message_id": {}}', ValidationError, "invalid_field", "message_id",
+     None),
+    ('{"type": "ping", "message_id": ""}', ValidationError, "invalid_field", "message_id",
+     None),
+    ('{"type": "ping", "message_id": true}', ValidationError, "invalid_field", "message_id",
+     None),
+]
+
+
+@pytest.mark.parametrize(("payload", "exc_type", "code", "field_name", "reply_to"), BAD_FRAMES)
+def test_bad_frames_raise_the_documented_error(
+        payload: str, exc_type: type[SwitchboardError], code: str, field_name: str | None,
+        reply_to: str | None) -> None:
+    with pytest.raises(exc_type) as info:
+        decode_client_frame(payload)
+    err = info.value
+    assert err.code == code
+    assert err.details.get("field") == field_name
+    assert err.details.get("reply_to") == reply_to
+    assert err.message  # a human-readable reason
+    body = err.to_dict()
+    assert body["code"] == code and body["message"] == err.message
+
+
+SPEC = {
+    "content": Field("string", required=True, max_length=5),
+    "count": Field("integer"),
+    "ratio": Field("number"),
+    "flag": Field("boolean"),
+    "items": Field("array"),
+    "obj": Field("object"),
+}
+
+
+@pytest.mark.parametrize(("data", "field_name"), [
+    ({}, "data.content"),
+    ({"content": ""}, "data.content"),
+    ({"content": 3}, "data.content"),
+    ({"content": "toolong"}, "data.content"),
+    ({"content": "ok", "count": "1"}, "data.count"),
+    ({"content": "ok", "count": True}, "data.count"),
+    ({"content": "ok", "count": 1.5}, "data.count"),
+    ({"content": "ok", "ratio": "1"}, "data.ratio"),
+    ({"content": "ok", "flag": 1}, "data.flag"),
+    ({"content": "ok", "items": {}}, "data.items"),
+    ({"content": "ok", "obj": []}, "data.obj"),
+])
+def test_validate_fields_names_the_wrong_field(data: dict[str, Any], field_name: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        validate_fields(data, SPEC)
+    assert info.value.code == "invalid_field"
+    assert info.value.details == {"field": field_name}
+    assert field_name in info.value.message
+
+
+def test_validate_fields_accepts_good_data_and_unknown_keys() -> None:
+    validate_fields({"content": "ok", "count": 2, "ratio": 0.5, "flag": False, "items": [],
+                     "obj": {}, "extra": object()}, SPEC)
+    validate_fields({"content": "ok", "count": None}, SPEC)  # optional null = absent
+
+
+def test_validate_fields_prefix_for_http_bodies() -> None:
+    with pytest.raises(ValidationError) as info:
+        validate_fields({}, {"client_id": Field("string", required=True)}, prefix="")
+    assert info.value.details == {"field": "client_id"}
+
+
+def test_server_frame_envelope() -> None:
+    frame = protocol.server_frame("pong", {"a": 1}, reply_to="m1")
+    assert frame["type"] == "pong"
+    assert frame["data"] == {"a": 1}
+    assert frame["reply_to"] == "m1"
+    assert len(frame["message_id"]) == 32
+    stamp = frame["timestamp"]
+    assert stamp.endswith("Z")
+    assert datetime.fromisoformat(stamp.replace("Z", "+00:00")).utcoffset() is not None
+    assert "seq" not in frame  # only frames kept in history get one
+    assert "reply_to" not in protocol.server_frame("message")
+    assert protocol.server_frame("message")["data"] == {}
+
+
+def test_error_frame_carries_code_message_and_details() -> None:
+    frame = protocol.error_frame("unknown_type", "nope", reply_to="m", supported_types=["a"])
+    assert frame["type"] == "error"
+    assert frame["data"] == {"code": "unknown_type", "message": "nope", "supported_types": ["a"]}
+    assert frame["reply_to"] == "m"
+
+
+def test_with_seq_stamps_without_reserialising() -> None:
+    encoded = protocol.encode(protocol.server_frame("message", {"content": "é"}))
+    stamped = protocol.with_seq(encoded, 17)
+    decoded = orjson.loads(stamped)
+    assert decoded["seq"] == 17
+    assert {k: v for k, v in decoded.items() if k != "seq"} == orjson.loads(encoded)
+    assert protocol.decode(stamped) == decoded
+    assert orjson.loads(protocol.with_seq(b"{}", 3)) == {"seq": 3}
+
+
+def test_encode_is_utf8_json() -> None:
+    encoded = protocol.encode({"type": "x", "data": {"s": "é"}})
+    assert encoded == '{"type":"x","data":{"s":"é"}}'.encode()

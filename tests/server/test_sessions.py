@@ -1,0 +1,263 @@
+"""SessionRegistry unit tests: seq, history, replay, channels, expiry. No sockets."""
+
+from __future__ import annotations
+
+import gc
+import time
+import weakref
+
+import orjson
+
+from server import protocol
+from server.sessions import Session, SessionRegistry, valid_client_id
+
+
+class FakeOutbox:
+    """An Outbox that records frames; ``accept=False`` behaves like an overflowing socket."""
+
+    def __init__(self, accept: bool = True) -> None:
+        self.accept = accept
+        self.frames: list[bytes] = []
+        self.closed: tuple[int, str] | None = None
+
+    def push(self, data: bytes) -> bool:
+        if not self.accept:
+            return False
+        self.frames.append(data)
+        return True
+
+    def close_soon(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+def registry(history_limit: int = 100, session_ttl: float = 60.0, **kw: object
+             ) -> SessionRegistry:
+    return SessionRegistry(history_limit=history_limit, session_ttl=session_ttl, **kw)  # type: ignore[arg-type]
+
+
+def frame(content: str) -> bytes:
+    return protocol.encode(protocol.server_frame("message", {"content": content}))
+
+
+def seqs(frames: list[bytes]) -> list[int]:
+    return [orjson.loads(f)["seq"] for f in frames]
+
+
+def contents(frames: list[bytes]) -> list[str]:
+    return [orjson.loads(f)["data"]["content"] for f in frames]
+
+
+def test_create_uses_a_valid_free_client_id_else_generates_one() -> None:
+    reg = registry()
+    alice = reg.create("alice", "web")
+    assert alice.client_id == "alice" and alice.client_type == "web"
+    taken = reg.create("alice", "web")
+    assert taken.client_id != "alice"
+    invalid = reg.create("bad id/../", "web")
+    assert invalid.client_id != "bad id/../" and valid_client_id(invalid.client_id)
+    assert reg.create(None, "x").client_id not in ("alice", taken.client_id)
+    assert len(reg) == 4
+
+
+def test_tokens_are_unguessable_and_compared_exactly() -> None:
+    reg = registry()
+    a, b = reg.create("a", "t"), reg.create("b", "t")
+    assert a.token != b.token and len(a.token) >= 32
+    assert a.token_matches(a.token)
+    assert not a.token_matches(b.token)
+    assert not a.token_matches("")
+    assert not a.token_matches(a.token + "x")
+    assert not a.token_matches("é")
+
+
+def test_deliver_stamps_contiguous_seq_and_keeps_history() -> None:
+    reg = registry()
+    session = reg.create("a", "t")
+    box = FakeOutbox()
+    reg.attach(session, box)
+    results = [reg.deliver(session, frame(str(i))) for i in range(5)]
+    assert results == [(i, True) for i in range(1, 6)]
+    assert seqs(box.frames) == [1, 2, 3, 4, 5]
+    assert session.seq == 5 and len(session.history) == 5
+    assert session.messages_out == 5
+
+
+def test_deliver_to_an_offline_session_is_queued_in_history() -> None:
+    reg = registry()
+    session = reg.create("a", "t")
+    assert reg.deliver(session, frame("x")) == (1, False)
+    frames, complete = session.replay_after(0)
+    assert complete and contents(frames) == ["x"]
+
+
+def test_ephemeral_frames_get_no_seq_and_no_history() -> None:
+    reg = registry()
+    session = reg.create("a", "t")
+    box = FakeOutbox()
+    reg.attach(session, box)
+    assert reg.deliver_ephemeral(session, frame("pong"))
+    assert session.seq == 0 and not session.history
+    assert "seq" not in orjson.loads(box.frames[0])
+
+
+def test_replay_after_returns_exactly_the_missed_frames_in_order() -> None:
+    reg = registry()
+    session = reg.create("a", "t")
+    for i in range(1, 8):
+        reg.deliver(session, frame(str(i)))
+    reg.record_inbound(session, b'{"type":"ping"}')  # client frames are never replayed
+    frames, complete = session.replay_after(4)
+    assert complete
+    assert seqs(frames) == [5, 6, 7] and contents(frames) == ["5", "6", "7"]
+    assert session.replay_after(7) == ([], True)
+
+
+def test_replay_after_overflowed_history_is_not_recovered() -> None:
+    reg = registry(history_limit=3)
+    session = reg.create("a", "t")
+    for i in range(1, 11):
+        reg.deliver(session, frame(str(i)))
+    frames, complete = session.replay_after(2)
+    assert not complete
+    assert seqs(frames) == [8, 9, 10]  # what is left, still in order
+    frames, complete = session.replay_after(7)
+    assert complete and seqs(frames) == [8, 9, 10]
+
+
+def test_replay_with_a_last_seq_from_the_future_is_not_recovered() -> None:
+    reg = registry()
+    session = reg.create("a", "t")
+    reg.deliver(session, frame("1"))
+    assert session.replay_after(5) == ([], False)
+
+
+def test_inbound_frames_sit_at_the_position_of_the_last_server_frame() -> None:
+    reg = registry()
+    session = reg.create("a", "t")
+    reg.deliver(session, frame("1"))
+    reg.record_inbound(session, b'{"type":"ping"}')
+    reg.deliver(session, frame("2"))
+    described = [e.as_dict() for e in session.history]
+    assert [(d["direction"], d["seq"], d["after_seq"]) for d in described] == [
+        ("out", 1, None), ("in", None, 1), ("out", 2, None)]
+    assert session.messages_in == 1
+    assert session.describe()["message_count"] == 3
+
+
+def test_fan_out_serialises_once_and_stamps_each_sessions_own_seq() -> None:
+    reg = registry()
+    a, b, c = reg.create("a", "t"), reg.create("b", "t"), reg.create("c", "t")
+    box_a, box_b = FakeOutbox(), FakeOutbox(accept=False)
+    reg.attach(a, box_a)
+    reg.attach(b, box_b)
+    reg.deliver(a, frame("private"))
+    pushed, queued = reg.fan_out([a, b, c], frame("all"))
+    assert (pushed, queued) == (1, 2)  # b overflowing and c offline keep it for resume
+    assert seqs(box_a.frames) == [1, 2]
+    assert b.seq == 1 and c.seq == 1
+    assert contents(c.replay_after(0)[0]) == ["all"]
+
+
+def test_attach_returns_the_replaced_connection_and_detach_ignores_stale_ones() -> None:
+    reg = registry()
+    session = reg.create("a", "t")
+    first, second = FakeOutbox(), FakeOutbox()
+    assert reg.attach(session, first) is None
+    assert reg.attach(session, second) is first
+    reg.detach(session, first)  # the replaced connection ending changes nothing
+    assert session.connected and session.outbox is second
+    reg.detach(session, second)
+    assert not session.connected and session.disconnected_at is not None
+
+
+def test_channels_join_leave_and_cleanup() -> None:
+    reg = registry()
+    a, b = reg.create("a", "t"), reg.create("b", "t")
+    assert reg.join(a, "news") and not reg.join(a, "news")
+    reg.join(b, "news")
+    assert reg.channel_stats() == {"news": 2}
+    assert {s.client_id for s in reg.select(channel="news")} == {"a", "b"}
+    assert reg.leave(a, "news") and not reg.leave(a, "news")
+    reg.leave(b, "news")
+    assert reg.channels == {}  # empty channels are removed
+
+
+def test_channel_allow_list() -> None:
+    reg = registry(channel_allow_list=["news"])
+    assert reg.channel_allowed("news") and not reg.channel_allowed("other")
+    assert reg.available_channels() == ["news"]
+
+
+def test_select_filters() -> None:
+    reg = registry()
+    web, bot = reg.create("w", "web"), reg.create("b", "bot")
+    reg.attach(web, FakeOutbox())
+    assert [s.client_id for s in reg.select(client_type="bot")] == ["b"]
+    assert [s.client_id for s in reg.select(connected=True)] == ["w"]
+    assert [s.client_id for s in reg.select(connected=False)] == ["b"]
+    assert bot.describe()["connected"] is False
+
+
+def test_expiry_frees_the_session_and_its_channel_memberships() -> None:
+    reg = registry(session_ttl=10)
+    session = reg.create("a", "t")
+    reg.join(session, "news")
+    box = FakeOutbox()
+    reg.attach(session, box)
+    for i in range(3):
+        reg.deliver(session, frame(str(i)))
+    reg.detach(session, box)
+    assert reg.expire(now=time.time()) == []  # still within SESSION_TTL
+    history = weakref.ref(session.history)  # Session has __slots__; its deque is weakref-able
+    del session
+    assert reg.expire(now=time.time() + 11) == ["a"]
+    assert reg.get("a") is None
+    assert reg.channels == {}
+    assert reg.counters.total_sessions_expired == 1
+    del box
+    gc.collect()
+    assert history() is None  # nothing else holds the session's history: memory is freed
+
+
+def test_connected_sessions_never_expire() -> None:
+    reg = registry(session_ttl=0.0)
+    session = reg.create("a", "t")
+    reg.attach(session, FakeOutbox())
+    assert reg.expire(now=time.time() + 3600) == []
+    assert reg.get("a") is session
+
+
+def test_zero_ttl_ends_the_session_on_disconnect() -> None:
+    reg = registry(session_ttl=0.0)
+    session = reg.create("a", "t")
+    reg.join(session, "news")
+    box = FakeOutbox()
+    reg.attach(session, box)
+    reg.detach(session, box)
+    assert reg.get("a") is None and reg.channels == {}
+
+
+def test_stats_count_sessions_and_messages() -> None:
+    reg = registry()
+    a = reg.create("a", "t")
+    reg.create("b", "t")
+    reg.attach(a, FakeOutbox())
+    reg.deliver(a, frame("x"))
+    reg.record_inbound(a, b"{}")
+    stats = reg.stats()
+    assert stats["connected_clients"] == 1
+    assert stats["total_sessions"] == 2 and stats["offline_sessions"] == 1
+    assert stats["total_messages_sent"] == 1 and stats["total_messages_received"] == 1
+
+
+def test_describe_has_no_secret() -> None:
+    session = Session("a", "t", 10)
+    assert session.token not in str(session.describe())
+
+
+def test_valid_client_id() -> None:
+    assert valid_client_id("user-1_a.b:c@d")
+    assert not valid_client_id("")
+    assert not valid_client_id("a" * 129)
+    assert not valid_client_id("has space")
+    assert not valid_client_id("ü")
