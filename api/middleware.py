@@ -6,6 +6,7 @@ an unexpected exception is logged with its traceback and answered 500 without on
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -87,4 +88,16 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     limited = security.check_api_rate(security.api_caller(request))
     if limited is not None:
         return limited
+    if request.can_read_body:
+        # Read (and cache) the body under a deadline: a client trickling its body cannot hold
+        # a handler forever (slow POST). Over API_MAX_BODY, read() raises 413.
+        try:
+            async with asyncio.timeout(security.settings.request_body_timeout):
+                await request.read()
+        except TimeoutError:
+            response = json_error(408, "request_timeout",
+                                  f"request body not received within "
+                                  f"{security.settings.request_body_timeout:g}s")
+            response.force_close()
+            return response
     return await handler(request)

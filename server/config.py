@@ -125,6 +125,8 @@ class Settings:
     ws_rate_limit: float = 100.0
     ws_rate_burst: int = 200
     ws_compression: bool = False
+    request_header_timeout: float = 15.0
+    request_body_timeout: float = 30.0
     ws_auth: str = "none"
     ws_auth_token: str = field(default="", repr=False)
     ws_jwt_secret: str = field(default="", repr=False)
@@ -269,6 +271,11 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
     _spec("WS_RATE_BURST", lambda n, r: _int(n, r, 1, 10_000_000), "200",
           "Burst size of the frame rate limit."),
     _spec("WS_COMPRESSION", _bool, "false", "Offer permessage-deflate."),
+    _spec("REQUEST_HEADER_TIMEOUT", lambda n, r: _float(n, r, 1, 3600), "15",
+          "Seconds an HTTP connection (either port) gets to send complete request headers, "
+          "and may sit idle between keep-alive requests, before it is closed (slowloris)."),
+    _spec("REQUEST_BODY_TIMEOUT", lambda n, r: _float(n, r, 1, 3600), "30",
+          "Seconds an API request gets to send its whole body (408 beyond)."),
     _spec("WS_AUTH", lambda n, r: _choice(n, r, ("none", "token", "jwt")), "none",
           "Client authentication: none, token (WS_AUTH_TOKEN) or jwt (WS_JWT_SECRET)."),
     _spec("WS_AUTH_TOKEN", lambda n, r: r.strip(), "(unset)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -14,8 +15,24 @@ from server.config import Settings
 
 log = structlog.get_logger("switchboard")
 
-#: Idle keep-alive connections on the API are closed after this many seconds.
-KEEPALIVE_TIMEOUT = 15.0
+
+
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """``AppRunner`` options shared by both ports (tests start their servers with them too).
+
+    * ``access_log=None``: aiohttp's access log would print request lines, and WebSocket
+      clients may carry tokens in query strings (``?token=``, ``?session_token=``).
+    * ``keepalive_timeout=REQUEST_HEADER_TIMEOUT``: aiohttp arms this timer when a connection
+      opens and again after each response, and data trickling in does not re-arm it; a
+      connection still waiting for complete request headers when it fires is closed. So it
+      bounds both the header read (slowloris) and idle keep-alive time. After a WebSocket
+      upgrade the socket is governed by WS_HEARTBEAT and WS_TIMEOUT instead.
+    * ``lingering_time``: after a refused request (401, 408, 413) aiohttp drains the unread
+      rest of its body before closing; that drain is bounded by the same timeout (at most the
+      aiohttp default of 10 s). Slow bodies are cut off by REQUEST_BODY_TIMEOUT (API).
+    """
+    return {"access_log": None, "keepalive_timeout": settings.request_header_timeout,
+            "lingering_time": min(10.0, settings.request_header_timeout)}
 
 
 async def serve(settings: Settings, *, reuse_port: bool = False,
@@ -23,12 +40,12 @@ async def serve(settings: Settings, *, reuse_port: bool = False,
     """Serve both apps until SIGINT/SIGTERM (or ``stop`` is set), then shut down gracefully:
     stop listening, close every socket with 1001, let in-flight HTTP requests finish."""
     ws_app, api_app = create_apps(settings)
-    ws_runner = web.AppRunner(ws_app, handle_signals=False, access_log=None,
+    ws_runner = web.AppRunner(ws_app, handle_signals=False,
                               shutdown_timeout=settings.shutdown_timeout,
-                              keepalive_timeout=KEEPALIVE_TIMEOUT)
-    api_runner = web.AppRunner(api_app, handle_signals=False, access_log=None,
+                              **runner_options(settings))
+    api_runner = web.AppRunner(api_app, handle_signals=False,
                                shutdown_timeout=settings.shutdown_timeout,
-                               keepalive_timeout=KEEPALIVE_TIMEOUT)
+                               **runner_options(settings))
     await ws_runner.setup()
     await api_runner.setup()
     api_host = settings.effective_api_host
