@@ -19,6 +19,7 @@ from aiohttp import web
 from api.middleware import auth_middleware, error_middleware
 from api.routes import routes as api_routes
 from api.stream import routes as stream_routes
+from api.ui import setup_ui
 from handlers import build_router
 from server.broker import create_broker
 from server.config import Settings
@@ -75,6 +76,7 @@ def create_apps(settings: Settings, gateway: Gateway | None = None,
     api_app[ROUTER] = router
     api_app[SECURITY] = security
     api_app.add_routes(api_routes)
+    setup_ui(api_app)
     api_app.add_routes(stream_routes)
     _setup_cors(api_app, settings)
     return ws_app, api_app
