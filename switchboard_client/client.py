@@ -387,6 +387,22 @@ class SwitchboardClient:
         async with asyncio.timeout(timeout):
             await self._wait_ws()
 
+    def simulate_network_drop(self) -> None:
+        """Abort the current TCP connection without a close frame, as a network failure would.
+
+        A testing aid: the client then behaves exactly as after a real drop (close code 1006,
+        reconnect and resume). Does nothing when no socket is open.
+        """
+        ws = self._ws
+        if ws is None:
+            return
+        conn = getattr(ws, "_conn", None)
+        transport = getattr(conn, "transport", None) or getattr(
+            getattr(ws, "_writer", None), "transport", None
+        )
+        if transport is not None:
+            transport.abort()
+
     # ------------------------------------------------------------------ sending
 
     async def send(

@@ -594,3 +594,15 @@ def test_backoff_is_capped_exponential_with_jitter() -> None:
         assert all(base * 0.5 <= d <= base for d in delays)
         assert len(delays) > 1
     assert Backoff(initial=1.0, jitter=0.0).delay(2) == 4.0
+
+
+async def test_simulated_network_drop_on_the_client_side(gw: FakeGateway) -> None:
+    client = make_client(gw, client_id="sim")
+    rec = FrameRecorder(client)
+    async with client:
+        client.simulate_network_drop()
+        gone = await within(rec.event(Lifecycle.DISCONNECTED))
+        assert gone["code"] == 1006 and gone["will_reconnect"]
+        await within(gw.wait_connected("sim", connects=2))
+        await gw.push("sim", "message", {"content": "after"})
+        assert (await within(rec.next("message"))).data["content"] == "after"
