@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 from server.errors import ConfigError
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+#: HS256 keys shorter than the hash output are guessable offline (RFC 7518 section 3.2).
+MIN_JWT_SECRET_BYTES = 32
 
 
 def _int(name: str, raw: str, lo: int, hi: int) -> int:
@@ -189,6 +191,9 @@ class Settings:
             )
         if self.ws_auth == "jwt" and not self.ws_jwt_secret:
             raise ConfigError("WS_JWT_SECRET: required when WS_AUTH=jwt")
+        if self.ws_auth == "jwt" and len(self.ws_jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+            raise ConfigError(f"WS_JWT_SECRET: must be at least {MIN_JWT_SECRET_BYTES} bytes "
+                              f"for HS256 (RFC 7518 section 3.2)")
         if self.ws_auth == "token" and not self.ws_auth_token:
             raise ConfigError("WS_AUTH_TOKEN: required when WS_AUTH=token")
         scheme = urlsplit(self.broker_url).scheme

@@ -19,6 +19,7 @@ import jwt
 from aiohttp import web
 
 from server.config import Settings
+from server.sessions import valid_client_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,12 @@ class Security:
             return error_response(401, "token_expired", "token expired")
         except jwt.InvalidTokenError as exc:
             return error_response(401, "unauthorized", f"invalid token: {exc}")
-        return Identity(subject=str(claims["sub"]), expires_at=float(claims["exp"]))
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not valid_client_id(subject):
+            return error_response(401, "unauthorized",
+                                  "invalid token: sub must be a client id (1-128 letters, "
+                                  "digits or -_.:@)")
+        return Identity(subject=subject, expires_at=float(claims["exp"]))
 
     def admit_ip(self, ip: str) -> bool:
         cap = self.settings.max_connections_per_ip

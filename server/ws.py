@@ -45,6 +45,7 @@ class Connection:
         "close_reason",
         "closed",
         "closing",
+        "expiry",
         "max_bytes",
         "max_frames",
         "peer",
@@ -76,6 +77,8 @@ class Connection:
         self.writer: asyncio.Task[None] | None = None
         self.closing: asyncio.Task[None] | None = None
         self._wakeup: asyncio.Future[None] | None = None
+        #: Closes the socket with 4010 when the client's JWT expires (cancelled on close).
+        self.expiry: asyncio.TimerHandle | None = None
 
     # Outbox ----------------------------------------------------------------------------------
 
@@ -271,6 +274,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         previous.close_soon(CloseCode.REPLACED, CloseCode.REPLACED.explanation)
     connections.add(conn)
     conn.start_writer()
+    if identity is not None and identity.expires_at is not None:
+        conn.expiry = _close_at_expiry(conn, identity.expires_at)
     log.info("client_connected", client_id=session.client_id, client_type=session.client_type,
              resumed=resumed, recovered=recovered, replayed=len(replay), peer=peer,
              path=request.path)
@@ -281,6 +286,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         connections.discard(conn)
         security.release_ip(peer)
         conn.closed = True
+        if conn.expiry is not None:
+            conn.expiry.cancel()
         if conn.writer is not None:
             conn.writer.cancel()
         registry.detach(session, conn)
@@ -290,6 +297,16 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                  code=ws.close_code if conn.close_code is None else conn.close_code,
                  duration_s=round(time.time() - session.last_activity, 3))
     return ws
+
+
+def _close_at_expiry(conn: Connection, expires_at: float) -> asyncio.TimerHandle:
+    """One loop timer per authenticated connection: at the token's ``exp`` (wall clock,
+    converted to the loop's clock) the socket is closed with 4010; the client reconnects with a
+    fresh token and resumes."""
+    loop = asyncio.get_running_loop()
+    when = loop.time() + max(0.0, expires_at - time.time())
+    code = CloseCode.TOKEN_EXPIRED
+    return loop.call_at(when, conn.close_soon, int(code), code.explanation)
 
 
 async def _refuse(ws: web.WebSocketResponse, code: CloseCode, message: str) -> None:
