@@ -66,6 +66,10 @@ class ServerProbe:
 
     def __init__(self, pid: int) -> None:
         self.proc = psutil.Process(pid)
+        self.pid = pid
+        #: Called when a measured window opens and closes (``bench.run --profile`` hooks in).
+        self.on_start: Callable[[], None] | None = None
+        self.on_stop: Callable[[], None] | None = None
 
     def _tree(self) -> list[psutil.Process]:
         procs = [self.proc]
@@ -106,6 +110,8 @@ class Meter:
 
     def __init__(self, probe: ServerProbe) -> None:
         self.probe = probe
+        if probe.on_start is not None:
+            probe.on_start()
         self.t0 = time.perf_counter()
         self.s0 = probe.cpu()
         self.g0 = time.process_time()
@@ -118,6 +124,8 @@ class Meter:
         self.gen_cpu = time.process_time() - self.g0
         busy = machine_busy() - self.m0
         self.foreign_cpu = max(0.0, busy - self.server_cpu - self.gen_cpu)
+        if self.probe.on_stop is not None:
+            self.probe.on_stop()
         return self
 
     def shares(self) -> dict[str, float]:
@@ -173,6 +181,9 @@ class Collector:
     rt_running: bool = False
     rt_count: int = 0
     rt_outstanding: int = 0
+    rt_retries: int = 0  # pings re-sent after no answer (e.g. dropped by a rate limiter)
+    rate_limited: int = 0  # error frames with code rate_limited
+    error_frames: int = 0  # other error frames
     rtts: list[int] = field(default_factory=list)
     # unicast
     u_seen: bytearray = field(default_factory=bytearray)
@@ -230,6 +241,7 @@ class WSClient(asyncio.Protocol):
         self.last_i = -1
         self.last_seq = -1
         self.ping_t = 0
+        self.awaiting = False
         self.closing = False
         self.session_token: str | None = None
 
@@ -362,6 +374,7 @@ class WSClient(asyncio.Protocol):
             coll.latencies.append(now - int(t_str))
             coll.progress.set()
         elif kind == "pong":
+            self.awaiting = False
             coll.rtts.append(now - self.ping_t)
             coll.rt_count += 1
             if coll.rt_running:
@@ -377,6 +390,12 @@ class WSClient(asyncio.Protocol):
             coll.ready += 1
             if not self.ready.done():
                 self.ready.set_result(None)
+        elif kind == "error":
+            code = (obj.get("data") or {}).get("code")
+            if code == "rate_limited":
+                coll.rate_limited += 1
+            else:
+                coll.error_frames += 1
         else:
             coll.other += 1
 
@@ -391,6 +410,7 @@ class WSClient(asyncio.Protocol):
         self.write(text_frame(body))
 
     def send_ping(self) -> None:
+        self.awaiting = True
         self.ping_t = MONO()
         self.write(self._ping_frame)
 
@@ -606,6 +626,8 @@ def _health(coll: Collector, clients: list[WSClient], errors: list[str]) -> dict
         "server_closes": coll.server_closes,
         "seq_gaps": coll.seq_gaps,
         "other_frames": coll.other,
+        "error_frames": coll.error_frames,
+        "rate_limited": coll.rate_limited,
     }
 
 
@@ -772,6 +794,20 @@ async def _server_sees(ep: Endpoint, connected: int) -> bool:
     return False
 
 
+RT_TICK = 0.1  # s between checks for unanswered pings
+RT_STALL_NS = 250_000_000  # a ping unanswered for this long is sent again
+
+
+def _resend_stalled(clients: list[WSClient], coll: Collector) -> None:
+    """Re-send pings that got no answer (a server may drop frames over its rate limit
+    without a word); counted in ``rt_retries`` so it shows."""
+    now = MONO()
+    for c in clients:
+        if c.awaiting and now - c.ping_t > RT_STALL_NS and c.transport is not None:
+            coll.rt_retries += 1
+            c.send_ping()
+
+
 async def roundtrip(
     ep: Endpoint, probe: ServerProbe, *, clients: int = 50, duration: float = 5.0
 ) -> dict[str, float]:
@@ -792,11 +828,17 @@ async def roundtrip(
         meter = Meter(probe)
         for c in live:
             c.send_ping()
-        await asyncio.sleep(duration)  # the measured interval itself
+        end = time.monotonic() + duration
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(left, RT_TICK))  # the measured interval itself
+            _resend_stalled(live, coll)
         coll.rt_running = False
         count = coll.rt_count
         meter.stop()
-        await wait_for(coll, lambda: coll.rt_outstanding <= 0, idle=5, total=10)
+        for _ in range(20):
+            if await wait_for(coll, lambda: coll.rt_outstanding <= 0, idle=RT_TICK, total=RT_TICK):
+                break
+            _resend_stalled(live, coll)
     finally:
         close_clients(conns)
     rtts = sorted(coll.rtts)
@@ -806,6 +848,8 @@ async def roundtrip(
         "rt_per_s": count / max(meter.wall, 1e-9),
         "p50_ms": ns_to_ms(rtts, 0.50),
         "p99_ms": ns_to_ms(rtts, 0.99),
+        "rt_retries": coll.rt_retries,
+        "rt_unanswered": max(coll.rt_outstanding, 0),
         **meter.metrics(count, "rt"),
         **_health(coll, conns, errors),
     }

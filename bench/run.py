@@ -20,9 +20,11 @@ import os
 import platform
 import resource
 import secrets
+import shutil
 import signal
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +39,9 @@ from bench import loadgen
 from bench.loadgen import Endpoint, ServerProbe
 
 REPO = Path(__file__).resolve().parent.parent
+PY_SPY = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+#: ``--switchboard-env KEY=VALUE`` settings (diagnosis only: the issue measures defaults).
+SWITCHBOARD_EXTRA_ENV: dict[str, str] = {}
 ALL_TARGETS = ("switchboard", "bare", "socketio")
 ALL_SCENARIOS = ("fanout", "paced", "idle", "roundtrip", "unicast")
 
@@ -81,7 +86,13 @@ EXTRA_METRICS: dict[str, list[str]] = {
     ],
     "paced": ["lost", "duplicates", "achieved_rate", "server_cpu_us_per_delivery", "gen_cpu_pct"],
     "idle": ["connected", "rss_after_mb", "gen_cpu_pct"],
-    "roundtrip": ["server_cpu_us_per_rt", "gen_cpu_pct", "server_cpu_pct"],
+    "roundtrip": [
+        "server_cpu_us_per_rt",
+        "gen_cpu_pct",
+        "server_cpu_pct",
+        "rate_limited",
+        "rt_retries",
+    ],
     "unicast": ["lost", "duplicates", "http_errors", "server_cpu_us_per_req", "gen_cpu_pct"],
 }
 INTEGRITY = (
@@ -128,6 +139,7 @@ def target_command(
             LOG_LEVEL="WARNING",
             MAX_CONNECTIONS="20000",
         )
+        env.update(SWITCHBOARD_EXTRA_ENV)
         return [sys.executable, str(REPO / "run_websocket_server.py")], env
     module = {"bare": "bench.bare_server", "socketio": "bench.socketio_server"}[name]
     args = ["--ws-port", str(ws_port), "--api-port", str(api_port), "--token", token]
@@ -198,15 +210,62 @@ def tail(path: Path, lines: int = 15) -> str:
 # ----------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------
+class Profiler:
+    """``py-spy record`` on the server for the measured window of a scenario."""
+
+    def __init__(self, pid: int, out: Path, rate: int) -> None:
+        self.cmd = [
+            PY_SPY,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            str(rate),
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            "--nonblocking",
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # py-spy writes its output and exits
+
+    def wait(self) -> None:
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 async def run_one(
-    name: str, scenario: str, params: dict[str, Any], logdir: Path, tag: str
+    name: str,
+    scenario: str,
+    params: dict[str, Any],
+    logdir: Path,
+    tag: str,
+    profile_dir: Path | None = None,
 ) -> dict[str, Any]:
     running = await start_target(name, logdir, tag)
+    profiler: Profiler | None = None
     try:
         probe = ServerProbe(running.proc.pid)
+        if profile_dir is not None:
+            profiler = Profiler(running.proc.pid, profile_dir / f"{tag}.txt", 250)
+            probe.on_start, probe.on_stop = profiler.start, profiler.stop
         result = await loadgen.SCENARIOS[scenario](running.endpoint, probe, **params)
         result["server_rss_end_mb"] = probe.rss() / 2**20
     finally:
+        if profiler is not None:
+            profiler.stop()
+            await asyncio.to_thread(profiler.wait)
         rc = await stop_target(running)
     result["exit_code"] = rc
     return result
@@ -238,7 +297,7 @@ async def run_all(args: argparse.Namespace) -> dict[str, Any]:
                 t0 = time.monotonic()
                 try:
                     async with asyncio.timeout(args.scenario_timeout):
-                        result = await run_one(name, scenario, params, logdir, tag)
+                        result = await run_one(name, scenario, params, logdir, tag, args.profile)
                 except Exception as exc:  # one failed run must not sink the others
                     msg = f"{tag}: {exc!r}"
                     failures.append(msg)
@@ -504,6 +563,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="max seconds to wait for the machine to be idle before each run (default 90, quick 2)",
     )
     p.add_argument(
+        "--switchboard-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the Switchboard target, e.g. WS_RATE_LIMIT=0 (diagnosis; "
+        "the issue's comparison uses the defaults)",
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="record each run's server with py-spy into DIR/<scenario>-<round>-<target>.txt "
+        "(summarise with python -m bench.profile; profiled numbers are not results)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -524,6 +599,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for s in args.scenarios:
         if s not in ALL_SCENARIOS:
             p.error(f"unknown scenario {s!r}")
+    for item in args.switchboard_env:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"--switchboard-env wants KEY=VALUE, not {item!r}")
+        SWITCHBOARD_EXTRA_ENV[key] = value
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
     if args.quiet_wait is None:
         args.quiet_wait = 2.0 if args.quick else 90.0
     if args.rounds is None:
@@ -595,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": args.targets,
         "scenarios": args.scenarios,
         "generator_loop": loop_name,
+        "switchboard_extra_env": SWITCHBOARD_EXTRA_ENV,
         "machine": machine_info(),
         "sizes": run["sizes"],
         "wall_s": run["wall_s"],
