@@ -1,0 +1,174 @@
+"""The real process: run_websocket_server.py on free ports, graceful shutdown, bad settings."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "run_websocket_server.py"
+TOKEN = "runner-test-token"
+START_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def base_env(**settings: str) -> dict[str, str]:
+    """A clean environment: only what Python needs plus the given settings."""
+    env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG", "SYSTEMROOT")
+           if key in os.environ}
+    env.update(settings)
+    return env
+
+
+@dataclass
+class Server:
+    process: asyncio.subprocess.Process
+    ws_url: str
+    api_url: str
+    log: Path
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[Server]:
+    ws_port, api_port = free_port(), free_port()
+    log = tmp_path / "server.log"
+    with log.open("wb") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(SCRIPT), cwd=tmp_path, stdout=log_file, stderr=log_file,
+            env=base_env(WS_HOST="127.0.0.1", API_HOST="127.0.0.1", WS_PORT=str(ws_port),
+                         API_PORT=str(api_port), API_TOKEN=TOKEN, LOG_FORMAT="json",
+                         SHUTDOWN_TIMEOUT="5"))
+    live = Server(process, f"ws://127.0.0.1:{ws_port}/", f"http://127.0.0.1:{api_port}", log)
+    try:
+        await _wait_until_ready(live)
+        yield live
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def _wait_until_ready(live: Server) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    async with aiohttp.ClientSession() as http:
+        while True:
+            if live.process.returncode is not None:
+                raise AssertionError(f"server exited: {live.log.read_text()}")
+            try:
+                async with http.get(f"{live.api_url}/health") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server did not start: {live.log.read_text()}")
+            await asyncio.sleep(0.05)
+
+
+async def test_sigterm_closes_sockets_with_1001_and_exits_0(server: Server) -> None:
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{server.ws_url}?client_id=proc")
+        hello = orjson.loads((await ws.receive(timeout=5)).data)
+        assert hello["type"] == "connection_established"
+        assert hello["data"]["client_id"] == "proc"
+        # The API of the same process reaches the client.
+        async with http.post(f"{server.api_url}/send_message",
+                             json={"client_id": "proc", "content": "hi"},
+                             headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+            assert resp.status == 200
+        assert orjson.loads((await ws.receive(timeout=5)).data)["data"]["content"] == "hi"
+
+        server.process.send_signal(signal.SIGTERM)
+        msg = await ws.receive(timeout=10)
+        assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+        assert ws.close_code == 1001
+        assert "reconnect" in (msg.extra or "")
+        await ws.close()
+    assert await asyncio.wait_for(server.process.wait(), 15) == 0
+    log = server.log.read_text()
+    assert "switchboard_stopped" in log
+    assert TOKEN not in log  # secrets never reach the logs
+    assert "Traceback" not in log
+
+
+async def test_sigint_also_shuts_down_cleanly_and_fails_waiting_tool_calls(
+        server: Server) -> None:
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(f"{server.ws_url}?client_id=worker")
+        await ws.receive(timeout=5)
+        call = asyncio.get_running_loop().create_task(http.post(
+            f"{server.api_url}/call_tool",
+            json={"client_id": "worker", "tool_name": "t", "timeout": 30},
+            headers={"Authorization": f"Bearer {TOKEN}"}))
+        frame = orjson.loads((await ws.receive(timeout=5)).data)
+        assert frame["type"] == "tool_call"
+        server.process.send_signal(signal.SIGINT)
+        msg = await ws.receive(timeout=10)
+        assert msg.type is aiohttp.WSMsgType.CLOSE and ws.close_code == 1001
+        # The in-flight request finishes with a clear answer instead of hanging.
+        resp = await asyncio.wait_for(call, 10)
+        assert resp.status == 502
+        assert (await resp.json())["error"]["code"] == "client_disconnected"
+        resp.release()
+        await ws.close()
+    assert await asyncio.wait_for(server.process.wait(), 15) == 0
+
+
+@pytest.mark.parametrize(("settings", "variable"), [
+    ({"WS_PORT": "abc"}, "WS_PORT"),
+    ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+    ({"API_HOST": "0.0.0.0"}, "API_TOKEN"),
+    ({"MAX_CONNECTIONS": "-5"}, "MAX_CONNECTIONS"),
+    ({"SESSION_TTL": "a week"}, "SESSION_TTL"),
+])
+def test_a_bad_setting_exits_2_with_one_line_naming_the_variable(
+        tmp_path: Path, settings: dict[str, str], variable: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT)], cwd=tmp_path, capture_output=True, text=True,
+        timeout=30, env=base_env(**{"WS_HOST": "127.0.0.1", "WS_PORT": str(free_port()),
+                                    "API_PORT": str(free_port()), **settings}))
+    assert result.returncode == 2, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_bad_env_file_value_is_reported_the_same_way(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("LOG_FORMAT=yaml\n", encoding="utf-8")
+    result = subprocess.run([sys.executable, str(SCRIPT)], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=30, env=base_env())
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "LOG_FORMAT" in result.stderr
+
+
+def test_a_port_in_use_exits_non_zero_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, str(SCRIPT)], cwd=tmp_path, capture_output=True, text=True,
+            timeout=30, env=base_env(WS_HOST="127.0.0.1", WS_PORT=str(port),
+                                     API_PORT=str(free_port()), LOG_LEVEL="error"))
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "listen" in result.stderr
