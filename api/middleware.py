@@ -76,6 +76,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                   ms=round(elapsed * 1000, 3))
 
 
+#: Handlers that read their body as it arrives (``POST /stream/{client_id}``): the auth
+#: middleware does not pre-read it; they enforce their own size and idle limits.
+STREAMING_HANDLERS: set[Handler] = set()
+
+
+def streams_body(handler: Handler) -> Handler:
+    """Mark a route handler as reading its request body incrementally (see above)."""
+    STREAMING_HANDLERS.add(handler)
+    return handler
+
+
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.method == "OPTIONS" or request.path in PUBLIC_PATHS or request.path.startswith(
@@ -88,7 +99,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     limited = security.check_api_rate(security.api_caller(request))
     if limited is not None:
         return limited
-    if request.can_read_body:
+    if request.can_read_body and request.match_info.handler not in STREAMING_HANDLERS:
         # Read (and cache) the body under a deadline: a client trickling its body cannot hold
         # a handler forever (slow POST). Over API_MAX_BODY, read() raises 413.
         try:

@@ -22,7 +22,7 @@ is ``"delivered"`` (200) when every frame reached the live connection, ``"queued
 when some were kept in the session's history for the client to get on resume (the client is
 offline, or dropped mid-stream). Unknown client → 404. A broken upload (the caller went away,
 a bad NDJSON line (400), more than MAX_MESSAGE_SIZE of content (413), nothing received for
-WS_TIMEOUT seconds (408)) ends the client's stream with an ``error`` frame
+REQUEST_BODY_TIMEOUT seconds between two pieces (408)) ends the client's stream with an ``error`` frame
 {code: "stream_aborted", stream_id, partial_content}.
 """
 
@@ -37,6 +37,7 @@ import orjson
 import structlog
 from aiohttp import web
 
+from api.middleware import streams_body
 from server import protocol
 from server.errors import ProtocolError, SwitchboardError, ValidationError
 from server.gateway import Gateway
@@ -176,6 +177,7 @@ def _count(relay: _Relay, size: int, limit: int) -> None:
 
 
 @routes.post("/stream/{client_id}")
+@streams_body
 async def stream_to_client(request: web.Request) -> web.Response:
     """Relay a chunked request body to a client as stream frames (see the module doc)."""
     gateway: Gateway = request.app[GATEWAY]
@@ -193,9 +195,10 @@ async def stream_to_client(request: web.Request) -> web.Response:
     relay = _Relay(gateway, session, stream_id, _optional_query(request, "reply_to"),
                    _optional_query(request, "model"))
     settings = gateway.settings
+    idle = settings.request_body_timeout
     relay.start()
     try:
-        await relay_body(request, relay, settings.max_message_size, settings.ws_timeout)
+        await relay_body(request, relay, settings.max_message_size, idle)
     except SwitchboardError as exc:
         relay.abort(f"the upload failed: {exc.message}")
         log.info("api_stream_aborted", client_id=session.client_id, stream_id=stream_id,
@@ -203,9 +206,19 @@ async def stream_to_client(request: web.Request) -> web.Response:
         exc.details.setdefault("stream_id", stream_id)
         raise
     except TimeoutError:
-        relay.abort(f"the upload went silent for {settings.ws_timeout:g}s")
-        raise SwitchboardError(f"no data for {settings.ws_timeout:g}s", code="request_timeout",
-                               http_status=408, details={"stream_id": stream_id}) from None
+        relay.abort(f"the upload went silent for {idle:g}s")
+        response = web.Response(body=orjson.dumps({"error": {
+            "code": "request_timeout", "message": f"no data for {idle:g}s",
+            "stream_id": stream_id}}), status=408, content_type="application/json")
+        response.force_close()
+        return response
+    except asyncio.CancelledError:
+        # The caller hung up and the server cancels handlers of lost connections
+        # (handler_cancellation), or the server is stopping: the client's stream still ends.
+        relay.abort("the upload was interrupted")
+        log.info("api_stream_interrupted", client_id=session.client_id, stream_id=stream_id,
+                 error="cancelled", chunks=relay.index)
+        raise
     except Exception as exc:
         # The caller went away or the body was cut short (aiohttp's payload errors).
         relay.abort("the upload was interrupted")
