@@ -221,6 +221,7 @@ class SwitchboardClient:
         self._runner: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._oversized = False
 
     # ------------------------------------------------------------------ registration
 
@@ -320,6 +321,19 @@ class SwitchboardClient:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="switchboard-dispatch")
+        try:
+            await self._first_connection(retry)
+            if self._closing.is_set():
+                raise ConnectionClosed("client closed while connecting")
+        except BaseException:
+            # Failed, refused or cancelled: release the dispatcher and the HTTP session.
+            await self._shutdown(
+                self.close_code, self.close_reason or "not connected", notify=False
+            )
+            raise
+        self._runner = asyncio.create_task(self._run(), name="switchboard-reader")
+
+    async def _first_connection(self, retry: bool) -> None:
         attempt = 0
         while True:
             try:
@@ -341,7 +355,7 @@ class SwitchboardClient:
             if not (retry and error.retryable) or (
                 self.max_reconnect_attempts is not None and attempt >= self.max_reconnect_attempts
             ):
-                await self._shutdown(error.close_code, str(error), notify=False)
+                self.close_code, self.close_reason = error.close_code, str(error)
                 raise error
             delay = self.backoff.delay(attempt)
             attempt += 1
@@ -349,9 +363,7 @@ class SwitchboardClient:
                 Lifecycle.RECONNECTING, {"attempt": attempt, "delay": delay, "error": str(error)}
             )
             if await self._sleep_or_closing(delay):
-                await self._shutdown(None, "closed by the client", notify=False)
                 raise ConnectionClosed("client closed while connecting")
-        self._runner = asyncio.create_task(self._run(), name="switchboard-reader")
 
     async def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
         """Close the connection (``code`` 1000 by default) and stop reconnecting.
@@ -690,6 +702,8 @@ class SwitchboardClient:
                 if self._closing.is_set():
                     return
                 action = close_action(code)
+                if self._oversized:
+                    action = CloseAction.STOP
                 if action is CloseAction.NEW_TOKEN and not callable(self._token):
                     action = CloseAction.STOP
                     reason = reason or "auth token expired (pass a token callable to refresh it)"
@@ -719,7 +733,13 @@ class SwitchboardClient:
                 await self._shutdown(code, reason)
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> tuple[int | None, str]:
+        """Deliver frames until the socket closes; return (close code, reason).
+
+        Sets ``self._oversized`` when the client itself refused a frame above
+        ``max_msg_size``: resuming would replay the same frame, so that is final.
+        """
         reason = ""
+        self._oversized = False
         while True:
             msg = await ws.receive()
             if msg.type is aiohttp.WSMsgType.TEXT:
@@ -732,7 +752,18 @@ class SwitchboardClient:
                 reason = str(msg.extra or "")
                 break
             elif msg.type is aiohttp.WSMsgType.ERROR:
-                reason = _reason(msg.data) if isinstance(msg.data, BaseException) else ""
+                error = msg.data
+                if (
+                    isinstance(error, aiohttp.WebSocketError)
+                    and error.code == CloseCode.MESSAGE_TOO_BIG
+                ):
+                    self._oversized = True
+                    reason = (
+                        f"a server frame exceeded max_msg_size ({self.max_msg_size} bytes); "
+                        "raise max_msg_size to receive it"
+                    )
+                else:
+                    reason = _reason(error) if isinstance(error, BaseException) else ""
                 break
             else:  # CLOSING / CLOSED
                 break

@@ -606,3 +606,29 @@ async def test_simulated_network_drop_on_the_client_side(gw: FakeGateway) -> Non
         await within(gw.wait_connected("sim", connects=2))
         await gw.push("sim", "message", {"content": "after"})
         assert (await within(rec.next("message"))).data["content"] == "after"
+
+
+async def test_a_frame_above_max_msg_size_is_final_not_a_replay_loop(gw: FakeGateway) -> None:
+    client = make_client(gw, client_id="big", max_msg_size=1024)
+    rec = FrameRecorder(client)
+    await client.connect()
+    await gw.push("big", "message", {"content": "x" * 4096})
+    code, reason = await within(client.wait_closed())
+    assert code == 1009 and "max_msg_size (1024 bytes)" in reason
+    gone = await within(rec.event(Lifecycle.DISCONNECTED))
+    assert gone["will_reconnect"] is False
+    assert len(gw.connection_log) == 1
+
+
+async def test_cancelled_connect_releases_everything(gw: FakeGateway) -> None:
+    gw.refuse_next(503, count=1000)
+    client = SwitchboardClient(gw.ws_url, backoff=Backoff(initial=10.0), heartbeat=None)
+    rec = FrameRecorder(client)
+    task = asyncio.ensure_future(client.connect(retry=True))
+    await within(rec.event(Lifecycle.RECONNECTING))
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert client.closed
+    assert client._session is not None and client._session.closed
+    assert client._dispatcher is not None and client._dispatcher.done()
