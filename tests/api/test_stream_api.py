@@ -212,3 +212,25 @@ async def test_an_interrupted_upload_ends_the_stream_with_an_error(
     assert error["data"]["code"] == "stream_aborted"
     assert error["data"]["partial_content"] == "partial"
     await task
+
+
+async def test_an_upload_that_goes_silent_is_cut_off(make_gateway: MakeGateway) -> None:
+    live = await make_gateway(request_body_timeout=0.2)
+    client = await live.connect(client_id="fe")
+    never = asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"first"
+        await never.wait()
+        yield b"never sent"
+
+    upload = asyncio.create_task(live.api("POST", "/stream/fe", data=body(),
+                                          headers={"Content-Type": "text/plain"}))
+    frames = await stream_frames(client)
+    assert [f["type"] for f in frames] == ["stream_start", "stream_chunk", "error"]
+    assert frames[-1]["data"]["code"] == "stream_aborted"
+    assert "0.2s" in frames[-1]["data"]["message"]
+    status, answer = await upload
+    assert status == 408
+    assert answer["error"]["code"] == "request_timeout"
+    never.set()
