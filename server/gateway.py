@@ -68,7 +68,9 @@ class Gateway:
     broker: Broker
     tools: ToolRegistry
     pending_calls: dict[str, PendingCall] = field(default_factory=dict)
-    pending_permissions: dict[str, PendingPermission] = field(default_factory=dict)
+    #: Keyed by (client_id, call_id): client-initiated call_ids are chosen by clients, so one
+    #: client reusing another's id must not overwrite (or answer) the other's request.
+    pending_permissions: dict[tuple[str, str], PendingPermission] = field(default_factory=dict)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     idempotency: dict[str, _IdempotentEntry] = field(default_factory=dict)
     tool_fallback: Callable[[str, dict[str, Any], ToolContext], Awaitable[Any]] | None = None
@@ -295,18 +297,22 @@ class Gateway:
         """Wait for the client's permission_response; None when it timed out. The wait
         survives a reconnect: a resumed client sees the request replayed and may still answer.
         """
+        key = (session.client_id, call_id)
+        if key in self.pending_permissions:
+            raise ToolError(f"call_id {call_id!r} is already waiting for permission",
+                            code="duplicate_call_id")
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.pending_permissions[call_id] = PendingPermission(session.client_id, future)
+        self.pending_permissions[key] = PendingPermission(session.client_id, future)
         try:
             async with asyncio.timeout(self.settings.permission_timeout):
                 return await future
         except TimeoutError:
             return None
         finally:
-            self.pending_permissions.pop(call_id, None)
+            self.pending_permissions.pop(key, None)
 
     def resolve_permission(self, session: Session, call_id: str, granted: bool) -> bool:
-        pending = self.pending_permissions.get(call_id)
+        pending = self.pending_permissions.get((session.client_id, call_id))
         if pending is None or pending.client_id != session.client_id or pending.future.done():
             return False
         pending.future.set_result(granted)
