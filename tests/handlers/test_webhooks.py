@@ -543,3 +543,44 @@ async def test_chat_and_tools_share_one_backend_session(make_gateway: MakeGatewa
     assert [sorted(r) for r in backend.requests] == [
         ["client_id", "content", "data", "message_id", "role"],
         ["call_id", "client_id", "params", "tool_name"]]
+
+
+async def test_openai_shaped_json_reply_and_ndjson_done_marker(make_gateway: MakeGateway,
+                                                               backend: Backend) -> None:
+    backend.handler = reply_json({"model": "gpt-4o",
+                                  "choices": [{"message": {"role": "assistant",
+                                                           "content": "from choices"}}]})
+    live = await make_gateway(chat_webhook_url=backend.url)
+    client = await live.connect()
+    await chat(client, "Hello", "m1")
+    answer = (await client.recv())["data"]
+    assert answer["content"] == "from choices"
+    assert answer["model"] == "gpt-4o"
+
+    async def ndjson(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_type = "application/x-ndjson"
+        await resp.prepare(request)
+        await resp.write(b'{"content": "a"}\n{"done": true}\n{"content": "ignored"}\n')
+        await resp.write_eof()
+        return resp
+
+    backend.handler = ndjson
+    await chat(client, "Hello", "m2")
+    frames = [await client.recv() for _ in range(3)]
+    assert [f["type"] for f in frames] == ["stream_start", "stream_chunk", "stream_end"]
+    assert frames[-1]["data"]["full_content"] == "a"
+
+
+async def test_backend_redirects_are_not_followed(make_gateway: MakeGateway,
+                                                  backend: Backend) -> None:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("http://169.254.169.254/latest/meta-data")
+
+    backend.handler = handler
+    live = await make_gateway(chat_webhook_url=backend.url)
+    client = await live.connect()
+    error = await chat_error(live, client)
+    assert error["code"] == "backend_error"
+    assert error["status"] == 302
+    assert len(backend.requests) == 1
