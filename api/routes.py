@@ -94,7 +94,10 @@ def gw(request: web.Request) -> Gateway:
 @routes.get("/status")
 @routes.get("/ws/status")
 async def get_status(request: web.Request) -> web.Response:
-    return json_response(gw(request).status())
+    gateway = gw(request)
+    if gateway.broker.distributed:  # the whole cluster
+        return json_response(await gateway.cluster_status())
+    return json_response(gateway.status())
 
 
 @routes.get("/clients")
@@ -103,12 +106,21 @@ async def list_clients(request: web.Request) -> web.Response:
     offset = query_int(request, "offset", 0)
     connected = query_bool(request, "connected")
     gateway = gw(request)
+    assert limit is not None and offset is not None
+    if gateway.broker.distributed:  # every node's sessions, with the node each is on
+        everywhere = await gateway.list_clients(
+            channel=request.query.get("channel") or None,
+            client_type=request.query.get("client_type") or None, connected=connected)
+        everywhere.sort(key=lambda item: (item[0].connected_at, item[0].client_id))
+        return json_response({
+            "clients": [gateway.describe_session(s, node)
+                        for s, node in everywhere[offset:offset + limit]],
+            "total": len(everywhere), "limit": limit, "offset": offset})
     selected = list(gateway.registry.select(
         channel=request.query.get("channel") or None,
         client_type=request.query.get("client_type") or None,
         connected=connected))
     selected.sort(key=lambda s: (s.connected_at, s.client_id))
-    assert limit is not None and offset is not None
     page = selected[offset:offset + limit]
     node = gateway.broker.node_id
     return json_response({"clients": [s.describe(node) for s in page], "total": len(selected),
@@ -118,13 +130,13 @@ async def list_clients(request: web.Request) -> web.Response:
 @routes.get("/clients/{client_id}")
 async def get_client(request: web.Request) -> web.Response:
     gateway = gw(request)
-    session = gateway.require(request.match_info["client_id"])
-    return json_response(session.describe(gateway.broker.node_id))
+    session, node = await gateway.find_session(request.match_info["client_id"])
+    return json_response(gateway.describe_session(session, node))
 
 
 @routes.get("/clients/{client_id}/messages")
 async def get_messages(request: web.Request) -> web.Response:
-    session = gw(request).require(request.match_info["client_id"])
+    session, _ = await gw(request).find_session(request.match_info["client_id"])
     limit = query_int(request, "limit", 100, 1, MAX_PAGE)
     after = query_int(request, "after_seq", None)
     before = query_int(request, "before_seq", None)
@@ -227,8 +239,10 @@ async def call_tool(request: web.Request) -> web.Response:
 
 @routes.get("/channels")
 async def channels(request: web.Request) -> web.Response:
-    registry = gw(request).registry
-    stats = registry.channel_stats()
+    gateway = gw(request)
+    registry = gateway.registry
+    stats = (await gateway.cluster_channels() if gateway.broker.distributed
+             else registry.channel_stats())
     return json_response({"channels": [{"channel": name, "subscribers": count}
                                        for name, count in stats.items()],
                           "total_channels": len(stats),

@@ -41,10 +41,14 @@ SWEEP_INTERVAL = 1.0
 
 
 def create_gateway(settings: Settings) -> Gateway:
+    broker = create_broker(settings.broker_url, settings.node_id)
+    if broker.distributed:  # many nodes over Redis: imported only then
+        from server.cluster import create_cluster_gateway
+
+        return create_cluster_gateway(settings, broker)  # type: ignore[arg-type]
     allow_list = (*settings.channels, *SYSTEM_CHANNELS) if settings.channels else ()
     registry = SessionRegistry(history_limit=settings.history_limit,
                                session_ttl=settings.session_ttl, channel_allow_list=allow_list)
-    broker = create_broker(settings.broker_url, settings.node_id)
     return Gateway(settings=settings, registry=registry, broker=broker,
                    tools=default_tools.copy())
 
@@ -143,10 +147,14 @@ async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
             "pending_tool_calls": len(gateway.pending_calls),
         }
 
-    collector = LiveStateCollector(sample)
-    REGISTRY.register(collector)
+    collector: LiveStateCollector | None = LiveStateCollector(sample)
+    try:
+        REGISTRY.register(collector)  # type: ignore[arg-type]
+    except ValueError:  # another gateway in this process reports (cluster tests run two)
+        collector = None
     yield
-    REGISTRY.unregister(collector)
+    if collector is not None:
+        REGISTRY.unregister(collector)
 
 
 async def _close_sockets(app: web.Application) -> None:

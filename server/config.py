@@ -93,6 +93,17 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _networks(name: str, raw: str) -> tuple[str, ...]:
+    items = _list(raw)
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ConfigError(f"{name}: expected IP addresses or CIDR networks, got {item!r}"
+                              ) from None
+    return items
+
+
 def is_loopback(host: str) -> bool:
     if host in LOOPBACK_HOSTS:
         return True
@@ -133,6 +144,7 @@ class Settings:
     ws_auth_token: str = field(default="", repr=False)
     ws_jwt_secret: str = field(default="", repr=False)
     allowed_origins: tuple[str, ...] = ()
+    trusted_proxies: tuple[str, ...] = ()
     channels: tuple[str, ...] = ()
     chat_webhook_url: str = ""
     tool_webhook_url: str = ""
@@ -290,6 +302,9 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
     _spec("ALLOWED_ORIGINS", _origins, "(any)",
           "Comma-separated exact Origins allowed to open sockets and call the API from a "
           "browser."),
+    _spec("TRUSTED_PROXIES", _networks, "(none)",
+          "Comma-separated reverse-proxy IPs/CIDRs whose X-Forwarded-For names the client "
+          "(per-IP cap, API rate limit, logs); others' X-Forwarded-For is ignored."),
     _spec("CHANNELS", lambda n, r: _list(r), "(any)", "Comma-separated channel allow-list."),
     _spec("CHAT_WEBHOOK_URL", lambda n, r: _url(n, r, ("http", "https")), "(echo)",
           "Backend that answers chat messages (JSON or streamed)."),

@@ -112,6 +112,35 @@ class Gateway:
             raise ClientNotFound(f"no session with client_id {client_id!r} (unknown or expired)")
         return session
 
+    # --- cluster hooks: trivial on one node; server.cluster.ClusterGateway spans many ---------
+
+    async def fetch_session(self, client_id: str, token: str) -> Session | None:
+        """Resume here a session another node holds (never, on one node)."""
+        return None
+
+    async def claim_client_id(self, client_id: str) -> str | None:
+        """Reserve a requested client id cluster-wide; None means "taken, generate one"."""
+        return client_id
+
+    async def find_session(self, client_id: str) -> tuple[Session, str]:
+        """A session wherever it is, and the node holding it."""
+        return self.require(client_id), self.broker.node_id
+
+    async def list_clients(self, *, channel: str | None, client_type: str | None,
+                           connected: bool | None) -> list[tuple[Session, str]]:
+        node = self.broker.node_id
+        return [(s, node) for s in self.registry.select(
+            channel=channel, client_type=client_type, connected=connected)]
+
+    def describe_session(self, session: Session, node: str) -> dict[str, Any]:
+        return session.describe(node)
+
+    async def cluster_channels(self) -> dict[str, int]:
+        return self.registry.channel_stats()
+
+    async def cluster_status(self) -> dict[str, Any]:
+        return self.status()
+
     # --- HTTP API operations ------------------------------------------------------------------
 
     async def send_message(self, client_id: str, content: Any, *, message_type: str = "message",

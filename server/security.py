@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import time
 from dataclasses import dataclass
 
@@ -98,8 +99,38 @@ class FrameLimiter(TokenBucket):
 class Security:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.proxies = tuple(ipaddress.ip_network(n, strict=False)
+                             for n in settings.trusted_proxies)
         self.per_ip: dict[str, int] = {}
         self.api_buckets: dict[str, TokenBucket] = {}
+
+    # --- client address -----------------------------------------------------------------------
+
+    def _trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.proxies)
+
+    def client_ip(self, request: web.Request) -> str:
+        """The client's address: the TCP peer, unless the peer is a TRUSTED_PROXIES proxy;
+        then X-Forwarded-For is walked right to left, skipping trusted proxies, and the first
+        other hop (the one our proxy saw) is the client. Hops further left are the client's
+        own claims and are never believed."""
+        remote = request.remote or "unknown"
+        if not self.proxies or not self._trusted(remote):
+            return remote
+        hops = [hop.strip() for value in request.headers.getall("X-Forwarded-For", ())
+                for hop in value.split(",") if hop.strip()]
+        for hop in reversed(hops):
+            if self._trusted(hop):
+                continue
+            try:
+                return str(ipaddress.ip_address(hop))
+            except ValueError:
+                return remote  # a mangled header: fall back to the proxy's own address
+        return remote
 
     # --- WebSocket handshake ------------------------------------------------------------------
 
@@ -188,7 +219,7 @@ class Security:
             presented = _bearer(request) or request.headers.get("X-API-Key") or ""
             digest = hashlib.sha256(presented.encode("utf-8", "replace")).hexdigest()[:32]
             return f"token:{digest}"
-        return f"ip:{request.remote or 'unknown'}"
+        return f"ip:{self.client_ip(request)}"
 
     def check_api_rate(self, caller: str) -> web.Response | None:
         rate = self.settings.api_rate_limit

@@ -208,7 +208,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     settings = gateway.settings
     connections: set[Connection] = app[CONNECTIONS]
     security = app[SECURITY]
-    peer = _peer(request)
+    peer = security.client_ip(request)  # X-Forwarded-For only from TRUSTED_PROXIES
 
     ws = web.WebSocketResponse(
         heartbeat=settings.ws_heartbeat or None,
@@ -255,6 +255,15 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     session: Session | None = None
     if token:
         candidate = registry.get(client_id) if client_id else None
+        if candidate is None and client_id and gateway.broker.distributed:
+            try:  # held by another node, or offline in the cluster's store
+                candidate = await gateway.fetch_session(client_id, token)
+            except SwitchboardError as exc:
+                security.release_ip(peer)
+                await _refuse(ws, CloseCode.INTERNAL_ERROR,
+                              f"cannot resume right now ({exc.message}); reconnect with "
+                              f"backoff and resume")
+                return ws
         if candidate is None or not candidate.token_matches(token):
             security.release_ip(peer)
             await _refuse(ws, CloseCode.INVALID_SESSION,
@@ -265,6 +274,15 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         session = candidate
     resumed = session is not None
     if session is None:
+        if client_id and gateway.broker.distributed:
+            try:  # a requested id must be free cluster-wide
+                client_id = await gateway.claim_client_id(client_id)
+            except SwitchboardError as exc:
+                security.release_ip(peer)
+                await _refuse(ws, CloseCode.INTERNAL_ERROR,
+                              f"cannot open a session right now ({exc.message}); reconnect "
+                              f"with backoff")
+                return ws
         session = registry.create(client_id, client_type,
                                   meta={"remote": peer,
                                         "user_agent": request.headers.get("User-Agent", "")})

@@ -28,6 +28,8 @@ from server.gateway import Gateway
 from server.keys import CONNECTIONS, GATEWAY
 from server.router import MessageRouter
 
+pytest_plugins = ["tests.conftest_redis"]
+
 API_TOKEN = "test-token"
 RECV_TIMEOUT = 5.0
 

@@ -262,3 +262,64 @@ async def test_max_connections_is_503_before_the_upgrade(make_gateway: MakeGatew
     assert status == 503, body
     assert body["error"]["code"] == "too_many_connections"
     assert len(live.connections) == 2
+
+
+# --- behind a reverse proxy -------------------------------------------------------------------
+
+
+async def test_x_forwarded_for_is_ignored_without_trusted_proxies(make_gateway: MakeGateway
+                                                                  ) -> None:
+    """A client cannot dodge the per-IP cap by claiming another address."""
+    live = await make_gateway(max_connections_per_ip=1)
+    await live.connect(headers={"X-Forwarded-For": "1.1.1.1"})
+    status, _ = await _refused(live, headers={"X-Forwarded-For": "2.2.2.2"})
+    assert status == 429
+
+
+async def test_per_ip_cap_counts_forwarded_clients_behind_a_trusted_proxy(
+        make_gateway: MakeGateway) -> None:
+    live = await make_gateway(max_connections_per_ip=1, trusted_proxies=("127.0.0.0/8",))
+    await live.connect(headers={"X-Forwarded-For": "1.1.1.1"})
+    await live.connect(headers={"X-Forwarded-For": "2.2.2.2"})
+    status, _ = await _refused(live, headers={"X-Forwarded-For": "1.1.1.1"})
+    assert status == 429
+    # Hops left of the one our proxy appended are the client's own claims: not believed.
+    status, _ = await _refused(live, headers={"X-Forwarded-For": "9.9.9.9, 1.1.1.1"})
+    assert status == 429
+    assert live.ws_app[SECURITY].per_ip == {"1.1.1.1": 1, "2.2.2.2": 1}
+
+
+@pytest.mark.parametrize(("forwarded", "expected"), [
+    ([], "127.0.0.1"),
+    (["203.0.113.7"], "203.0.113.7"),
+    (["6.6.6.6, 203.0.113.7"], "203.0.113.7"),
+    (["6.6.6.6", "203.0.113.7, 10.0.0.2"], "203.0.113.7"),
+    (["203.0.113.7, 10.0.0.2, 127.0.0.1"], "203.0.113.7"),
+    (["garbage"], "127.0.0.1"),
+    (["2001:db8::1"], "2001:db8::1"),
+])
+def test_client_ip_walks_x_forwarded_for_right_to_left(forwarded: list[str],
+                                                       expected: str) -> None:
+    from unittest import mock
+
+    from aiohttp.test_utils import make_mocked_request
+    from multidict import CIMultiDict
+
+    from server.security import Security
+
+    transport = mock.Mock()
+    transport.get_extra_info.side_effect = lambda name, default=None: {
+        "peername": ("127.0.0.1", 40000)}.get(name, default)
+    headers = CIMultiDict([("X-Forwarded-For", value) for value in forwarded])
+    request = make_mocked_request("GET", "/", headers=headers, transport=transport)
+    assert request.remote == "127.0.0.1"
+    security = Security(Settings(trusted_proxies=("127.0.0.1", "10.0.0.0/8")))
+    assert security.client_ip(request) == expected
+    assert Security(Settings()).client_ip(request) == "127.0.0.1"
+
+
+def test_trusted_proxies_are_validated() -> None:
+    with pytest.raises(ConfigError, match="TRUSTED_PROXIES"):
+        Settings.from_env({"TRUSTED_PROXIES": "10.0.0.0/8, not-an-ip"})
+    settings = Settings.from_env({"TRUSTED_PROXIES": "10.0.0.0/8, ::1"})
+    assert settings.trusted_proxies == ("10.0.0.0/8", "::1")

@@ -1,0 +1,273 @@
+"""Two gateways (nodes "a" and "b") in one test process over one real redis-server.
+
+Any node's API reaches any client: send, call_tool (the answer travels back to the node that
+holds the HTTP request), broadcast with recipients counted across nodes, DELETE; listings show
+the whole cluster with each client's node; a client that drops from one node resumes on the
+other with nothing lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from tests.conftest import LiveGateway, MakeGateway, WSClient, wait_for
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def pair(make_gateway: MakeGateway, redis_url: str) -> tuple[LiveGateway, LiveGateway]:
+    a = await make_gateway(broker_url=redis_url, node_id="a")
+    b = await make_gateway(broker_url=redis_url, node_id="b")
+    assert a.gateway.broker.healthy and b.gateway.broker.healthy
+    return a, b
+
+
+async def close_code(client: WSClient, wait: float = 5.0) -> int | None:
+    """The code in the server's CLOSE frame (aiohttp's ``close_code`` may say 1006 when the
+    server drops the TCP connection right after its close frame)."""
+    while True:
+        msg = await client.ws.receive(timeout=wait)
+        if msg.type is aiohttp.WSMsgType.CLOSE:
+            return int(msg.data)
+        if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING,
+                        aiohttp.WSMsgType.ERROR):
+            return client.ws.close_code
+
+
+async def _in_redis(live: LiveGateway, client_id: str, **expected: str) -> bool:
+    fields = await live.gateway.broker.redis.hgetall(f"sb:s:{client_id}")  # type: ignore
+    got = {k.decode(): v.decode() for k, v in fields.items()}
+    return all(got.get(k) == v for k, v in expected.items())
+
+
+async def wait_redis(live: LiveGateway, client_id: str, **expected: str) -> None:
+    """Wait until the write-behind has recorded ``expected`` in the session's hash."""
+    for _ in range(1000):
+        if await _in_redis(live, client_id, **expected):
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{client_id} never reached {expected} in Redis")
+
+
+async def test_send_from_either_node(pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    client = await b.connect(client_id="cross", client_type="web")
+    await wait_redis(a, "cross", node="b", connected="1")
+    status, body = await a.api("POST", "/send_message", {"client_id": "cross", "content": "hi"})
+    assert status == 200 and body["status"] == "delivered", body
+    frame = await client.recv_type("message")
+    assert frame["data"]["content"] == "hi" and frame["seq"] == body["seq"]
+    # and the local path on b continues the same sequence
+    status, body2 = await b.api("POST", "/send_message", {"client_id": "cross", "content": 2})
+    assert body2["seq"] == body["seq"] + 1
+
+
+async def test_call_tool_across_nodes(pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    client = await b.connect(client_id="worker")
+    await wait_redis(a, "worker", node="b")
+
+    async def answer() -> None:
+        call = await client.recv_type("tool_call")
+        await client.send("tool_result", {"call_id": call["data"]["call_id"],
+                                          "result": call["data"]["params"]["x"] * 2})
+
+    task = asyncio.create_task(answer())
+    status, body = await a.api("POST", "/call_tool", {"client_id": "worker", "tool_name": "dbl",
+                                                     "params": {"x": 21}, "timeout": 5})
+    await task
+    assert status == 200, body
+    assert body == {"call_id": body["call_id"], "tool_name": "dbl", "client_id": "worker",
+                    "success": True, "result": 42}
+
+
+async def test_call_tool_offline_across_nodes_is_409(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    client = await b.connect(client_id="sleepy")
+    await client.close()
+    await wait_redis(a, "sleepy", node="b", connected="0")
+    status, body = await a.api("POST", "/call_tool", {"client_id": "sleepy", "tool_name": "x"})
+    assert status == 409, body
+    assert body["error"]["code"] == "client_offline"
+
+
+async def test_broadcast_counts_recipients_on_every_node(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    on_a = [await a.connect(client_id=f"a{i}", client_type="web") for i in range(2)]
+    on_b = [await b.connect(client_id=f"b{i}", client_type="bot") for i in range(3)]
+    await on_b[0].send("subscribe", {"channel": "ops"})
+    await on_b[0].recv_type("subscribed")
+    await on_a[1].send("subscribe", {"channel": "ops"})
+    await on_a[1].recv_type("subscribed")
+
+    status, body = await a.api("POST", "/broadcast", {"message_type": "all", "data": {"x": 1}})
+    assert status == 200, body
+    assert body["recipients"] == 5 and body["nodes"] == 2 and body["nodes_answered"] == 2, body
+    for client in on_a + on_b:
+        frame = await client.recv_type("all")
+        assert frame["message_id"] == body["message_id"] and frame["data"] == {"x": 1}
+
+    status, body = await b.api("POST", "/broadcast", {"message_type": "ch", "channel": "ops"})
+    assert body["recipients"] == 2, body
+    await on_b[0].recv_type("ch")
+    await on_a[1].recv_type("ch")
+
+    status, body = await b.api("POST", "/broadcast", {"message_type": "t", "client_type": "web"})
+    assert body["recipients"] == 2, body
+
+    # an offline session on b keeps the broadcast for resume, counted as queued
+    await on_b[2].close()
+    await wait_for(lambda: not b.gateway.registry.get("b2").connected, what="b2 offline")
+    status, body = await a.api("POST", "/broadcast", {"message_type": "later"})
+    assert body["recipients"] == 4 and body["queued"] == 1, body
+
+
+async def test_delete_across_nodes(pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    client = await b.connect(client_id="doomed")
+    await wait_redis(a, "doomed", node="b")
+    status, body = await a.api("DELETE", "/clients/doomed")
+    assert status == 200 and body["ended"] is True and body["disconnected"] is True, body
+    assert await close_code(client) == 4001
+    status, _ = await a.api("GET", "/clients/doomed")
+    assert status == 404
+    status, _ = await b.api("GET", "/clients/doomed")
+    assert status == 404
+
+
+async def test_listing_status_and_channels_show_the_cluster(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    one = await a.connect(client_id="one", client_type="web")
+    two = await b.connect(client_id="two", client_type="bot")
+    await two.send("subscribe", {"channel": "room"})
+    await two.recv_type("subscribed")
+    await one.send("subscribe", {"channel": "room"})
+    await one.recv_type("subscribed")
+    await wait_redis(a, "two", node="b", channels='["room"]')
+    await wait_redis(b, "one", node="a", channels='["room"]')
+    for live in (a, b):
+        status, body = await live.api("GET", "/clients")
+        assert status == 200 and body["total"] == 2, body
+        nodes = {c["client_id"]: c["node"] for c in body["clients"]}
+        assert nodes == {"one": "a", "two": "b"}
+        status, body = await live.api("GET", "/clients?client_type=bot")
+        assert [c["client_id"] for c in body["clients"]] == ["two"]
+        status, body = await live.api("GET", "/channels")
+        assert {"channel": "room", "subscribers": 2} in body["channels"], body
+        status, body = await live.api("GET", "/clients/two")
+        assert status == 200 and body["node"] == "b" and body["connected"] is True
+    await wait_for(lambda: True)
+    status, body = await a.api("GET", "/status")
+    assert body["connected_clients"] == 2 and body["total_sessions"] == 2, body
+    assert body["local"]["connected_clients"] == 1
+    assert body["channel_stats"] == {"room": 2}
+
+
+async def test_resume_on_the_other_node_loses_nothing(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    client = await a.connect(client_id="mover")
+    for i in range(3):
+        await a.api("POST", "/send_message", {"client_id": "mover", "content": f"live{i}"})
+    got = [await client.recv_type("message") for _ in range(3)]
+    last_seq = got[-1]["seq"]
+    await client.close()
+    await wait_redis(b, "mover", node="a", connected="0")
+
+    # sent through b while the client is away: a still owns the session and queues them
+    sent = []
+    for i in range(4):
+        status, body = await b.api("POST", "/send_message",
+                                   {"client_id": "mover", "content": f"away{i}"})
+        assert status == 202 and body["status"] == "queued", body
+        sent.append(body["seq"])
+    assert sent == list(range(last_seq + 1, last_seq + 5))
+
+    again = await b.connect(client_id="mover", session_token=client.session_token,
+                            last_seq=last_seq)
+    data = again.hello["data"]
+    assert data["resumed"] is True and data["recovered"] is True and data["replayed"] == 4
+    replayed = [await again.recv_type("message") for _ in range(4)]
+    assert [f["seq"] for f in replayed] == sent
+    assert [f["data"]["content"] for f in replayed] == [f"away{i}" for i in range(4)]
+    assert a.gateway.registry.get("mover") is None
+    assert b.gateway.registry.get("mover") is not None
+
+    # live frames follow from either node, no gap, no duplicate
+    status, body = await a.api("POST", "/send_message", {"client_id": "mover", "content": "x"})
+    assert status == 200 and body["seq"] == sent[-1] + 1, body
+    frame = await again.recv_type("message")
+    assert frame["seq"] == sent[-1] + 1
+
+    # history of the moved session is complete on its owner at once, and on the other node
+    # as soon as the owner's write-behind has flushed
+    expected = list(range(1, sent[-1] + 2))
+    for live in (b, a):
+        seqs: list[int] = []
+        for _ in range(500):
+            status, page = await live.api("GET", "/clients/mover/messages?limit=100")
+            seqs = [m["seq"] for m in page["messages"] if m["direction"] == "out"]
+            if seqs == expected:
+                break
+            assert live is a, seqs
+        assert seqs == expected
+
+
+async def test_resume_while_still_connected_elsewhere_replaces(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    first = await a.connect(client_id="twin")
+    await wait_redis(b, "twin", node="a", connected="1")
+    second = await b.connect(client_id="twin", session_token=first.session_token, last_seq=0)
+    assert second.hello["data"]["resumed"] is True
+    assert await close_code(first) == 4000
+    status, body = await a.api("POST", "/send_message", {"client_id": "twin", "content": "?"})
+    assert status == 200, body
+    await second.recv_type("message")
+
+
+async def test_wrong_token_on_the_other_node_is_refused(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    owner = await a.connect(client_id="safe")
+    await wait_redis(b, "safe", node="a")
+    intruder = await b.connect(client_id="safe", session_token="forged", expect_hello=False)
+    assert await close_code(intruder) == 4003
+    status, body = await b.api("POST", "/send_message", {"client_id": "safe", "content": "ok"})
+    assert status == 200 and body["status"] == "delivered"
+    await owner.recv_type("message")
+
+
+async def test_requested_client_id_is_unique_across_nodes(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    first = await a.connect(client_id="unique")
+    second = await b.connect(client_id="unique")
+    assert first.client_id == "unique"
+    assert second.client_id != "unique"
+
+
+async def test_session_of_a_dead_node_is_adopted(
+        make_gateway: MakeGateway, redis_url: str) -> None:
+    a = await make_gateway(broker_url=redis_url, node_id="a")
+    b = await make_gateway(broker_url=redis_url, node_id="b")
+    client = await a.connect(client_id="orphan")
+    await client.close()
+    await wait_redis(b, "orphan", node="a", connected="0")
+    # node a stops (its alive key and subscription go with it)
+    await a.ws_server.close()
+    await a.api_server.close()
+    await wait_for(lambda: not a.gateway.broker.healthy, what="a stopped")
+    status, body = await b.api("POST", "/send_message", {"client_id": "orphan", "content": "hi"})
+    assert status == 202 and body["status"] == "queued", body
+    assert b.gateway.registry.get("orphan") is not None
+    again = await b.connect(client_id="orphan", session_token=client.session_token, last_seq=0)
+    assert again.hello["data"]["resumed"] is True
+    assert (await again.recv_type("message"))["data"]["content"] == "hi"
