@@ -340,10 +340,16 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             conn.writer.cancel()
         registry.detach(session, conn)
         if session.outbox is None:
-            gateway.client_gone(session)
+            # SESSION_TTL=0 ends the session on detach: then even wait_for_client calls fail.
+            gateway.client_gone(session, ended=registry.get(session.client_id) is not session)
         log.info("client_disconnected", client_id=session.client_id,
                  code=ws.close_code if conn.close_code is None else conn.close_code,
                  duration_s=round(time.time() - session.last_activity, 3))
+    if conn.closing is not None:
+        # When the reader stopped first (idle timeout), our close frame must go out before
+        # aiohttp finishes the response, which would otherwise close with 1000.
+        with contextlib.suppress(Exception):
+            await conn.closing
     return ws
 
 
