@@ -219,3 +219,16 @@ async def test_concurrent_calls_are_matched_by_call_id(live_gateway: LiveGateway
     results = [await r for r in requests]
     assert [(status, body["result"]) for status, body in results] == [(200, 0), (200, 10),
                                                                       (200, 20)]
+
+
+@pytest.mark.timeout(10)
+async def test_wait_for_client_fails_at_once_when_the_session_ends_on_disconnect(
+        make_gateway: MakeGateway) -> None:
+    live = await make_gateway(session_ttl=0)  # nothing is kept: nobody can come back
+    client = await live.connect(client_id="ephemeral")
+    request = call(live, "ephemeral", timeout=LONG, wait_for_client=True)
+    await incoming_call(client)
+    await client.close()
+    status, body = await request
+    assert status == 502, body
+    assert live.gateway.registry.get("ephemeral") is None

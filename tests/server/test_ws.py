@@ -251,3 +251,11 @@ async def test_a_slow_client_is_closed_with_4008_while_others_get_every_frame(
     # The slow client, once it reads, finds what was buffered and then close 4008.
     assert await slow.recv_close(timeout=10) == CloseCode.SLOW_CONSUMER == 4008
     assert live.gateway.registry.get("slow") is not None  # kept for resume
+
+
+async def test_an_idle_client_is_closed_with_4011(make_gateway: MakeGateway) -> None:
+    live = await make_gateway(ws_timeout=0.3, ws_heartbeat=0)
+    idle = await live.connect(client_id="idle")
+    assert await idle.recv_close() == CloseCode.IDLE_TIMEOUT == 4011
+    session = live.gateway.registry.get("idle")
+    assert session is not None and not session.connected  # kept for resume
