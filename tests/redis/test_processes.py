@@ -1,0 +1,232 @@
+"""Real processes over a real redis-server: two ``run_websocket_server.py`` nodes, and one
+server started with ``WORKERS=2`` (two processes sharing both ports with SO_REUSEPORT).
+
+Each process is configured through the environment only, exactly as an operator would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.conftest import WSClient
+from tests.conftest_redis import free_port
+from tests.redis.test_cluster import close_code
+
+pytestmark = pytest.mark.redis
+
+ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT = 30.0
+
+
+@dataclass
+class Node:
+    proc: subprocess.Popen[bytes]
+    ws_port: int
+    api_port: int
+    log: Path
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.ws_port}/"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit status (the test fails if it does not exit in time)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=START_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"process did not exit on SIGTERM:\n{self.output()}") from None
+
+
+def spawn(tmp_path: Path, name: str, **env: str) -> Node:
+    ws_port, api_port = free_port(), free_port()
+    log = tmp_path / f"{name}.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("WS_", "API_"))}
+    full_env.update({"WS_HOST": "127.0.0.1", "WS_PORT": str(ws_port), "API_PORT": str(api_port),
+                     "LOG_LEVEL": "info", "SHUTDOWN_TIMEOUT": "3", **env})
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "run_websocket_server.py")],
+                                env=full_env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    return Node(proc, ws_port, api_port, log)
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[list[Node]]:
+    started: list[Node] = []
+    yield started
+    for node in started:
+        if node.proc.poll() is None:
+            node.proc.kill()
+            node.proc.wait()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
+    async with http.get(url) as resp:
+        return resp.status, orjson.loads(await resp.read())
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: dict[str, Any],
+               method: str = "POST") -> tuple[int, Any]:
+    async with http.request(method, url, json=body) as resp:
+        return resp.status, orjson.loads(await resp.read())
+
+
+async def until(probe: Any, accept: Any, node: Node, what: str) -> Any:
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if node.proc.poll() is not None:
+            raise AssertionError(f"process exited ({node.proc.returncode}):\n{node.output()}")
+        try:
+            result = await probe()
+        except aiohttp.ClientError:
+            result = None
+        if result is not None and accept(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}:\n{node.output()}")
+        await asyncio.sleep(0.05)  # polling a separate process; the deadline bounds it
+
+
+async def ready(http: aiohttp.ClientSession, node: Node) -> None:
+    await until(lambda: get(http, f"{node.api}/ready"), lambda r: r[0] == 200, node, "/ready")
+
+
+async def connect(http: aiohttp.ClientSession, node: Node, **query: Any) -> WSClient:
+    ws = await http.ws_connect(node.ws, params={k: str(v) for k, v in query.items()})
+    msg = await ws.receive(timeout=5)
+    hello = orjson.loads(msg.data)
+    assert hello["type"] == "connection_established", hello
+    return WSClient(ws, hello)
+
+
+async def test_two_node_processes(tmp_path: Path, redis_url: str, nodes: list[Node],
+                                  http: aiohttp.ClientSession) -> None:
+    p1 = spawn(tmp_path, "p1", BROKER_URL=redis_url, NODE_ID="p1")
+    p2 = spawn(tmp_path, "p2", BROKER_URL=redis_url, NODE_ID="p2")
+    nodes += [p1, p2]
+    await ready(http, p1)
+    await ready(http, p2)
+
+    alice = await connect(http, p1, client_id="alice", client_type="web")
+    bob = await connect(http, p2, client_id="bob", client_type="bot")
+    await until(lambda: get(http, f"{p2.api}/clients/alice"),
+                lambda r: r[0] == 200 and r[1]["node"] == "p1", p2, "alice visible on p2")
+
+    # cross-node send
+    status, body = await post(http, f"{p2.api}/send_message",
+                              {"client_id": "alice", "content": "hello from p2"})
+    assert status == 200 and body["status"] == "delivered", body
+    assert (await alice.recv_type("message"))["data"]["content"] == "hello from p2"
+
+    # cross-node call_tool: the answer comes back to p2, which holds the HTTP request
+    async def answer() -> None:
+        call = await alice.recv_type("tool_call")
+        await alice.send("tool_result", {"call_id": call["data"]["call_id"], "result": "pong"})
+
+    task = asyncio.create_task(answer())
+    status, body = await post(http, f"{p2.api}/call_tool",
+                              {"client_id": "alice", "tool_name": "ping", "timeout": 5})
+    await task
+    assert status == 200 and body["result"] == "pong" and body["success"] is True, body
+
+    # broadcast counted across nodes
+    status, body = await post(http, f"{p1.api}/broadcast", {"message_type": "news"})
+    assert status == 200 and body["recipients"] == 2 and body["nodes"] == 2, body
+    await alice.recv_type("news")
+    await bob.recv_type("news")
+
+    # the whole cluster in listings, with nodes
+    status, body = await get(http, f"{p1.api}/clients")
+    assert {c["client_id"]: c["node"] for c in body["clients"]} == {"alice": "p1", "bob": "p2"}
+
+    # alice drops from p1, messages queue meanwhile, she resumes on p2 with nothing lost
+    last_seq = alice.frames[-1]["seq"]
+    await alice.close()
+    await until(lambda: get(http, f"{p2.api}/clients/alice"),
+                lambda r: r[1].get("connected") is False, p2, "alice offline")
+    queued = []
+    for i in range(3):
+        status, body = await post(http, f"{p2.api}/send_message",
+                                  {"client_id": "alice", "content": f"q{i}"})
+        assert status == 202 and body["status"] == "queued", body
+        queued.append(body["seq"])
+    again = await connect(http, p2, client_id="alice", session_token=alice.session_token,
+                          last_seq=last_seq)
+    assert again.hello["data"]["recovered"] is True and again.hello["data"]["replayed"] == 3
+    got = [await again.recv_type("message") for _ in range(3)]
+    assert [f["seq"] for f in got] == queued
+    assert [f["data"]["content"] for f in got] == ["q0", "q1", "q2"]
+
+    # DELETE through the node that does not hold her
+    status, body = await post(http, f"{p1.api}/clients/alice", {}, method="DELETE")
+    assert status == 200 and body["ended"] is True, body
+    assert await close_code(again) == 4001
+    status, _ = await get(http, f"{p1.api}/clients/alice")
+    assert status == 404
+
+    await bob.close()
+    assert p1.stop() == 0, p1.output()
+    assert p2.stop() == 0, p2.output()
+
+
+async def test_workers_share_ports(tmp_path: Path, redis_url: str, nodes: list[Node],
+                                   http: aiohttp.ClientSession) -> None:
+    server = spawn(tmp_path, "workers", BROKER_URL=redis_url, WORKERS="2", NODE_ID="wk")
+    nodes.append(server)
+    await until(lambda: get(http, f"{server.api}/status"),
+                lambda r: r[0] == 200 and r[1]["cluster"]["node_count"] == 2, server,
+                "two workers in the cluster")
+    clients = [await connect(http, server, client_id=f"c{i}") for i in range(8)]
+    # every API call lands on some worker; each reaches its client wherever it is
+    for client in clients:
+        status, body = await post(http, f"{server.api}/send_message",
+                                  {"client_id": client.client_id, "content": client.client_id})
+        assert status == 200 and body["status"] == "delivered", body
+        assert (await client.recv_type("message"))["data"]["content"] == client.client_id
+    status, body = await post(http, f"{server.api}/broadcast", {"message_type": "all"})
+    assert status == 200 and body["recipients"] == 8 and body["nodes"] == 2, body
+    for client in clients:
+        await client.recv_type("all")
+    status, body = await get(http, f"{server.api}/clients")
+    assert {c["node"] for c in body["clients"]} <= {"wk-w0", "wk-w1"} and body["total"] == 8
+    for client in clients:
+        await client.close()
+    assert server.stop() == 0, server.output()
+
+
+def test_workers_with_memory_broker_refused(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "run_websocket_server.py")],
+                          env={**os.environ, "WORKERS": "2", "BROKER_URL": "memory://",
+                               "WS_HOST": "127.0.0.1"},
+                          cwd=tmp_path, capture_output=True, timeout=START_TIMEOUT)
+    assert proc.returncode == 2
+    assert b"WORKERS" in proc.stderr and b"redis://" in proc.stderr
