@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -67,6 +68,12 @@ class Output:
             print(dumps(frame.to_dict()), file=self.out, flush=True)
         else:
             print(format_frame(frame, colour=self.colour_out), file=self.out, flush=True)
+
+    def reply(self, frame: Frame) -> None:
+        """Print a reply: one line, plus its data as indented JSON when that line cannot hold it."""
+        self.frame(frame)
+        if not self.json and len(dumps(frame.data)) > 100:
+            self.data(frame.data)
 
     def data(self, value: Any) -> None:
         """Print a result value: JSON in ``--json`` mode, else indented JSON or plain text."""
@@ -259,7 +266,8 @@ def _attach_progress(client: SwitchboardClient, out: Output) -> None:
     @client.on(Lifecycle.RECONNECTING)
     def _reconnecting(info: dict[str, Any]) -> None:
         why = f" after: {info['error']}" if info["error"] else ""
-        out.event(f"reconnecting in {info['delay']:.1f} s (attempt {info['attempt']}){why}")
+        when = f"in {info['delay']:.1f} s" if info["delay"] >= 0.05 else "now"
+        out.event(f"reconnecting {when} (attempt {info['attempt']}){why}")
 
     @client.on(Lifecycle.RECOVERY_FAILED)
     def _lost(info: dict[str, Any]) -> None:
@@ -307,6 +315,10 @@ async def cmd_listen(args: argparse.Namespace, cfg: dict[str, Any], out: Output)
         client.on_permission(lambda frame: True)
 
     out.event(f"connecting to {cfg['url']} …")
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        # SIGTERM (and SIGINT where the shell left it ignored) ends listening cleanly.
+        loop.add_signal_handler(signal.SIGTERM, done.set)
     async with client:
         for channel in args.subscribe:
             await client.subscribe(channel)
@@ -321,6 +333,8 @@ async def cmd_listen(args: argparse.Namespace, cfg: dict[str, Any], out: Output)
             code, reason = client.close_code, client.close_reason
             out.event(f"closed: {reason or describe_close(code)}", "error")
             return 0 if code in (1000, 4001) else 1
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.remove_signal_handler(signal.SIGTERM)
     return 0
 
 
@@ -337,7 +351,7 @@ async def cmd_send(args: argparse.Namespace, cfg: dict[str, Any], out: Output) -
         except RequestError as exc:
             out.frame(exc.frame) if exc.frame is not None else out.error(str(exc))
             return 1
-        out.frame(reply)
+        out.reply(reply)
     return 0
 
 

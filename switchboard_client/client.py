@@ -142,8 +142,10 @@ class SwitchboardClient:
     Arguments:
         url: ``ws://host:9004/`` (``/ws`` works too). Query parameters already in the URL are
             kept.
-        client_id: ask for this id (the server picks one when omitted). After a connection the
-            id in use is ``client.client_id``.
+        client_id: ask for this id (the server picks one when omitted, or when it is taken).
+            After a connection the id in use is ``client.client_id``. When the server rejects
+            the session (close 4003: expired or unknown), the client starts a new session asking
+            for this id again.
         client_type: sent as ``client_type`` (lets the API filter and target clients).
         token: WebSocket auth token sent as the ``token`` query parameter; either a string or
             a callable (sync or async) returning one, called before every connection attempt.
@@ -188,6 +190,7 @@ class SwitchboardClient:
     ) -> None:
         self.url = url
         self.client_id = client_id
+        self._requested_client_id = client_id
         self.client_type = client_type
         self.session_token = session_token
         self.last_seq = last_seq
@@ -610,7 +613,7 @@ class SwitchboardClient:
         if first is not None and first.get("type") == "error":
             # A refusal after the upgrade: an error frame, then a close with a documented code.
             err = Frame.from_raw(first).data
-            text = f"{err.get('code', 'error')}: {err.get('message', '')}"
+            text = str(err.get("message") or err.get("code") or "refused")
             code = err.get("close_code")
             if not isinstance(code, int):
                 with contextlib.suppress(Exception):
@@ -677,8 +680,9 @@ class SwitchboardClient:
             )
 
     def _reset_session(self, code: int | None) -> None:
+        """Forget the rejected session: connect afresh as the client_id asked for (or none)."""
         old = self.client_id
-        self.client_id = None
+        self.client_id = self._requested_client_id
         self.session_token = None
         self.last_seq = 0
         self._emit(Lifecycle.SESSION_RESET, {"code": code, "old_client_id": old})
@@ -777,10 +781,13 @@ class SwitchboardClient:
         """Reconnect with backoff; return None on success, else the final (code, reason)."""
         attempt = 0
         error: str | None = None
+        immediate = action in (CloseAction.FRESH_SESSION, CloseAction.NEW_TOKEN)
         while True:
             if self.max_reconnect_attempts is not None and attempt >= self.max_reconnect_attempts:
                 return (None, f"gave up after {attempt} reconnect attempts: {error}")
-            if attempt == 0 and action in (CloseAction.FRESH_SESSION, CloseAction.NEW_TOKEN):
+            if immediate:
+                # Nothing to wait for: the session was reset, or a new token is at hand.
+                immediate = False
                 delay = 0.0
             else:
                 delay = self.backoff.delay(attempt)
@@ -800,8 +807,9 @@ class SwitchboardClient:
                 )
                 if next_action is CloseAction.STOP:
                     return closed.code, closed.reason or describe_close(closed.code)
-                if next_action is CloseAction.FRESH_SESSION:
+                if next_action is CloseAction.FRESH_SESSION and self.session_token is not None:
                     self._reset_session(closed.code)
+                    immediate = True
                 action = next_action
             except ConnectError as exc:
                 error = str(exc)

@@ -128,8 +128,9 @@ class Lifecycle:
     - ``RECOVERY_FAILED``: ``reason`` (``history_gap``: the server's history no longer reaches
       back to ``last_seq``; ``session_lost``: the session expired or was reset), ``last_seq``,
       ``client_id``. Frames were lost: reload state from the source of truth.
-    - ``SESSION_RESET``: ``code``, ``old_client_id`` (the server rejected the session token;
-      the client starts a fresh session).
+    - ``SESSION_RESET``: ``code``, ``old_client_id`` (the server rejected the session token,
+      close 4003; the client starts a fresh session at once, asking again for the client_id it
+      was created with, if any).
     - ``CLOSED``: ``code``, ``reason``, ``description`` (final: no more reconnects).
     """
 

@@ -297,9 +297,9 @@ class FakeGateway:
             await ws.close(code=4003, message=b"invalid session token")
             return ws
         if sess is not None and token is None:
-            # A new connection without the token must not take over an existing session.
-            await ws.close(code=4003, message=b"client_id in use; resume with session_token")
-            return ws
+            # Like the real gateway: an id that is taken is not reused; a fresh one is picked.
+            client_id = new_message_id()[:12]
+            sess = None
         if sess is not None:
             resumed = True
             try:

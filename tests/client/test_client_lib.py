@@ -396,10 +396,29 @@ async def test_invalid_session_close_starts_a_fresh_session(gw: FakeGateway) -> 
         while not info["reconnect"]:
             info = await within(rec.event(Lifecycle.CONNECTED))
         assert info["resumed"] is False
-        assert client.client_id != "x" and client.client_id in gw.sessions
-        assert client.session_token != old_token
+        assert client.client_id == "x"  # the id it asked for, in a brand-new session
+        assert client.session_token == gw.sessions["x"].token != old_token
         assert "session_token" not in gw.connection_log[-1]
         assert client.last_seq == 0
+        # Nothing waited for a backoff delay between the 4003 and the fresh connection.
+        delays = [p["delay"] for n, p in rec.events if n == Lifecycle.RECONNECTING]
+        assert delays[-1] == 0.0
+
+
+async def test_invalid_session_without_a_requested_id_takes_any_id(gw: FakeGateway) -> None:
+    client = make_client(gw)
+    rec = FrameRecorder(client)
+    async with client:
+        first_id = client.client_id
+        assert first_id is not None
+        await gw.drop(first_id)
+        gw.end_session(first_id)
+        await within(rec.event(Lifecycle.SESSION_RESET))
+        info = await within(rec.event(Lifecycle.CONNECTED))
+        while not info["reconnect"]:
+            info = await within(rec.event(Lifecycle.CONNECTED))
+        assert "client_id" not in gw.connection_log[-1]
+        assert client.client_id in gw.sessions
 
 
 async def test_connect_with_a_stale_saved_session_starts_fresh(gw: FakeGateway) -> None:
@@ -407,8 +426,18 @@ async def test_connect_with_a_stale_saved_session_starts_fresh(gw: FakeGateway) 
     rec = FrameRecorder(client)
     async with client:
         assert (await within(rec.event(Lifecycle.SESSION_RESET)))["code"] == 4003
-        assert client.client_id in gw.sessions and client.client_id != "gone"
+        assert client.client_id == "gone" and "gone" in gw.sessions
         assert client.last_seq == 0
+
+
+async def test_a_taken_client_id_gets_another_id(gw: FakeGateway) -> None:
+    async with (
+        make_client(gw, client_id="taken") as first,
+        make_client(gw, client_id="taken") as second,
+    ):
+        assert first.client_id == "taken"
+        assert second.client_id != "taken" and second.client_id in gw.sessions
+        assert first.connected and second.connected
 
 
 async def test_resume_from_a_saved_session_in_a_new_client(gw: FakeGateway) -> None:

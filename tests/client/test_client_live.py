@@ -209,6 +209,37 @@ async def test_stale_session_token_starts_a_fresh_session(live_gateway: LiveGate
         reset = await within(rec.event(Lifecycle.SESSION_RESET))
         assert reset["code"] == 4003
         assert client.connected and client.session_token not in (None, "not-it")
+        assert client.client_id == "live-stale"
+
+
+async def test_gateway_forgetting_the_session_reconnects_fresh_with_the_same_id(
+    live_gateway: LiveGateway,
+) -> None:
+    gate = Gate()
+    client = make_client(live_gateway, client_id="live-forgot", token=gate)
+    rec = FrameRecorder(client)
+    async with client:
+        old_token = client.session_token
+        gate.close()
+        client.simulate_network_drop()
+        await offline(live_gateway, "live-forgot")
+        status, _ = await live_gateway.api("DELETE", "/clients/live-forgot")
+        assert status in (200, 202, 204)
+        gate.open()
+        await within(rec.event(Lifecycle.SESSION_RESET))
+        failed = await within(rec.event(Lifecycle.RECOVERY_FAILED))
+        assert failed["reason"] == "session_lost"
+        info = await within(rec.event(Lifecycle.CONNECTED))
+        while not info["reconnect"]:
+            info = await within(rec.event(Lifecycle.CONNECTED))
+        assert client.client_id == "live-forgot"
+        assert client.session_token != old_token and client.last_seq == 0
+        status, body = await live_gateway.api(
+            "POST", "/send_message", {"client_id": "live-forgot", "content": "fresh"}
+        )
+        assert status == 200 and body["seq"] == 1
+        frame = await within(rec.next("message"))
+        assert frame.data["content"] == "fresh" and frame.seq == 1
 
 
 async def test_cli_api_status_prints_readable_output(live_gateway: LiveGateway) -> None:
