@@ -391,6 +391,22 @@ def _print_status(out: Output, body: Any) -> None:
         out.line(f"{key:<{width}}  {short(value, 160)}")
 
 
+def _print_history(out: Output, body: Any, items: list[Any]) -> None:
+    """History entries ``{direction, seq, frame}``: server frames ``←``, client frames ``→``."""
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        raw = item.get("frame") if isinstance(item.get("frame"), dict) else item
+        arrow = "→" if item.get("direction") == "in" else "←"
+        out.line(f"{arrow} {format_frame(Frame.from_raw(raw), colour=out.colour_out)}")
+    if isinstance(body, dict) and body.get("has_more"):
+        last = next(
+            (i.get("seq") for i in reversed(items) if isinstance(i, dict) and i.get("seq")), None
+        )
+        hint = f": use --after-seq {last}" if last is not None else ""
+        out.event(f"more history available{hint}")
+
+
 def _print_clients(out: Output, body: Any) -> None:
     clients = body.get("clients") if isinstance(body, dict) else None
     if not isinstance(clients, list):
@@ -440,8 +456,7 @@ async def cmd_api(args: argparse.Namespace, cfg: dict[str, Any], out: Output) ->
             if out.json or not isinstance(items, list):
                 out.data(body)
             else:
-                for item in items:
-                    out.frame(Frame.from_raw(item if isinstance(item, dict) else {}))
+                _print_history(out, body, items)
         elif action == "send":
             data = _json_object(args.data, "--data") if args.data else None
             body = await api.send_message(

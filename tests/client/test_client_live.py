@@ -283,3 +283,30 @@ async def test_cli_listen_against_the_gateway(live_gateway: LiveGateway) -> None
     assert status == 200
     assert await within(task) == 0
     assert "💬 message  to the CLI" in out.getvalue()
+
+
+async def test_cli_api_messages_shows_the_history(live_gateway: LiveGateway) -> None:
+    async with make_client(live_gateway, client_id="live-h") as client:
+        await client.ping()
+        status, _ = await live_gateway.api(
+            "POST", "/send_message", {"client_id": "live-h", "content": "kept"}
+        )
+        assert status == 200
+        out, err = io.StringIO(), io.StringIO()
+        code = await amain(
+            [
+                "--api",
+                live_gateway.api_url,
+                "--token",
+                live_gateway.api_token,
+                "api",
+                "messages",
+                "live-h",
+            ],
+            stdout=out,
+            stderr=err,
+        )
+        assert code == 0, err.getvalue()
+        lines = out.getvalue().splitlines()
+        assert any(line.startswith("→") and "ping" in line for line in lines)
+        assert any(line.startswith("←") and "💬 message  kept" in line for line in lines)
