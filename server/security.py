@@ -102,6 +102,9 @@ class Security:
         self.proxies = tuple(ipaddress.ip_network(n, strict=False)
                              for n in settings.trusted_proxies)
         self.per_ip: dict[str, int] = {}
+        #: Sockets admitted and not yet released: live ones plus handshakes in progress, so
+        #: a burst of simultaneous upgrades cannot overshoot MAX_CONNECTIONS.
+        self.admitted = 0
         self.api_buckets: dict[str, TokenBucket] = {}
 
     # --- client address -----------------------------------------------------------------------
@@ -181,9 +184,12 @@ class Security:
         if cap and count >= cap:
             return False
         self.per_ip[ip] = count + 1
+        self.admitted += 1
         return True
 
     def release_ip(self, ip: str) -> None:
+        if ip in self.per_ip:
+            self.admitted -= 1
         count = self.per_ip.get(ip, 0) - 1
         if count > 0:
             self.per_ip[ip] = count

@@ -230,7 +230,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     identity = security.authenticate_client(request)
     if isinstance(identity, web.StreamResponse):
         return identity
-    if len(connections) >= settings.max_connections:
+    if max(len(connections), security.admitted) >= settings.max_connections:
         return _bad_request("too many connections", code="too_many_connections", status=503)
     if not security.admit_ip(peer):
         return _bad_request("too many connections from this address",

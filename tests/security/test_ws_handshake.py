@@ -3,16 +3,18 @@ and JWT expiry on a live socket (issue 5). Refusals before the upgrade are HTTP 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
+import aiohttp
 import jwt
 import pytest
 
 from server.config import Settings
 from server.errors import CloseCode, ConfigError
 from server.keys import SECURITY
-from tests.conftest import LiveGateway, MakeGateway, wait_for
+from tests.conftest import LiveGateway, MakeGateway, WSClient, wait_for
 
 APP = "https://app.example.com"
 SECRET = "jwt-test-secret-" + "0123456789abcdef" * 4
@@ -323,3 +325,24 @@ def test_trusted_proxies_are_validated() -> None:
         Settings.from_env({"TRUSTED_PROXIES": "10.0.0.0/8, not-an-ip"})
     settings = Settings.from_env({"TRUSTED_PROXIES": "10.0.0.0/8, ::1"})
     assert settings.trusted_proxies == ("10.0.0.0/8", "::1")
+
+
+async def test_a_burst_of_simultaneous_upgrades_cannot_overshoot_max_connections(
+        make_gateway: MakeGateway) -> None:
+    live = await make_gateway(max_connections=3)
+
+    async def attempt() -> int:
+        try:
+            ws = await live.http.ws_connect(live.ws_server.make_url("/"))
+        except aiohttp.WSServerHandshakeError as exc:
+            return exc.status
+        live.clients.append(WSClient(ws, {}))
+        return 101
+
+    statuses = await asyncio.gather(*(attempt() for _ in range(12)))
+    assert sorted(statuses) == [101] * 3 + [503] * 9, statuses
+    await wait_for(lambda: len(live.connections) == 3, what="three sockets attached")
+    assert live.ws_app[SECURITY].admitted == 3
+    for client in live.clients:
+        await client.close()
+    await wait_for(lambda: live.ws_app[SECURITY].admitted == 0, what="slots released")
