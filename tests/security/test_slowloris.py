@@ -129,3 +129,20 @@ async def test_well_behaved_clients_are_unaffected(make_gateway: MakeGateway) ->
                                   {"client_id": "steady", "content": "hi"})
     assert status == 200, body
     assert (await client.recv())["data"]["content"] == "hi"
+
+
+@pytest.mark.parametrize("which", ["ws", "api"])
+async def test_oversized_headers_are_refused(make_gateway: MakeGateway, which: str) -> None:
+    """Header lines and counts are bounded too (aiohttp: 8190 bytes a line, 128 headers)."""
+    live = await make_gateway(request_header_timeout=HEADER_TIMEOUT)
+    for request in (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n",
+                    b"GET /health HTTP/1.1\r\nHost: x\r\n"
+                    + b"".join(b"X-%d: y\r\n" % n for n in range(200)) + b"\r\n",
+                    b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"):
+        reader, writer = await asyncio.open_connection("127.0.0.1", _port(live, which))
+        writer.write(request)
+        await writer.drain()
+        received = await _closed_by_server(reader)
+        assert received[:12] in (b"HTTP/1.1 400", b"HTTP/1.1 431", b"HTTP/1.0 400",
+                                 b"HTTP/1.1 414"), received[:200]
+        writer.close()
