@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import orjson
@@ -82,6 +83,12 @@ def idempotency_key(request: web.Request, body: dict[str, Any]) -> str | None:
         raise ValidationError("idempotency_key must be a string of 1-256 characters",
                               code="invalid_field", details={"field": "idempotency_key"})
     return f"{request.path}:{key}"
+
+
+def request_fingerprint(body: dict[str, Any]) -> str:
+    """What a retry must repeat: the body, without its idempotency_key."""
+    payload = {k: v for k, v in body.items() if k != "idempotency_key"}
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def gw(request: web.Request) -> Gateway:
@@ -185,7 +192,7 @@ async def send_message(request: web.Request) -> web.Response:
     key = idempotency_key(request, body)
     answer, replayed = await gateway.idempotent(key, lambda: gateway.send_message(
         body["client_id"], body.get("content"), message_type=body.get("message_type") or "message",
-        data=body.get("data")))
+        data=body.get("data")), request_fingerprint(body))
     if replayed:
         answer = {**answer, "idempotent_replay": True}
     return json_response(answer, status=200 if answer["status"] == "delivered" else 202)
@@ -206,7 +213,7 @@ async def broadcast(request: web.Request) -> web.Response:
     key = idempotency_key(request, body)
     answer, replayed = await gateway.idempotent(key, lambda: gateway.broadcast(
         body["message_type"], body.get("data") or {}, channel=body.get("channel"),
-        client_type=body.get("client_type")))
+        client_type=body.get("client_type")), request_fingerprint(body))
     if replayed:
         answer = {**answer, "idempotent_replay": True}
     return json_response(answer)

@@ -59,6 +59,7 @@ class PendingPermission:
 class _IdempotentEntry:
     expires: float
     future: asyncio.Future[Any]
+    fingerprint: str = ""
 
 
 @dataclass
@@ -350,19 +351,29 @@ class Gateway:
     # --- idempotency --------------------------------------------------------------------------
 
     async def idempotent(self, key: str | None,
-                         operation: Callable[[], Awaitable[dict[str, Any]]]
-                         ) -> tuple[dict[str, Any], bool]:
+                         operation: Callable[[], Awaitable[dict[str, Any]]],
+                         fingerprint: str = "") -> tuple[dict[str, Any], bool]:
         """Run ``operation`` once per key within IDEMPOTENCY_TTL; a retry (even one racing the
         first) gets the first answer. Returns ``(answer, replayed)``. Failures are not kept.
+
+        ``fingerprint`` identifies the request: the same key with another request is refused
+        (422 ``idempotency_key_reused``) rather than answered with the first request's result,
+        which would tell the caller a message it never sent was delivered.
         """
         if key is None:
             return await operation(), False
         now = time.monotonic()
         entry = self.idempotency.get(key)
         if entry is not None and entry.expires > now:
+            if entry.fingerprint != fingerprint:
+                raise SwitchboardError(
+                    "idempotency_key was already used for a different request; use a new key "
+                    "for a new request", code="idempotency_key_reused", http_status=422,
+                    details={"field": "idempotency_key"})
             return await asyncio.shield(entry.future), True
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.idempotency[key] = _IdempotentEntry(now + self.settings.idempotency_ttl, future)
+        self.idempotency[key] = _IdempotentEntry(now + self.settings.idempotency_ttl, future,
+                                                 fingerprint)
         try:
             answer = await operation()
         except BaseException as exc:
