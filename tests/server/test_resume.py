@@ -289,6 +289,29 @@ async def test_retried_send_message_with_the_same_idempotency_key_delivers_once(
     assert status == 200 and other["message_id"] != first["message_id"]
 
 
+async def test_an_idempotency_key_reused_for_another_request_is_refused(
+        live_gateway: LiveGateway) -> None:
+    live = live_gateway
+    a = await live.connect(client_id="a")
+    b = await live.connect(client_id="b")
+    status, first = await send(live, "a", "for a", idempotency_key="k1")
+    assert status == 200
+    # Same key, different request: refused, never answered with a's result.
+    status, body = await send(live, "b", "for b", idempotency_key="k1")
+    assert status == 422, body
+    assert body["error"]["code"] == "idempotency_key_reused"
+    assert body["error"]["field"] == "idempotency_key"
+    status, body = await send(live, "a", "changed", idempotency_key="k1")
+    assert status == 422, body
+    # The genuine retry (key order and all) still gets the first answer.
+    status, retry = await live.api("POST", "/send_message", {
+        "idempotency_key": "k1", "content": "for a", "client_id": "a"})
+    assert status == 200 and retry["message_id"] == first["message_id"]
+    await send(live, "b", "marker")
+    assert (await b.recv())["data"]["content"] == "marker"  # b got nothing else
+    await send(live, "a", "marker")
+    assert [f["data"]["content"] for f in await recv_messages(a, 2)] == ["for a", "marker"]
+
 async def test_retried_broadcast_with_the_same_idempotency_key_delivers_once(
         live_gateway: LiveGateway) -> None:
     live = live_gateway
