@@ -51,7 +51,7 @@ import contextlib
 import hmac
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +86,8 @@ BROADCAST_REPLY_TIMEOUT = 2.0
 MAX_HOPS = 4
 #: Extra seconds a remote call_tool waits beyond the call's own timeout.
 CALL_MARGIN = 2.0
+#: How long a retried request waits for the first one (same idempotency_key, another node).
+IDEMPOTENCY_WAIT = 30.0
 
 
 def s_key(client_id: str) -> str:
@@ -131,6 +133,25 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
 if (not node) and ARGV[4] ~= '1' then return 2 end
+return 1
+"""
+
+#: The frequent write: counters and new history entries only (static fields untouched).
+#: KEYS: s, h. ARGV: me, limit, ttl, seq, messages_in, messages_out, last_activity,
+#: history_size, entries…  Returns 0 (another node owns it), 1, or 2 (hash missing: resync).
+WRITE_PROGRESS = """
+local node = redis.call('HGET', KEYS[1], 'node')
+if not node then return 2 end
+if node ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'seq', ARGV[4], 'messages_in', ARGV[5], 'messages_out', ARGV[6],
+           'last_activity', ARGV[7], 'history_size', ARGV[8])
+if #ARGV >= 9 then
+  for j = 9, #ARGV, 500 do
+    redis.call('RPUSH', KEYS[2], unpack(ARGV, j, math.min(j + 499, #ARGV)))
+  end
+  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+  if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+end
 return 1
 """
 
@@ -244,11 +265,14 @@ class WriteBehind:
     """What this node changed since the last flush. Filled synchronously on the hot path,
     emptied by one task with a pipeline of Lua scripts."""
 
-    __slots__ = ("dirty", "ended", "entries", "overrides", "resync", "waiters", "wake")
+    __slots__ = ("dirty", "ended", "entries", "full", "overrides", "resync", "waiters",
+                 "wake")
 
     def __init__(self) -> None:
         self.entries: dict[str, list[HistoryEntry]] = {}
         self.dirty: dict[str, Session] = {}
+        #: Sessions whose static fields changed (connect, channels…): the full hash is written.
+        self.full: set[str] = set()
         self.ended: set[str] = set()
         self.overrides: dict[str, str] = {}
         self.resync: set[str] = set()
@@ -267,12 +291,14 @@ class WriteBehind:
 
     def touch(self, session: Session) -> None:
         self.dirty[session.client_id] = session
+        self.full.add(session.client_id)
         self.wake.set()
 
     def end(self, client_id: str) -> None:
         self.dirty.pop(client_id, None)
         self.entries.pop(client_id, None)
         self.resync.discard(client_id)
+        self.full.discard(client_id)
         self.ended.add(client_id)
         self.wake.set()
 
@@ -381,6 +407,7 @@ class ClusterGateway(Gateway):
         default_factory=dict)
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     writer_scripts: dict[str, Any] = field(default_factory=dict)
+    refreshed_at: float = 0.0
     healthy_event: asyncio.Event = field(default_factory=asyncio.Event)
 
     # --- plumbing -----------------------------------------------------------------------------
@@ -429,6 +456,7 @@ class ClusterGateway(Gateway):
         broker.on_state_change(self._state_changed)
         self.writer_scripts = {
             "write": self.redis.register_script(WRITE_SESSION),
+            "progress": self.redis.register_script(WRITE_PROGRESS),
             "delete": self.redis.register_script(DELETE_SESSION),
             "reserve": self.redis.register_script(RESERVE_ID),
             "cas": self.redis.register_script(CAS_OWNER),
@@ -510,6 +538,7 @@ class ClusterGateway(Gateway):
         ended, writer.ended = writer.ended, set()
         overrides, writer.overrides = writer.overrides, {}
         resync, writer.resync = writer.resync, set()
+        full, writer.full = writer.full, set()
         waiters, writer.waiters = writer.waiters, []
         if not (dirty or ended):
             for waiter in waiters:
@@ -517,6 +546,7 @@ class ClusterGateway(Gateway):
                     waiter.set_result(None)
             return
         write = self.writer_scripts["write"]
+        progress = self.writer_scripts["progress"]
         delete = self.writer_scripts["delete"]
         limit = str(self.settings.history_limit)
         ttl = str(self.key_ttl)
@@ -527,12 +557,21 @@ class ClusterGateway(Gateway):
                          args=[self.me, client_id], client=pipe)
             order.append("")
         for client_id, session in dirty.items():
-            full = client_id in resync
-            items = list(session.history) if full else entries.get(client_id, ())
+            rewrite = client_id in resync
+            items = list(session.history) if rewrite else entries.get(client_id, ())
+            if not rewrite and client_id not in full and client_id not in overrides:
+                args: list[Any] = [self.me, limit, ttl, session.seq, session.messages_in,
+                                   session.messages_out, repr(session.last_activity),
+                                   len(session.history)]
+                args.extend(pack_entry(e) for e in items)
+                await progress(keys=[s_key(client_id), h_key(client_id)], args=args,
+                               client=pipe)
+                order.append(client_id)
+                continue
             node = overrides.get(client_id, self.me)
             fields = session_fields(session, node, len(session.history))
-            args: list[Any] = [self.me, ttl, limit, "1" if full else "0",
-                               repr(session.connected_at), client_id, str(len(fields))]
+            args = [self.me, ttl, limit, "1" if rewrite else "0",
+                    repr(session.connected_at), client_id, str(len(fields))]
             for name, value in fields.items():
                 args.append(name)
                 args.append(value)
@@ -548,6 +587,7 @@ class ClusterGateway(Gateway):
                 if self.registry.sessions.get(client_id) is session:
                     writer.dirty[client_id] = session
                     writer.resync.add(client_id)
+                    writer.full.add(client_id)
                 if client_id in overrides:
                     writer.overrides.setdefault(client_id, overrides[client_id])
             writer.ended |= ended
@@ -565,8 +605,9 @@ class ClusterGateway(Gateway):
             if not client_id:
                 continue
             if result == 2:
-                writer.resync.add(client_id)
-                writer.touch(dirty[client_id])
+                if self.registry.sessions.get(client_id) is dirty[client_id]:
+                    writer.resync.add(client_id)
+                    writer.touch(dirty[client_id])
             elif result == 0 and client_id not in overrides:
                 self._lost(client_id)
         for waiter in waiters:
@@ -607,9 +648,12 @@ class ClusterGateway(Gateway):
         pipe = self.redis.pipeline(transaction=False)
         pipe.set(alive_key(self.me), b"1", ex=int(NODE_TIMEOUT))
         pipe.hset(NODES_KEY, self.me, orjson.dumps(info))
-        for client_id in self.registry.sessions:
-            pipe.expire(s_key(client_id), ttl)
-            pipe.expire(h_key(client_id), ttl)
+        now = time.monotonic()
+        if now - self.refreshed_at >= ttl / 3:  # keep the sessions we hold from expiring
+            self.refreshed_at = now
+            for client_id in self.registry.sessions:
+                pipe.expire(s_key(client_id), ttl)
+                pipe.expire(h_key(client_id), ttl)
         await pipe.execute()
 
     # --- requests between nodes ---------------------------------------------------------------
@@ -978,6 +1022,50 @@ class ClusterGateway(Gateway):
         with contextlib.suppress(Unavailable):  # Redis forgets it when it is back
             await self.flush_now()
         return answer
+
+    async def idempotent(self, key: str | None,
+                         operation: Callable[[], Awaitable[dict[str, Any]]],
+                         fingerprint: str = "") -> tuple[dict[str, Any], bool]:
+        """As on one node, but cluster-wide: a retry that lands on another node (behind a
+        load balancer) gets the first answer too. The first request claims the key in Redis
+        (SET NX, IDEMPOTENCY_TTL); a retry waits for its answer there."""
+        if key is None:
+            return await operation(), False
+        redis_key = f"{PREFIX}idem:{key}"
+        ttl = int(max(1, self.settings.idempotency_ttl))
+        deadline = time.monotonic() + IDEMPOTENCY_WAIT
+        while True:
+            async with self.guard():
+                won = await self.redis.set(redis_key, orjson.dumps({"fp": fingerprint}),
+                                           nx=True, ex=ttl)
+            if won:
+                try:
+                    extra = (fingerprint,) if fingerprint else ()  # older base: 2 args
+                    answer, replayed = await super().idempotent(key, operation, *extra)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await self.redis.delete(redis_key)
+                    raise
+                with contextlib.suppress(*UNREACHABLE):
+                    await self.redis.set(redis_key, orjson.dumps(
+                        {"fp": fingerprint, "answer": answer}), ex=ttl)
+                return answer, replayed
+            async with self.guard():
+                raw = await self.redis.get(redis_key)
+            if raw is None:
+                continue  # the first attempt failed and let go of the key: run it ourselves
+            record = orjson.loads(raw)
+            if record.get("fp") != fingerprint:
+                raise SwitchboardError(
+                    "idempotency_key was already used for a different request; use a new key "
+                    "for a new request", code="idempotency_key_reused", http_status=422,
+                    details={"field": "idempotency_key"})
+            if "answer" in record:
+                return record["answer"], True
+            if time.monotonic() > deadline:
+                raise Unavailable("the first request with this idempotency_key is still in "
+                                  "progress; retry later")
+            await asyncio.sleep(0.02)  # the first request runs on another node
 
     # --- sessions arriving on this node (WebSocket endpoint hooks) ----------------------------
 

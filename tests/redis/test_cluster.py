@@ -271,3 +271,24 @@ async def test_session_of_a_dead_node_is_adopted(
     again = await b.connect(client_id="orphan", session_token=client.session_token, last_seq=0)
     assert again.hello["data"]["resumed"] is True
     assert (await again.recv_type("message"))["data"]["content"] == "hi"
+
+
+async def test_idempotent_retry_on_the_other_node_delivers_once(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    client = await a.connect(client_id="once")
+    await wait_redis(b, "once", node="a")
+    request = {"client_id": "once", "content": "pay", "idempotency_key": "k-1"}
+    status, first = await a.api("POST", "/send_message", request)
+    assert status == 200, first
+    status, retry = await b.api("POST", "/send_message", request)
+    assert status == 200 and retry["message_id"] == first["message_id"], retry
+    assert retry.get("idempotent_replay") is True
+    status, other = await b.api("POST", "/send_message",
+                                {**request, "content": "something else"})
+    assert status == 422 and other["error"]["code"] == "idempotency_key_reused", other
+    await client.recv_type("message")
+    status, _ = await b.api("POST", "/send_message", {"client_id": "once", "content": "end"})
+    assert status == 200
+    frame = await client.recv_type("message")
+    assert frame["data"]["content"] == "end" and frame["seq"] == first["seq"] + 1
