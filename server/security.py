@@ -29,6 +29,9 @@ class Identity:
 
     subject: str | None
     expires_at: float | None = None
+    #: True when the credential proves the subject (a JWT's ``sub``), so it may resume its own
+    #: session without ``session_token``; a shared static token proves nothing about who.
+    verified: bool = False
 
 
 def error_response(status: int, code: str, message: str,
@@ -176,7 +179,7 @@ class Security:
             return error_response(401, "unauthorized",
                                   "invalid token: sub must be a client id (1-128 letters, "
                                   "digits or -_.:@)")
-        return Identity(subject=subject, expires_at=float(claims["exp"]))
+        return Identity(subject=subject, expires_at=float(claims["exp"]), verified=True)
 
     def admit_ip(self, ip: str) -> bool:
         cap = self.settings.max_connections_per_ip

@@ -217,6 +217,25 @@ async def test_a_jwt_client_cannot_resume_another_subjects_session(
     assert live.gateway.registry.get("alice").outbox is None
 
 
+async def test_a_jwt_resumes_its_own_session_without_session_token(
+        make_gateway: MakeGateway) -> None:
+    """The JWT proves the subject, so reconnecting with a fresh JWT (no session_token) gets
+    the same session back, with what was queued meanwhile replayed after last_seq."""
+    live = await jwt_gateway(make_gateway)
+    alice = await live.connect(token=make_jwt("alice"))
+    await alice.close()
+    await wait_for(lambda: not live.connections, what="alice gone")
+    status, body = await live.api("POST", "/send_message",
+                                  {"client_id": "alice", "content": "while away"})
+    assert status == 202, body
+    again = await live.connect(token=make_jwt("alice"), last_seq=0)
+    assert again.client_id == "alice"
+    assert again.hello["data"]["resumed"] is True
+    assert again.hello["data"]["session_token"] == alice.session_token
+    frame = await again.recv()
+    assert frame["data"]["content"] == "while away" and frame["seq"] == 1, frame
+
+
 def test_a_short_jwt_secret_refuses_to_start() -> None:
     with pytest.raises(ConfigError, match="WS_JWT_SECRET"):
         Settings.from_env({"WS_AUTH": "jwt", "WS_JWT_SECRET": "short"})
