@@ -272,6 +272,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             log.info("resume_refused", client_id=client_id, peer=peer)
             return ws
         session = candidate
+    elif identity is not None and identity.verified and client_id:
+        # A JWT proves who this is: it resumes its own session, token or not.
+        session = registry.get(client_id)
     resumed = session is not None
     if session is None:
         if client_id and gateway.broker.distributed:
