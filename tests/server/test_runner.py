@@ -134,9 +134,7 @@ async def test_sigint_also_shuts_down_cleanly_and_fails_waiting_tool_calls(
 @pytest.mark.parametrize(("settings", "variable"), [
     ({"WS_PORT": "abc"}, "WS_PORT"),
     ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
-    ({"API_HOST": "0.0.0.0"}, "API_TOKEN"),
-    ({"MAX_CONNECTIONS": "-5"}, "MAX_CONNECTIONS"),
-    ({"SESSION_TTL": "a week"}, "SESSION_TTL"),
+    ({"API_HOST": "0.0.0.0"}, "API_TOKEN"),  # every other variable: tests/server/test_config.py
 ])
 def test_a_bad_setting_exits_2_with_one_line_naming_the_variable(
         tmp_path: Path, settings: dict[str, str], variable: str) -> None:
