@@ -539,12 +539,10 @@ async def test_no_reconnect_when_disabled(gw: FakeGateway) -> None:
 
 
 async def test_send_while_reconnecting_waits_for_the_new_connection(gw: FakeGateway) -> None:
-    gw.refuse_next(503, count=2)  # let the reconnect take a few attempts
     client = make_client(gw, client_id="w")
     rec = FrameRecorder(client)
-    gw._plans.clear()
     async with client:
-        gw.refuse_next(503, count=2)
+        gw.refuse_next(503, count=2)  # the reconnect takes three attempts
         await gw.drop("w")
         await within(rec.event(Lifecycle.DISCONNECTED))
         await within(client.send("chat_message", {"content": "queued by the client"}))
