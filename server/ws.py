@@ -235,10 +235,25 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if not security.admit_ip(peer):
         return _bad_request("too many connections from this address",
                             code="too_many_connections", status=429)
+    # From here on this connection holds an admission slot: released exactly once, however
+    # the handshake or the session ends (refusal, error, cancellation).
+    try:
+        return await _accept(request, ws, identity, peer)
+    finally:
+        security.release_ip(peer)
+
+
+async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any,
+                  peer: str) -> web.WebSocketResponse:
+    """Upgrade, create or resume the session, then run the connection until it ends."""
+    app = request.app
+    gateway: Gateway = app[GATEWAY]
+    settings = gateway.settings
+    connections: set[Connection] = app[CONNECTIONS]
+    security = app[SECURITY]
     try:
         last_seq = _int_param(request, "last_seq")
     except ProtocolError as exc:
-        security.release_ip(peer)
         return _bad_request(exc.message)
 
     query = request.query
@@ -246,11 +261,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     client_type = (query.get("client_type") or "default")[:CLIENT_TYPE_MAX]
     token = query.get("session_token")
 
-    try:
-        await ws.prepare(request)
-    except Exception:
-        security.release_ip(peer)
-        raise
+    await ws.prepare(request)
     registry = gateway.registry
     session: Session | None = None
     if token:
@@ -259,13 +270,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             try:  # held by another node, or offline in the cluster's store
                 candidate = await gateway.fetch_session(client_id, token)
             except SwitchboardError as exc:
-                security.release_ip(peer)
                 await _refuse(ws, CloseCode.INTERNAL_ERROR,
                               f"cannot resume right now ({exc.message}); reconnect with "
                               f"backoff and resume")
                 return ws
         if candidate is None or not candidate.token_matches(token):
-            security.release_ip(peer)
             await _refuse(ws, CloseCode.INVALID_SESSION,
                           "invalid session: unknown client_id, expired session or wrong "
                           "session_token; connect without session_token to start a new session")
@@ -281,7 +290,6 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             try:  # a requested id must be free cluster-wide
                 client_id = await gateway.claim_client_id(client_id)
             except SwitchboardError as exc:
-                security.release_ip(peer)
                 await _refuse(ws, CloseCode.INTERNAL_ERROR,
                               f"cannot open a session right now ({exc.message}); reconnect "
                               f"with backoff")
@@ -335,7 +343,6 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         await _read_loop(conn, gateway, app[ROUTER], security)
     finally:
         connections.discard(conn)
-        security.release_ip(peer)
         conn.closed = True
         if conn.expiry is not None:
             conn.expiry.cancel()
