@@ -3,6 +3,7 @@ expiry and history paging. HTTP in, WebSocket out, over real loopback sockets.""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -85,6 +86,39 @@ async def test_resume_after_a_network_drop_replays_exactly_the_missed_frames(
     assert [f["seq"] for f in resumed.frames[1:] if "seq" in f] == list(
         range(last_seq + 1, 5 + k + 2))
 
+
+async def test_drops_and_resumes_while_messages_keep_coming_lose_and_repeat_nothing(
+        live_gateway: LiveGateway) -> None:
+    live = live_gateway
+    total = 60
+    client = await live.connect(client_id="roamer")
+    token = client.session_token
+
+    async def producer() -> None:
+        for i in range(1, total + 1):
+            status, body = await send(live, "roamer", i)
+            assert status in (200, 202), body
+
+    sending = asyncio.get_running_loop().create_task(producer())
+    processed: list[int] = []
+    for drop_after, wait_for_drop in ((10, True), (30, False)):
+        while len(processed) < drop_after:
+            frame = await client.recv()
+            assert frame["seq"] == (processed[-1] if processed else 0) + 1  # no gap, no dup
+            processed.append(frame["data"]["content"])
+        abort(client)
+        if wait_for_drop:
+            await dropped(live, "roamer")
+        # Without waiting, the server may still hold the dead socket: the resume replaces it.
+        client = await live.connect(client_id="roamer", session_token=token,
+                                    last_seq=processed[-1])
+        assert client.hello["data"]["recovered"] is True
+    while len(processed) < total:
+        frame = await client.recv()
+        assert frame["seq"] == processed[-1] + 1
+        processed.append(frame["data"]["content"])
+    await sending
+    assert processed == list(range(1, total + 1))
 
 async def test_resume_keeps_subscriptions_and_queues_broadcasts(
         live_gateway: LiveGateway) -> None:
