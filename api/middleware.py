@@ -112,3 +112,18 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             response.force_close()
             return response
     return await handler(request)
+
+@web.middleware
+async def query_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """No API query parameter takes several values: ``?limit=1&limit=2`` is a 422 naming it,
+    not a silent pick of the first."""
+    query = request.query
+    if len(query) > 1:
+        seen: set[str] = set()
+        for name, _ in query.items():
+            if name in seen:
+                return json_error(422, "invalid_field",
+                                  f"query parameter {name[:64]} given more than once",
+                                  field=name[:64])
+            seen.add(name)
+    return await handler(request)

@@ -21,6 +21,8 @@ JSON = "application/json"
 Schema = dict[str, Any]
 
 API_VERSION = "1.0.0"
+#: The largest integer query parameters accept (api.routes.query_int).
+MAX_QUERY_INT = 2**62
 
 # --- reusable pieces ---------------------------------------------------------------------------
 
@@ -164,10 +166,12 @@ SCHEMAS: dict[str, Schema] = {
                          "description": "the frame's type (default `message`)"},
         "data": {**ANY_OBJECT, "nullable": True,
                  "description": "extra fields merged into the frame's data"},
-        "idempotency_key": {"type": "string", "maxLength": 256, "nullable": True,
+        "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 256,
+                            "nullable": True,
                             "description": "retries with the same key within "
                                            "IDEMPOTENCY_TTL get the first answer"},
     }, ("client_id",), additionalProperties=True,
+        anyOf=[{"required": ["content"]}, {"required": ["data"]}],
         description="`content` or `data` (or both) is required.",
         example={"client_id": "alice", "content": "hello"}),
     "SendMessageResult": _obj({
@@ -185,7 +189,8 @@ SCHEMAS: dict[str, Schema] = {
                     "description": "only subscribers of this channel"},
         "client_type": {"type": "string", "maxLength": 64, "nullable": True,
                         "description": "only clients of this type"},
-        "idempotency_key": {"type": "string", "maxLength": 256, "nullable": True},
+        "idempotency_key": {"type": "string", "minLength": 1, "maxLength": 256,
+                            "nullable": True},
     }, ("message_type",), additionalProperties=True,
         example={"message_type": "mcp_event",
                  "data": {"event_type": "service_connected", "service_name": "agent_coder"}}),
@@ -376,7 +381,7 @@ def _stream_op() -> Schema:
 
 
 ASSET_TYPES = ("application/javascript", "text/css", "text/html", "image/png",
-               "application/json")
+               "application/json", "application/octet-stream")
 
 
 def _static_op(operation_id: str, summary: str, example: str) -> Schema:
@@ -404,7 +409,8 @@ def build_paths() -> dict[str, Schema]:
             parameters=[
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000,
                                  "default": 100}, "page size"),
-                _query("offset", {"type": "integer", "minimum": 0, "default": 0},
+                _query("offset", {"type": "integer", "minimum": 0, "maximum": MAX_QUERY_INT,
+                                  "default": 0},
                        "sessions to skip"),
                 _query("connected", {"type": "boolean"},
                        "only connected (true) or only offline (false) sessions"),
@@ -434,9 +440,11 @@ def build_paths() -> dict[str, Schema]:
                 parameters=[
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000,
                                      "default": 100}, "page size"),
-                    _query("after_seq", {"type": "integer", "minimum": 0},
+                    _query("after_seq", {"type": "integer", "minimum": 0,
+                                         "maximum": MAX_QUERY_INT},
                            "only frames after this seq"),
-                    _query("before_seq", {"type": "integer", "minimum": 0},
+                    _query("before_seq", {"type": "integer", "minimum": 0,
+                                          "maximum": MAX_QUERY_INT},
                            "only frames before this seq (alone: the newest page before it)"),
                 ])},
         "/send_message": {"post": _op(

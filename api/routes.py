@@ -76,7 +76,13 @@ def query_bool(request: web.Request, name: str) -> bool | None:
 
 
 def idempotency_key(request: web.Request, body: dict[str, Any]) -> str | None:
-    key = body.get("idempotency_key") or request.headers.get("Idempotency-Key")
+    header = request.headers.get("Idempotency-Key")
+    if header is not None and not 0 < len(header) <= 256:
+        raise ValidationError("the Idempotency-Key header must be 1-256 characters",
+                              code="invalid_field", details={"field": "Idempotency-Key"})
+    key = body.get("idempotency_key")
+    if key is None:
+        key = header
     if key is None:
         return None
     if not isinstance(key, str) or not 0 < len(key) <= 256:
