@@ -62,6 +62,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if status == 413:
             message = (f"request body too large (limit "
                        f"{request.app[SECURITY].settings.api_max_body} bytes)")
+        elif status == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.path}; see /docs for the API"
+        elif status == 405:
+            allowed = exc.headers.get("Allow", "")
+            message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
         headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
         return json_error(status, _HTTP_CODES.get(status, "http_error"), message,
                           headers=headers)
@@ -112,6 +117,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             response.force_close()
             return response
     return await handler(request)
+
 
 @web.middleware
 async def query_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:

@@ -160,3 +160,12 @@ async def test_a_crashing_route_is_a_json_500_without_a_traceback(
     status, body = await live_gateway.api("GET", "/status")
     assert status == 500
     assert body == {"error": {"code": "internal_error", "message": "internal server error"}}
+
+
+async def test_unknown_routes_and_methods_say_what_to_do(live_gateway: LiveGateway) -> None:
+    status, body = await live_gateway.api("PUT", "/status")
+    assert status == 405
+    assert body["error"]["message"].startswith("PUT is not allowed on /status; allowed: GET")
+    status, body = await live_gateway.api("GET", "/no/such/thing")
+    assert status == 404
+    assert "see /docs" in body["error"]["message"]
