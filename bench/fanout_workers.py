@@ -67,12 +67,15 @@ def redis_binary() -> str:
 class Counter(asyncio.Protocol):
     """One WebSocket client: sends the upgrade, then counts server frames (unmasked)."""
 
-    def __init__(self, path: str, port: int, done: asyncio.Future[None], expected: int,
-                 stamps: list[float]) -> None:
-        self.request = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                        f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                        f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
-                        f"Sec-WebSocket-Version: 13\r\n\r\n").encode()
+    def __init__(
+        self, path: str, port: int, done: asyncio.Future[None], expected: int, stamps: list[float]
+    ) -> None:
+        self.request = (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
         self.buf = b""
         self.upgraded = False
         self.frames = 0
@@ -95,7 +98,7 @@ class Counter(asyncio.Protocol):
             if not buf.startswith(b"HTTP/1.1 101"):
                 raise RuntimeError(buf[:200].decode(errors="replace"))
             self.upgraded = True
-            buf = buf[end + 4:]
+            buf = buf[end + 4 :]
         pos, n = 0, len(buf)
         while n - pos >= 2:
             length = buf[pos + 1] & 0x7F
@@ -103,12 +106,12 @@ class Counter(asyncio.Protocol):
             if length == 126:
                 if n - pos < 4:
                     break
-                length = int.from_bytes(buf[pos + 2:pos + 4], "big")
+                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
                 head = 4
             elif length == 127:
                 if n - pos < 10:
                     break
-                length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
                 head = 10
             if n - pos < head + length:
                 break
@@ -135,8 +138,9 @@ def receiver_main(port: int, clients: int, expected: int, conn: Connection) -> N
         dones = []
         for i in range(clients):
             done: asyncio.Future[None] = loop.create_future()
-            proto = Counter(f"/?client_type=bench&client_id=r{os.getpid()}-{i}", port, done,
-                            expected, stamps)
+            proto = Counter(
+                f"/?client_type=bench&client_id=r{os.getpid()}-{i}", port, done, expected, stamps
+            )
             await loop.create_connection(lambda p=proto: p, "127.0.0.1", port)  # type: ignore
             await asyncio.wait_for(proto.hello, 10)
             protos.append(proto)
@@ -144,8 +148,7 @@ def receiver_main(port: int, clients: int, expected: int, conn: Connection) -> N
         conn.send(("connected", clients))
         try:
             await asyncio.wait_for(asyncio.gather(*dones), DEADLINE)
-            conn.send(("done", max(stamps) if stamps else 0.0,
-                       sum(p.frames - 1 for p in protos)))
+            conn.send(("done", max(stamps) if stamps else 0.0, sum(p.frames - 1 for p in protos)))
         except TimeoutError:
             conn.send(("timeout", 0.0, sum(p.frames - 1 for p in protos)))
         for proto in protos:
@@ -203,8 +206,9 @@ async def fire(api: str, broadcasts: int, concurrency: int) -> tuple[float, int]
         async def worker() -> None:
             nonlocal reported
             for _ in queue:
-                async with http.post(f"{api}/broadcast", data=payload,
-                                     headers={"Content-Type": "application/json"}) as resp:
+                async with http.post(
+                    f"{api}/broadcast", data=payload, headers={"Content-Type": "application/json"}
+                ) as resp:
                     body = await resp.json()
                     if resp.status != 200:
                         raise SystemExit(f"broadcast failed: {resp.status} {body}")
@@ -216,30 +220,47 @@ async def fire(api: str, broadcasts: int, concurrency: int) -> tuple[float, int]
 
 def run_one(label: str, workers: int, broker_url: str, args: argparse.Namespace) -> Result:
     ws_port, api_port = free_port(), free_port()
-    env = {**os.environ, "WS_HOST": "127.0.0.1", "WS_PORT": str(ws_port),
-           "API_PORT": str(api_port), "WORKERS": str(workers), "BROKER_URL": broker_url,
-           "LOG_LEVEL": "warning", "NODE_ID": "bench", "WS_HEARTBEAT": "0",
-           "SEND_QUEUE_FRAMES": str(max(1000, args.broadcasts * 2)),
-           "SEND_QUEUE_BYTES": str(64 * 1024 * 1024)}
+    env = {
+        **os.environ,
+        "WS_HOST": "127.0.0.1",
+        "WS_PORT": str(ws_port),
+        "API_PORT": str(api_port),
+        "WORKERS": str(workers),
+        "BROKER_URL": broker_url,
+        "LOG_LEVEL": "warning",
+        "NODE_ID": "bench",
+        "WS_HEARTBEAT": "0",
+        "SEND_QUEUE_FRAMES": str(max(1000, args.broadcasts * 2)),
+        "SEND_QUEUE_BYTES": str(64 * 1024 * 1024),
+    }
     with tempfile.TemporaryDirectory() as cwd:
-        server = subprocess.Popen([sys.executable, str(REPO / "run_websocket_server.py")],
-                                  env=env, cwd=cwd)
+        server = subprocess.Popen(
+            [sys.executable, str(REPO / "run_websocket_server.py")], env=env, cwd=cwd
+        )
         api = f"http://127.0.0.1:{api_port}"
         receivers: list[multiprocessing.Process] = []
         try:
             if broker_url.startswith("redis"):
-                asyncio.run(wait_status(api, lambda b: b.get("cluster", {}).get(
-                    "node_count") == workers, f"{workers} workers"))
+                asyncio.run(
+                    wait_status(
+                        api,
+                        lambda b: b.get("cluster", {}).get("node_count") == workers,
+                        f"{workers} workers",
+                    )
+                )
             else:
                 asyncio.run(wait_status(api, lambda b: True, "the server"))
             ctx = multiprocessing.get_context("spawn")
             pipes = []
-            share = [args.clients // args.receivers + (1 if i < args.clients % args.receivers
-                                                       else 0) for i in range(args.receivers)]
+            share = [
+                args.clients // args.receivers + (1 if i < args.clients % args.receivers else 0)
+                for i in range(args.receivers)
+            ]
             for count in share:
                 parent, child = ctx.Pipe()
-                proc = ctx.Process(target=receiver_main,
-                                   args=(ws_port, count, args.broadcasts, child))
+                proc = ctx.Process(
+                    target=receiver_main, args=(ws_port, count, args.broadcasts, child)
+                )
                 proc.start()
                 receivers.append(proc)
                 pipes.append(parent)
@@ -247,8 +268,13 @@ def run_one(label: str, workers: int, broker_url: str, args: argparse.Namespace)
                 if not parent.poll(DEADLINE):
                     raise SystemExit("receivers did not connect in time")
                 parent.recv()
-            asyncio.run(wait_status(api, lambda b: b.get("connected_clients") == args.clients,
-                                    "every client connected"))
+            asyncio.run(
+                wait_status(
+                    api,
+                    lambda b: b.get("connected_clients") == args.clients,
+                    "every client connected",
+                )
+            )
             started, reported = asyncio.run(fire(api, args.broadcasts, args.concurrency))
             last = 0.0
             delivered = 0
@@ -260,8 +286,9 @@ def run_one(label: str, workers: int, broker_url: str, args: argparse.Namespace)
                     raise SystemExit(f"receiver timed out with {frames} frames")
                 last = max(last, stamp)
                 delivered += frames
-            return Result(label, workers, args.clients, args.broadcasts, last - started,
-                          delivered, reported)
+            return Result(
+                label, workers, args.clients, args.broadcasts, last - started, delivered, reported
+            )
         finally:
             for proc in receivers:
                 proc.join(timeout=10)
@@ -277,9 +304,22 @@ def run_one(label: str, workers: int, broker_url: str, args: argparse.Namespace)
 
 def start_redis(directory: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = subprocess.Popen([redis_binary(), "--port", str(port), "--bind", "127.0.0.1",
-                             "--dir", directory, "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            redis_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            directory,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 10
     while True:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
@@ -295,8 +335,11 @@ def start_redis(directory: str) -> tuple[subprocess.Popen[bytes], str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     cpus = os.cpu_count() or 1
-    parser.add_argument("--workers", default=",".join(sorted({"1", "2", str(cpus)})),
-                        help="comma-separated worker counts (default 1,2,nproc)")
+    parser.add_argument(
+        "--workers",
+        default=",".join(sorted({"1", "2", str(cpus)})),
+        help="comma-separated worker counts (default 1,2,nproc)",
+    )
     parser.add_argument("--clients", type=int, default=500)
     parser.add_argument("--broadcasts", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=4, help="POSTs in flight")
@@ -326,24 +369,32 @@ def main() -> int:
                         redis_proc.wait()
         runs.append(rounds)
 
-    print(f"\n{platform.platform()}, {cpus} CPUs, Python {platform.python_version()}; "
-          f"{args.clients} clients, {args.broadcasts} broadcasts of ~200-byte frames, "
-          f"{args.concurrency} POSTs in flight, {args.receivers} receiver processes, "
-          f"median of {args.rounds} rounds\n")
+    print(
+        f"\n{platform.platform()}, {cpus} CPUs, Python {platform.python_version()}; "
+        f"{args.clients} clients, {args.broadcasts} broadcasts of ~200-byte frames, "
+        f"{args.concurrency} POSTs in flight, {args.receivers} receiver processes, "
+        f"median of {args.rounds} rounds\n"
+    )
     print("| broker | workers | deliveries per round | median deliveries/s | min | max |")
     print("|---|---:|---:|---:|---:|---:|")
     bad = False
     for rounds in runs:
         rates = sorted(r.per_second for r in rounds)
         first = rounds[0]
-        print(f"| {first.label} | {first.workers} | {first.deliveries} | "
-              f"{statistics.median(rates):,.0f} | {rates[0]:,.0f} | {rates[-1]:,.0f} |")
-        bad = bad or any(r.deliveries != r.clients * r.broadcasts
-                         or r.recipients_reported != r.clients * r.broadcasts for r in rounds)
+        print(
+            f"| {first.label} | {first.workers} | {first.deliveries} | "
+            f"{statistics.median(rates):,.0f} | {rates[0]:,.0f} | {rates[-1]:,.0f} |"
+        )
+        bad = bad or any(
+            r.deliveries != r.clients * r.broadcasts
+            or r.recipients_reported != r.clients * r.broadcasts
+            for r in rounds
+        )
     if bad:
         print("\nMISMATCH: some deliveries were lost or miscounted", file=sys.stderr)
         return 1
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

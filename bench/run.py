@@ -46,7 +46,7 @@ ALL_TARGETS = ("switchboard", "bare", "socketio")
 ALL_SCENARIOS = ("fanout", "paced", "idle", "roundtrip", "unicast")
 
 FULL: dict[str, dict[str, Any]] = {
-    "fanout": {"clients": 1000, "broadcasts": 300},
+    "fanout": {"clients": 1000, "broadcasts": 200},
     "paced": {"clients": 1000, "rate": 10.0, "broadcasts": 100},
     "idle": {"clients": 15000},
     "roundtrip": {"clients": 50, "duration": 5.0},
@@ -84,7 +84,7 @@ EXTRA_METRICS: dict[str, list[str]] = {
         "server_cpu_pct",
         "foreign_cpu_pct",
     ],
-    "paced": ["lost", "duplicates", "achieved_rate", "server_cpu_us_per_delivery", "gen_cpu_pct"],
+    "paced": ["lost", "duplicates", "late_sends", "server_cpu_us_per_delivery", "gen_cpu_pct"],
     "idle": ["connected", "rss_after_mb", "gen_cpu_pct"],
     "roundtrip": [
         "server_cpu_us_per_rt",
@@ -414,29 +414,72 @@ def check_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     return checks
 
 
-def table(summary: dict[str, Any], targets: list[str]) -> str:
+def table_rows(summary: dict[str, Any], targets: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: each metric's median per target, then each target's ratio to bare."""
     med = summary["medians"]
-    cols = [t for t in targets]
-    head = f"{'metric (median of rounds)':<34}" + "".join(f"{c:>14}" for c in cols)
-    ratio_cols = [t for t in cols if t != "bare"]
-    head += "".join(f"{t[:8] + '/bare':>15}" for t in ratio_cols)
-    lines = [head, "-" * len(head)]
+    ratio_cols = [t for t in targets if t != "bare"] if "bare" in targets else []
+    header = ["metric (median of rounds)", *targets, *(f"{t}/bare" for t in ratio_cols)]
     shown: list[tuple[str, str, str]] = [(s, m, label) for s, m, label, _ in KEY_METRICS]
     for scenario, extras in EXTRA_METRICS.items():
         shown.extend((scenario, m, f"{scenario} {m}") for m in extras)
     order = {s: i for i, s in enumerate(ALL_SCENARIOS)}
     shown.sort(key=lambda x: order[x[0]])
+    rows: list[list[str]] = []
     for scenario, metric, label in shown:
         per = med.get(scenario)
         if not per:
             continue
-        row = f"{label:<34}" + "".join(f"{fmt(per.get(t, {}).get(metric)):>14}" for t in cols)
+        row = [label, *(fmt(per.get(t, {}).get(metric)) for t in targets)]
         base = per.get("bare", {}).get(metric)
         for t in ratio_cols:
             v = per.get(t, {}).get(metric)
-            row += f"{(f'{v / base:.2f}x' if v is not None and base else '-'):>15}"
-        lines.append(row)
+            row.append(f"{v / base:.2f}x" if v is not None and base else "-")
+        rows.append(row)
+    return header, rows
+
+
+def table(summary: dict[str, Any], targets: list[str]) -> str:
+    header, rows = table_rows(summary, targets)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = []
+    for n, r in enumerate([header, *rows]):
+        lines.append(
+            "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
+        )
+        if n == 0:
+            lines.append("-" * len(lines[0]))
     return "\n".join(lines)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The result as Markdown: the table, the issue's targets and how the run was made."""
+    summary = {"medians": result["medians"]}
+    header, rows = table_rows(summary, result["targets"])
+    out = [
+        f"Generated {result['generated_at']} by `{result['command']}` "
+        f"({result['mode']}, {result['rounds']} round(s), wall {result['wall_s']} s).",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+    ]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    if result["checks"]:
+        out += ["", "| issue-8 target (Switchboard) | value | target | |", "|---|---:|---|---|"]
+        out += [
+            f"| {c['target']} | {c['value']} | {c['limit']} | {'PASS' if c['ok'] else 'MISS'} |"
+            for c in result["checks"]
+        ]
+    m = result["machine"]
+    out += [
+        "",
+        f"Machine: {m['nproc']} cores, {m['cpu_model']}, {m['memory_gb']} GiB, Linux "
+        f"{m['kernel']}, {m['implementation']} {m['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+        + f"; generator loop {result['generator_loop']}, nice {result.get('nice', 0)}.",
+    ]
+    if result["failures"]:
+        out += ["", "Failed runs: " + "; ".join(result["failures"])]
+    return "\n".join(out) + "\n"
 
 
 def machine_info() -> dict[str, Any]:
@@ -709,8 +752,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} round(s)); dashed green = issue-8 limits"
     )
     chart(summary, args.chart, title)
+    args.out.with_suffix(".md").write_text(markdown(result))
     print(
-        f"\nresults: {args.out}\nchart:   {args.chart}\nserver logs: {run['logdir']}"
+        f"\nresults: {args.out} (+ .md)\nchart:   {args.chart}\nserver logs: {run['logdir']}"
         f"\nwall time: {run['wall_s']}s"
     )
     return 1 if run["failures"] else 0
