@@ -23,7 +23,7 @@ from api.ui import setup_ui
 from handlers import build_router
 from server.broker import create_broker
 from server.config import Settings
-from server.errors import CloseCode
+from server.errors import CloseCode, Unavailable
 from server.gateway import SYSTEM_CHANNELS, Gateway
 from server.keys import CONNECTIONS, GATEWAY, ROUTER, SECURITY
 from server.metrics import BROKER_UP, REGISTRY, LiveStateCollector
@@ -163,3 +163,7 @@ async def _close_sockets(app: web.Application) -> None:
     if connections:
         log.info("closing_sockets", count=len(connections), code=int(CloseCode.GOING_AWAY))
     await close_all(connections, CloseCode.GOING_AWAY)
+    # Calls waiting for a client to come back (wait_for_client) get a clear answer now, not a
+    # dropped HTTP connection when SHUTDOWN_TIMEOUT runs out.
+    app[GATEWAY].fail_pending_calls(Unavailable(
+        "server shutting down before the client answered; retry the call"))

@@ -237,6 +237,13 @@ class Gateway:
         log.info("session_ended", client_id=client_id, was_connected=was_connected)
         return {"client_id": client_id, "disconnected": was_connected, "ended": True}
 
+    def fail_pending_calls(self, error: SwitchboardError) -> None:
+        """Answer every call_tool still waiting with ``error`` (shutdown: none of them can be
+        answered by this process any more, not even after a resume)."""
+        for pending in self.pending_calls.values():
+            if not pending.future.done():
+                pending.future.set_exception(error)
+
     def client_gone(self, session: Session, *, ended: bool = False) -> None:
         """The session's socket closed (or the session ended): fail calls that cannot be
         answered any more, at once."""
