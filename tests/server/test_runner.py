@@ -9,9 +9,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -170,3 +171,45 @@ def test_a_port_in_use_exits_non_zero_with_one_line(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert "listen" in result.stderr
+
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll an async condition with a deadline (no fixed sleeps as synchronisation)."""
+    deadline = time.monotonic() + 10
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+async def test_shutdown_answers_calls_still_waiting_for_an_offline_client(
+        server: Server) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+
+        async def session() -> dict[str, Any]:
+            async with http.get(f"{server.api_url}/clients/away", headers=auth) as resp:
+                return await resp.json()
+
+        async def offline() -> bool:
+            return (await session())["connected"] is False
+
+        async def call_queued() -> bool:
+            return (await session())["last_seq"] == 1
+
+        ws = await http.ws_connect(f"{server.ws_url}?client_id=away")
+        await ws.receive(timeout=5)
+        await ws.close()
+        await eventually(offline, "the client to be seen offline")
+        call = asyncio.get_running_loop().create_task(http.post(
+            f"{server.api_url}/call_tool", headers=auth,
+            json={"client_id": "away", "tool_name": "t", "timeout": 60,
+                  "wait_for_client": True}))
+        await eventually(call_queued, "the tool_call to be queued for the offline client")
+        server.process.send_signal(signal.SIGTERM)
+        resp = await asyncio.wait_for(call, 10)  # answered, not dropped at SHUTDOWN_TIMEOUT
+        assert resp.status == 503
+        assert (await resp.json())["error"]["code"] == "unavailable"
+        resp.release()
+    assert await asyncio.wait_for(server.process.wait(), 15) == 0
