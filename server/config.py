@@ -128,7 +128,7 @@ class Settings:
     max_message_size: int = 1024 * 1024
     history_limit: int = 1000
     session_ttl: float = 300.0
-    send_queue_frames: int = 1000
+    send_queue_frames: int = 256  # well below history_limit: see SEND_QUEUE_FRAMES
     send_queue_bytes: int = 8 * 1024 * 1024
     api_token: str = field(default="", repr=False)
     api_insecure: bool = False
@@ -269,8 +269,10 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
           "Frames of history kept per session (both directions)."),
     _spec("SESSION_TTL", lambda n, r: _float(n, r, 0, 30 * 86400), "300",
           "Seconds a dropped session is kept for resume."),
-    _spec("SEND_QUEUE_FRAMES", lambda n, r: _int(n, r, 1, 10_000_000), "1000",
-          "Frames queued for one slow connection before it is closed with 4008."),
+    _spec("SEND_QUEUE_FRAMES", lambda n, r: _int(n, r, 1, 10_000_000), "256",
+          "Frames queued for one slow connection before it is closed with 4008. Keep it well "
+          "below HISTORY_LIMIT: the client resumes completely only if everything it missed "
+          "(this queue plus what sat in TCP buffers) is still in history."),
     _spec("SEND_QUEUE_BYTES", lambda n, r: _int(n, r, 1024, 2**40), "8388608",
           "Bytes queued for one slow connection before it is closed with 4008."),
     _spec("API_TOKEN", lambda n, r: r.strip(), "(unset)",
