@@ -24,6 +24,13 @@ def test_defaults_match_the_product_contract() -> None:
     assert settings.effective_api_host == "127.0.0.1"
 
 
+
+def test_default_send_queue_leaves_history_room_for_a_slow_client_to_resume() -> None:
+    # A client closed with 4008 missed at least SEND_QUEUE_FRAMES frames (plus whatever sat in
+    # TCP buffers); with a queue as long as the history it could never resume completely.
+    settings = Settings.from_env({})
+    assert settings.send_queue_frames * 2 <= settings.history_limit
+
 def test_values_are_read_from_the_environment() -> None:
     settings = Settings.from_env({
         "WS_HOST": "127.0.0.1", "WS_PORT": "7000", "API_PORT": "7001", "WS_HEARTBEAT": "5",
