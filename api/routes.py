@@ -11,7 +11,7 @@ from aiohttp import web
 from server.errors import ProtocolError, SwitchboardError, ValidationError
 from server.gateway import Gateway
 from server.keys import GATEWAY, ROUTER
-from server.metrics import render
+from server.metrics import TOOL_CALL, render
 from server.protocol import Field, validate_fields
 
 MAX_PAGE = 1000
@@ -241,10 +241,21 @@ async def call_tool(request: web.Request) -> web.Response:
     if timeout is not None and not 0 < timeout <= 3600:
         raise ValidationError("timeout must be between 0 and 3600 seconds",
                               code="invalid_field", details={"field": "timeout"})
-    answer = await gw(request).call_tool(
-        body["client_id"], body["tool_name"], body.get("params") or {}, timeout=timeout,
-        wait_for_client=bool(body.get("wait_for_client", False)))
+    outcomes = TOOL_CALL["api"]
+    try:
+        answer = await gw(request).call_tool(
+            body["client_id"], body["tool_name"], body.get("params") or {}, timeout=timeout,
+            wait_for_client=bool(body.get("wait_for_client", False)))
+    except SwitchboardError as exc:
+        outcomes[_TOOL_ERROR_OUTCOMES.get(exc.code, "error")].inc()
+        raise
+    outcomes["success" if answer.get("success") else "failure"].inc()
     return json_response(answer)
+
+
+#: ``switchboard_tool_calls_total{origin="api"}`` outcome of each call_tool error code.
+_TOOL_ERROR_OUTCOMES = {"client_not_found": "not_found", "client_offline": "client_offline",
+                        "client_disconnected": "client_disconnected", "timeout": "timeout"}
 
 
 # --- introspection ----------------------------------------------------------------------------

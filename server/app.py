@@ -144,6 +144,7 @@ async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
             "channels": len(registry.channels),
             "send_queue_frames": sum(len(c.queue) for c in connections),
             "send_queue_bytes": sum(c.queued_bytes for c in connections),
+            "send_queue_max_frames": max((len(c.queue) for c in connections), default=0),
             "pending_tool_calls": len(gateway.pending_calls),
         }
 

@@ -29,6 +29,7 @@ from server.errors import (
     SwitchboardError,
     ToolError,
 )
+from server.metrics import HOT, TOOL_CALL
 from server.sessions import Session, SessionRegistry
 from server.tools import ToolContext, ToolRegistry, error_result, invoke, redact, shape_result
 
@@ -154,6 +155,8 @@ class Gateway:
         frame = protocol.server_frame(message_type, payload)
         seq, pushed = self.registry.deliver(session, protocol.encode(frame))
         status = "delivered" if pushed else "queued"
+        if not pushed:
+            HOT.frames_out_queued += 1
         log.debug("message_sent", client_id=client_id, message_id=frame["message_id"],
                   type=message_type, seq=seq, status=status)
         return {"status": status, "message_id": frame["message_id"], "seq": seq,
@@ -172,6 +175,7 @@ class Gateway:
             targets = (s for s in targets if s.client_id != exclude)
         pushed, queued = self.registry.fan_out(targets, encoded)
         self.registry.counters.total_broadcasts += 1
+        HOT.frames_out_queued += queued
         log.debug("broadcast", message_id=frame["message_id"], type=message_type,
                   channel=channel, client_type=client_type, recipients=pushed, queued=queued)
         return {"recipients": pushed, "queued": queued, "message_id": frame["message_id"]}
@@ -272,6 +276,7 @@ class Gateway:
                         "error": f"unknown tool {tool_name!r}", "result": None,
                         "available_tools": self.tools.names()}
             self.emit(session, "tool_response", response, reply_to=reply_to)
+            TOOL_CALL["client"]["unknown_tool"].inc()
             return response
 
         risk = tool.risk_level if tool is not None else "medium"
@@ -283,6 +288,7 @@ class Gateway:
                         reply_to)
         ctx = ToolContext(self, session, call_id)
         raw: Any = None
+        outcome = "failure"
         try:
             if risk == "high":
                 self._lifecycle(session, "mcp_tool_waiting_permission",
@@ -301,11 +307,13 @@ class Gateway:
             result = shape_result(raw)
         except SwitchboardError as exc:
             result = error_result(exc.message)
+            outcome = "permission_denied" if exc.code == "permission_denied" else "failure"
         except Exception as exc:  # a tool's own failure is a failed call, not a crash
             log.exception("tool_failed", client_id=session.client_id, tool=tool_name,
                           call_id=call_id)
             result = error_result(f"{type(exc).__name__}: {exc}")
         success = bool(result["success"])
+        TOOL_CALL["client"]["success" if success else outcome].inc()
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
         self._lifecycle(session, "mcp_tool_execution_complete", {
             **base, "end_time": protocol.now_iso(), "duration_ms": duration_ms,

@@ -2,15 +2,48 @@
 
 Metric objects live in their own ``CollectorRegistry`` (not the process default), declared once
 here as prometheus-client expects; gauges that mirror live state are computed at scrape time.
+
+Hot paths stay cheap. Per-connection and per-request events use label children bound once
+(``CONNECTS_NEW``, ``disconnect_counter(code)``, ...). Per-frame counts (frames in by type,
+frames out) are plain integer attributes of :data:`HOT`, bumped without a lock or a label
+lookup and exported as counters at scrape time by :class:`HotCollector`. Label values are
+bounded: frame types are the registered ones (else ``unknown``), close codes the known ones
+(else ``other``).
+
+| metric | labels | what |
+|---|---|---|
+| ``switchboard_connects_total`` | resumed | WebSocket connections accepted |
+| ``switchboard_disconnects_total`` | code | connections closed, by close code |
+| ``switchboard_handshakes_refused_total`` | reason | upgrades refused before the handshake |
+| ``switchboard_frames_in_total`` | type | client frames, by type (+ invalid, binary, unknown) |
+| ``switchboard_frames_out_total`` | kind | server frames: sent (to a socket), replayed (on resume), queued (kept for an offline session) |
+| ``switchboard_slow_clients_total`` | | clients closed for send-queue overflow (4008) |
+| ``switchboard_resumes_total`` | outcome | resumes: recovered, partial, refused |
+| ``switchboard_tool_calls_total`` | origin, outcome | tool calls from the API (``api``) or clients (``client``) |
+| ``switchboard_api_requests_total`` | method, route, status | HTTP API requests |
+| ``switchboard_api_request_seconds`` | route | HTTP API latency histogram |
+| ``switchboard_broker_up`` | | 1 when the broker is reachable |
+| ``switchboard_connections``, ``_sessions``, ``_channels``, ``_send_queue_frames``, ``_send_queue_bytes``, ``_send_queue_max_frames``, ``_pending_tool_calls`` | | live state at scrape time |
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+# No ``*_created`` series: they double the exposition for little use.
+disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -20,10 +53,6 @@ DISCONNECTS = Counter("switchboard_disconnects", "WebSocket connections closed, 
                       ["code"], registry=REGISTRY)
 REFUSED = Counter("switchboard_handshakes_refused", "Upgrades refused before the handshake",
                   ["reason"], registry=REGISTRY)
-FRAMES_IN = Counter("switchboard_frames_in", "Client frames received, by type",
-                    ["type"], registry=REGISTRY)
-FRAMES_OUT = Counter("switchboard_frames_out", "Server frames delivered or queued, by kind",
-                     ["kind"], registry=REGISTRY)
 SLOW_CLIENTS = Counter("switchboard_slow_clients", "Clients closed for send-queue overflow",
                        registry=REGISTRY)
 RESUMES = Counter("switchboard_resumes", "Session resumes, by outcome", ["outcome"],
@@ -37,6 +66,121 @@ API_LATENCY = Histogram("switchboard_api_request_seconds", "HTTP API latency", [
                         buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5,
                                  5, 10, 30))
 BROKER_UP = Gauge("switchboard_broker_up", "1 when the broker is reachable", registry=REGISTRY)
+
+# Label children bound once: the code paths below only call .inc().
+CONNECTS_NEW = CONNECTS.labels("false")
+CONNECTS_RESUMED = CONNECTS.labels("true")
+RESUME_RECOVERED = RESUMES.labels("recovered")
+RESUME_PARTIAL = RESUMES.labels("partial")
+RESUME_REFUSED = RESUMES.labels("refused")
+REFUSED_NOT_WEBSOCKET = REFUSED.labels("not_websocket")
+REFUSED_SHUTTING_DOWN = REFUSED.labels("shutting_down")
+REFUSED_ORIGIN = REFUSED.labels("origin")
+REFUSED_AUTH = REFUSED.labels("auth")
+REFUSED_MAX_CONNECTIONS = REFUSED.labels("max_connections")
+REFUSED_PER_IP = REFUSED.labels("per_ip_limit")
+REFUSED_BAD_REQUEST = REFUSED.labels("bad_request")
+
+#: Close codes reported as themselves; any other becomes ``other`` (clients choose their own).
+KNOWN_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010,
+                               1011, 1012, 1013, 1014, 4000, 4001, 4003, 4008, 4009, 4010,
+                               4011})
+_DISCONNECT_CHILDREN: dict[int | None, Any] = {}
+
+
+def disconnect_counter(code: int | None) -> Any:
+    """The ``switchboard_disconnects_total`` child for a close code (``none`` when the socket
+    went away without one), bound on first use."""
+    child = _DISCONNECT_CHILDREN.get(code)
+    if child is None:
+        label = "none" if code is None else str(code) if code in KNOWN_CLOSE_CODES else "other"
+        child = _DISCONNECT_CHILDREN[code] = DISCONNECTS.labels(label)
+    return child
+
+
+TOOL_OUTCOMES = {
+    "api": ("success", "failure", "timeout", "client_disconnected", "client_offline",
+            "not_found", "error"),
+    "client": ("success", "failure", "permission_denied", "unknown_tool"),
+}
+#: ``TOOL_CALL[origin][outcome]``: every child bound at import.
+TOOL_CALL = {origin: {outcome: TOOL_CALLS.labels(origin, outcome) for outcome in outcomes}
+             for origin, outcomes in TOOL_OUTCOMES.items()}
+
+
+class Routes(Protocol):
+    """What :meth:`HotCounters.frame_in` needs of a router: ``route_for`` raises for a type
+    it does not know."""
+
+    def route_for(self, frame_type: str) -> object: ...
+
+
+class HotCounters:
+    """Per-frame counts as plain integers (an attribute increment costs a few ns; a labelled
+    prometheus counter costs a lock and a lookup). Exported by :class:`HotCollector`.
+
+    ``frames_in`` maps a frame type to its count; :meth:`frame_in` keeps its keys to the
+    types a router knows, so a client cannot mint label values.
+    """
+
+    __slots__ = ("frames_in", "frames_out_queued", "frames_out_replayed", "frames_out_sent")
+
+    def __init__(self) -> None:
+        self.frames_in: dict[str, int] = {}
+        self.frames_out_sent = 0
+        self.frames_out_replayed = 0
+        self.frames_out_queued = 0
+
+    def frame_in(self, frame_type: str, routes: Routes) -> None:
+        """Count a decoded client frame; a type ``routes`` does not know counts as
+        ``unknown`` (only a first sighting of a known type takes the slow path)."""
+        counts = self.frames_in
+        count = counts.get(frame_type)
+        if count is not None:
+            counts[frame_type] = count + 1
+            return
+        try:
+            routes.route_for(frame_type)
+            key = frame_type
+        except Exception:
+            key = "unknown"
+        counts[key] = counts.get(key, 0) + 1
+
+    def frame_in_special(self, kind: str) -> None:
+        """``invalid`` (not a JSON object with a type) or ``binary``."""
+        self.frames_in[kind] = self.frames_in.get(kind, 0) + 1
+
+
+HOT = HotCounters()
+
+
+class HotCollector(Collector):
+    """Exports :data:`HOT` as ``switchboard_frames_in_total`` / ``switchboard_frames_out_total``."""
+
+    def __init__(self, hot: HotCounters) -> None:
+        self.hot = hot
+
+    def describe(self) -> list[Any]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        hot = self.hot
+        frames_in = CounterMetricFamily("switchboard_frames_in",
+                                        "Client frames received, by type", labels=["type"])
+        for frame_type, count in sorted(hot.frames_in.items()):
+            frames_in.add_metric([frame_type], count)
+        yield frames_in
+        frames_out = CounterMetricFamily(
+            "switchboard_frames_out",
+            "Server frames: sent to a socket, replayed on resume, queued for an offline session",
+            labels=["kind"])
+        frames_out.add_metric(["sent"], hot.frames_out_sent)
+        frames_out.add_metric(["replayed"], hot.frames_out_replayed)
+        frames_out.add_metric(["queued"], hot.frames_out_queued)
+        yield frames_out
+
+
+REGISTRY.register(HotCollector(HOT))
 
 
 class LiveStateCollector(Collector):

@@ -25,6 +25,23 @@ from server import protocol
 from server.errors import CloseCode, ProtocolError, SwitchboardError
 from server.gateway import Gateway
 from server.keys import CONNECTIONS, GATEWAY, ROUTER, SECURITY
+from server.metrics import (
+    CONNECTS_NEW,
+    CONNECTS_RESUMED,
+    HOT,
+    REFUSED_AUTH,
+    REFUSED_BAD_REQUEST,
+    REFUSED_MAX_CONNECTIONS,
+    REFUSED_NOT_WEBSOCKET,
+    REFUSED_ORIGIN,
+    REFUSED_PER_IP,
+    REFUSED_SHUTTING_DOWN,
+    RESUME_PARTIAL,
+    RESUME_RECOVERED,
+    RESUME_REFUSED,
+    SLOW_CLIENTS,
+    disconnect_counter,
+)
 from server.router import HandlerContext, MessageRouter
 from server.sessions import Session
 
@@ -93,8 +110,10 @@ class Connection:
             return False
         size = len(data)
         if len(self.queue) >= self.max_frames or self.queued_bytes + size > self.max_bytes:
+            SLOW_CLIENTS.inc()
             self.close_soon(CloseCode.SLOW_CONSUMER, CloseCode.SLOW_CONSUMER.explanation)
             return False
+        HOT.frames_out_sent += 1
         wakeup = self._wakeup
         if wakeup is not None and not self.queue and self._write_now(data):
             return True
@@ -218,21 +237,27 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         decode_text=False,
     )
     if not ws.can_prepare(request).ok:
+        REFUSED_NOT_WEBSOCKET.inc()
         return _bad_request("this is a WebSocket endpoint: connect with a WebSocket client "
                             "(Upgrade: websocket)", code="upgrade_required", status=426)
 
     # Refusals before the upgrade use HTTP status codes (PRODUCT.md section 5).
     if not gateway.accepting:
+        REFUSED_SHUTTING_DOWN.inc()
         return _bad_request("server is shutting down", code="unavailable", status=503)
     refusal = security.check_handshake(request)
     if refusal is not None:
+        REFUSED_ORIGIN.inc()
         return refusal
     identity = security.authenticate_client(request)
     if isinstance(identity, web.StreamResponse):
+        REFUSED_AUTH.inc()
         return identity
     if max(len(connections), security.admitted) >= settings.max_connections:
+        REFUSED_MAX_CONNECTIONS.inc()
         return _bad_request("too many connections", code="too_many_connections", status=503)
     if not security.admit_ip(peer):
+        REFUSED_PER_IP.inc()
         return _bad_request("too many connections from this address",
                             code="too_many_connections", status=429)
     # From here on this connection holds an admission slot: released exactly once, however
@@ -254,6 +279,7 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
     try:
         last_seq = _int_param(request, "last_seq")
     except ProtocolError as exc:
+        REFUSED_BAD_REQUEST.inc()
         return _bad_request(exc.message)
 
     query = request.query
@@ -278,6 +304,7 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
             await _refuse(ws, CloseCode.INVALID_SESSION,
                           "invalid session: unknown client_id, expired session or wrong "
                           "session_token; connect without session_token to start a new session")
+            RESUME_REFUSED.inc()
             log.info("resume_refused", client_id=client_id, peer=peer)
             return ws
         session = candidate
@@ -304,6 +331,8 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
     if resumed:
         replay, recovered = session.replay_after(last_seq if last_seq is not None else 0)
         registry.counters.total_resumes += 1
+        (RESUME_RECOVERED if recovered else RESUME_PARTIAL).inc()
+        HOT.frames_out_replayed += len(replay)
     # Greeting, replay and attach happen without awaiting, so no frame can slip in between:
     # everything after last_seq arrives in order, then live frames, with no gap or duplicate.
     hello = protocol.server_frame("connection_established", {
@@ -333,6 +362,7 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
         previous.close_soon(CloseCode.REPLACED, CloseCode.REPLACED.explanation)
     connections.add(conn)
     conn.start_writer()
+    (CONNECTS_RESUMED if resumed else CONNECTS_NEW).inc()
     if identity is not None and identity.expires_at is not None:
         conn.expiry = _close_at_expiry(conn, identity.expires_at)
     log.info("client_connected", client_id=session.client_id, client_type=session.client_type,
@@ -352,8 +382,11 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
         if session.outbox is None:
             # SESSION_TTL=0 ends the session on detach: then even wait_for_client calls fail.
             gateway.client_gone(session, ended=registry.get(session.client_id) is not session)
-        log.info("client_disconnected", client_id=session.client_id,
-                 code=ws.close_code if conn.close_code is None else conn.close_code,
+        code = ws.close_code if conn.close_code is None else conn.close_code
+        disconnect_counter(code).inc()
+        if code == CloseCode.SLOW_CONSUMER:
+            registry.counters.total_slow_disconnects += 1
+        log.info("client_disconnected", client_id=session.client_id, code=code,
                  duration_s=round(time.time() - session.last_activity, 3))
     if conn.closing is not None:
         # When the reader stopped first (idle timeout), our close frame must go out before
@@ -394,10 +427,12 @@ async def _read_loop(conn: Connection, gateway: Gateway, router: MessageRouter,
         kind = msg.type
         if kind is WSMsgType.TEXT:
             if limiter is not None and not limiter.allow():
+                HOT.frame_in_special("rate_limited")
                 _rate_limited(conn, gateway, limiter)
                 continue
             await _handle_text(conn, gateway, router, msg.data)
         elif kind is WSMsgType.BINARY:
+            HOT.frame_in_special("binary")
             gateway.emit(session, "error", {
                 "code": "binary_not_supported",
                 "message": "binary frames are not supported; send JSON in text frames"})
@@ -428,12 +463,16 @@ async def _handle_text(conn: Connection, gateway: Gateway, router: MessageRouter
                        data: bytes) -> None:
     session = conn.session
     reply_to: str | None = None
+    frame: protocol.ClientFrame | None = None
     try:
         frame = protocol.decode_client_frame(data)
+        HOT.frame_in(frame.type, router)
         reply_to = frame.message_id
         gateway.registry.record_inbound(session, data)
         await router.dispatch(HandlerContext(gateway, session, frame), frame)
     except SwitchboardError as exc:
+        if frame is None:
+            HOT.frame_in_special("invalid")
         details = dict(exc.details)
         reply_to = details.pop("reply_to", reply_to)
         gateway.emit(session, "error", {"code": exc.code, "message": exc.message, **details},

@@ -185,6 +185,7 @@ async def test_every_answer_fits_the_document(make_gateway: MakeGateway) -> None
     await api.call("GET", "/clients", query="connected=true&channel=news&limit=5", expect=200)
     await api.call("GET", "/clients", query="limit=0", expect=422)
     await api.call("GET", "/clients", query="connected=maybe", expect=422)
+    await api.call("GET", "/clients", query="limit=1&limit=2", expect=422)
     await api.call("GET", "/clients/{client_id}", path={"client_id": "alice"}, expect=200)
     await api.call("GET", "/clients/{client_id}", path={"client_id": "bob"}, expect=200)
     await api.call("GET", "/clients/{client_id}", path={"client_id": "nobody"}, expect=404)
