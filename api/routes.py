@@ -47,10 +47,19 @@ async def read_json(request: web.Request, spec: dict[str, Field]) -> dict[str, A
     return body
 
 
+def query_value(request: web.Request, name: str) -> str | None:
+    """A query parameter given at most once; 422 when it is repeated (which one would win?)."""
+    values = request.query.getall(name, [])
+    if len(values) > 1:
+        raise ValidationError(f"{name} must be given at most once", code="invalid_field",
+                              details={"field": name})
+    return values[0] if values else None
+
+
 def query_int(request: web.Request, name: str, default: int | None, lo: int = 0,
               hi: int = 2**62) -> int | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
+    raw = query_value(request, name)
+    if raw is None:
         return default
     try:
         value = int(raw)
@@ -64,8 +73,8 @@ def query_int(request: web.Request, name: str, default: int | None, lo: int = 0,
 
 
 def query_bool(request: web.Request, name: str) -> bool | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
+    raw = query_value(request, name)
+    if raw is None:
         return None
     if raw.lower() in ("1", "true", "yes"):
         return True

@@ -169,3 +169,13 @@ async def test_unknown_routes_and_methods_say_what_to_do(live_gateway: LiveGatew
     status, body = await live_gateway.api("GET", "/no/such/thing")
     assert status == 404
     assert "see /docs" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("query", ["limit=", "limit=&limit=5", "limit=5&limit=6", "offset=x",
+                                   "connected=maybe", "connected=&connected=true"])
+async def test_query_parameters_are_exact(live_gateway: LiveGateway, query: str) -> None:
+    """Empty, repeated or malformed query parameters are 422, never silently defaulted."""
+    status, body = await live_gateway.api("GET", f"/clients?{query}")
+    assert status == 422, body
+    assert body["error"]["code"] == "invalid_field"
+    assert body["error"]["field"] == query.split("=")[0]
