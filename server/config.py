@@ -258,7 +258,8 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
     _spec("WS_HEARTBEAT", lambda n, r: _float(n, r, 0, 3600), "30",
           "Seconds between server pings (0 disables)."),
     _spec("WS_TIMEOUT", lambda n, r: _float(n, r, 1, 86400), "300",
-          "Close a connection that sent nothing for this many seconds (close 4011)."),
+          "Close a connection from which nothing arrived, not even a heartbeat pong, for this "
+          "many seconds (close 4011). A silent listener that answers pings stays connected."),
     _spec("MAX_CONNECTIONS", lambda n, r: _int(n, r, 1, 10_000_000), "10000",
           "Concurrent WebSocket connections; beyond it the upgrade gets HTTP 503."),
     _spec("MAX_CONNECTIONS_PER_IP", lambda n, r: _int(n, r, 0, 10_000_000), "0",
