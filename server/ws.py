@@ -53,6 +53,7 @@ CLIENT_TYPE_MAX = 64
 CLOSE_GRACE = 5.0
 
 
+_LIVENESS_TYPES = frozenset({"ping", "heartbeat"})
 _DIRECT_WRITE = hasattr(WebSocketWriter, "_write_websocket_frame")
 _TEXT_OPCODE = int(WSMsgType.TEXT)
 
@@ -468,7 +469,12 @@ async def _handle_text(conn: Connection, gateway: Gateway, router: MessageRouter
         frame = protocol.decode_client_frame(data)
         HOT.frame_in(frame.type, router)
         reply_to = frame.message_id
-        gateway.registry.record_inbound(session, data)
+        if frame.type in _LIVENESS_TYPES:
+            # Liveness is not history: like their pongs, pings are not kept (they would
+            # push real frames out of a chatty client's resume window).
+            session.last_activity = time.time()
+        else:
+            gateway.registry.record_inbound(session, data)
         await router.dispatch(HandlerContext(gateway, session, frame), frame)
     except SwitchboardError as exc:
         if frame is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import LiveGateway
+from tests.conftest import LiveGateway, MakeGateway
 
 
 async def test_ping_gets_pong_not_kept_in_history(live_gateway: LiveGateway) -> None:
@@ -14,6 +14,22 @@ async def test_ping_gets_pong_not_kept_in_history(live_gateway: LiveGateway) -> 
     assert "seq" not in pong  # a liveness answer is worthless after a reconnect
     session = live_gateway.gateway.registry.get("p")
     assert session is not None and session.seq == 0
+
+
+async def test_pings_do_not_push_real_frames_out_of_history(make_gateway: MakeGateway) -> None:
+    """A client pinging often keeps its whole resume window for real frames."""
+    live = await make_gateway(history_limit=5)
+    client = await live.connect(client_id="chatty")
+    status, _ = await live.api("POST", "/send_message", {"client_id": "chatty", "content": "x"})
+    assert status == 200
+    await client.recv()
+    for i in range(20):
+        await client.send("heartbeat" if i % 2 else "ping")
+        await client.recv()
+    session = live.gateway.registry.get("chatty")
+    assert session is not None
+    assert [e.pos for e in session.history if e.outbound] == [1]
+    assert len(session.history) == 1
 
 
 async def test_heartbeat_gets_heartbeat_response(live_gateway: LiveGateway) -> None:
