@@ -87,10 +87,14 @@
     return (h ? h + "h " : "") + (h || m ? m + "m " : "") + (s % 60) + "s";
   }
 
+  function clock(date) {
+    return date.toLocaleTimeString([], { hour12: false });
+  }
+
   function timeOnly(iso) {
     if (!iso) { return ""; }
     var d = new Date(iso);
-    return isNaN(d.getTime()) ? String(iso) : d.toLocaleTimeString();
+    return isNaN(d.getTime()) ? String(iso) : clock(d);
   }
 
   function renderStatus(status) {
@@ -128,7 +132,7 @@
       tr.appendChild(el("td", null, (c.channels || []).join(", ")));
       tr.appendChild(el("td", "num", c.message_count));
       tr.appendChild(el("td", "num", c.last_seq));
-      tr.appendChild(el("td", null, timeOnly(c.last_activity)));
+      tr.appendChild(el("td", "nowrap", timeOnly(c.last_activity)));
       tr.addEventListener("click", function () { fillClient(c.client_id); });
       rows.appendChild(tr);
       var option = el("option");
@@ -180,7 +184,7 @@
         renderStatus(answers[0].body);
         renderClients(answers[1].body);
         renderChannels(answers[2].body);
-        $("last-refresh").textContent = "Last: " + new Date().toLocaleTimeString() + ".";
+        $("last-refresh").textContent = "Last: " + clock(new Date()) + ".";
       })
       .catch(function (err) {
         setPill($("api-state"), "bad", "unreachable");
@@ -234,7 +238,7 @@
     li.dataset.type = String(frame.type || "");
     li.dataset.family = family;
     var head = el("div", "frame-head");
-    head.appendChild(el("time", "frame-time", new Date().toLocaleTimeString()));
+    head.appendChild(el("time", "frame-time", clock(new Date())));
     head.appendChild(el("span", "badge", frame.type || "(no type)"));
     if (frame.seq !== undefined) { head.appendChild(el("span", "seq", "#" + frame.seq)); }
     if (frame.channel) { head.appendChild(el("span", "channel", frame.channel)); }
