@@ -84,6 +84,8 @@ REQUEST_TIMEOUT = 5.0
 BROADCAST_REPLY_TIMEOUT = 2.0
 #: Re-routing attempts when a session moves while a request travels.
 MAX_HOPS = 4
+#: Sessions written by one progress script call (bounds how long Redis is busy with it).
+PROGRESS_BATCH = 256
 #: Extra seconds a remote call_tool waits beyond the call's own timeout.
 CALL_MARGIN = 2.0
 #: How long a retried request waits for the first one (same idempotency_key, another node).
@@ -136,23 +138,50 @@ if (not node) and ARGV[4] ~= '1' then return 2 end
 return 1
 """
 
-#: The frequent write: counters and new history entries only (static fields untouched).
-#: KEYS: s, h. ARGV: me, limit, ttl, seq, messages_in, messages_out, last_activity,
-#: history_size, entries…  Returns 0 (another node owns it), 1, or 2 (hash missing: resync).
+#: The frequent write, for many sessions in one call: counters and new history entries only
+#: (static fields untouched). ARGV: me, limit, ttl, then per session: id, seq, messages_in,
+#: messages_out, last_activity, history_size, n, entries (n entries concatenated, each as
+#: ``<length>:<bytes>``, so a flush costs a few arguments per session, not one per frame).
+#: Returns one code per session:
+#: 0 (another node owns it), 1 (written), 2 (hash missing: resync needed).
+#: Keys are derived from the ids (``sb:s:``/``sb:h:``): a single Redis (or a primary behind
+#: Sentinel), not Redis Cluster.
 WRITE_PROGRESS = """
-local node = redis.call('HGET', KEYS[1], 'node')
-if not node then return 2 end
-if node ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'seq', ARGV[4], 'messages_in', ARGV[5], 'messages_out', ARGV[6],
-           'last_activity', ARGV[7], 'history_size', ARGV[8])
-if #ARGV >= 9 then
-  for j = 9, #ARGV, 500 do
-    redis.call('RPUSH', KEYS[2], unpack(ARGV, j, math.min(j + 499, #ARGV)))
+local me, limit, ttl = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local out = {}
+local i = 4
+while i <= #ARGV do
+  local id, n, blob = ARGV[i], tonumber(ARGV[i + 6]), ARGV[i + 7]
+  local sk, hk = 'sb:s:' .. id, 'sb:h:' .. id
+  local node = redis.call('HGET', sk, 'node')
+  local r = 1
+  if not node then
+    r = 2
+  elseif node ~= me then
+    r = 0
+  else
+    redis.call('HSET', sk, 'seq', ARGV[i + 1], 'messages_in', ARGV[i + 2],
+               'messages_out', ARGV[i + 3], 'last_activity', ARGV[i + 4],
+               'history_size', ARGV[i + 5])
+    if n > 0 then
+      local items, pos = {}, 1
+      for _ = 1, n do
+        local colon = string.find(blob, ':', pos, true)
+        local len = tonumber(string.sub(blob, pos, colon - 1))
+        items[#items + 1] = string.sub(blob, colon + 1, colon + len)
+        pos = colon + len + 1
+      end
+      for j = 1, n, 500 do
+        redis.call('RPUSH', hk, unpack(items, j, math.min(j + 499, n)))
+      end
+      redis.call('LTRIM', hk, -limit, -1)
+      if redis.call('TTL', hk) < 0 then redis.call('EXPIRE', hk, ttl) end
+    end
   end
-  redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
-  if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+  out[#out + 1] = r
+  i = i + 8
 end
-return 1
+return out
 """
 
 #: Forget a session, if this node owns it. KEYS: s, h, idx. ARGV: me, id.
@@ -551,7 +580,9 @@ class ClusterGateway(Gateway):
         limit = str(self.settings.history_limit)
         ttl = str(self.key_ttl)
         pipe = self.redis.pipeline(transaction=False)
-        order: list[str] = []
+        order: list[str | list[str]] = []
+        batch: list[str] = []
+        batch_args: list[Any] = []
         for client_id in ended:
             await delete(keys=[s_key(client_id), h_key(client_id), IDX_KEY],
                          args=[self.me, client_id], client=pipe)
@@ -560,17 +591,20 @@ class ClusterGateway(Gateway):
             rewrite = client_id in resync
             items = list(session.history) if rewrite else entries.get(client_id, ())
             if not rewrite and client_id not in full and client_id not in overrides:
-                args: list[Any] = [self.me, limit, ttl, session.seq, session.messages_in,
-                                   session.messages_out, repr(session.last_activity),
-                                   len(session.history)]
-                args.extend(pack_entry(e) for e in items)
-                await progress(keys=[s_key(client_id), h_key(client_id)], args=args,
-                               client=pipe)
-                order.append(client_id)
+                batch.append(client_id)
+                packed = [pack_entry(e) for e in items]
+                batch_args += (client_id, session.seq, session.messages_in,
+                               session.messages_out, repr(session.last_activity),
+                               len(session.history), len(packed),
+                               b"".join(b"%d:%s" % (len(x), x) for x in packed))
+                if len(batch) >= PROGRESS_BATCH:
+                    await progress(args=[self.me, limit, ttl, *batch_args], client=pipe)
+                    order.append(batch)
+                    batch, batch_args = [], []
                 continue
             node = overrides.get(client_id, self.me)
             fields = session_fields(session, node, len(session.history))
-            args = [self.me, ttl, limit, "1" if rewrite else "0",
+            args: list[Any] = [self.me, ttl, limit, "1" if rewrite else "0",
                     repr(session.connected_at), client_id, str(len(fields))]
             for name, value in fields.items():
                 args.append(name)
@@ -579,6 +613,9 @@ class ClusterGateway(Gateway):
             await write(keys=[s_key(client_id), h_key(client_id), IDX_KEY], args=args,
                         client=pipe)
             order.append(client_id)
+        if batch:
+            await progress(args=[self.me, limit, ttl, *batch_args], client=pipe)
+            order.append(batch)
         try:
             results = await pipe.execute(raise_on_error=False)
         except BaseException as exc:
@@ -596,14 +633,17 @@ class ClusterGateway(Gateway):
                 if not waiter.done():
                     waiter.set_exception(Unavailable(f"Redis is unreachable: {error}"))
             raise
-        for client_id, result in zip(order, results, strict=True):
+        flat: list[tuple[str, Any]] = []
+        for ids, result in zip(order, results, strict=True):
             if isinstance(result, Exception):
                 if isinstance(result, UNREACHABLE):
                     raise result
-                log.error("cluster_write_failed", client_id=client_id, error=str(result))
-                continue
-            if not client_id:
-                continue
+                log.error("cluster_write_failed", client_id=ids, error=str(result))
+            elif isinstance(ids, list):
+                flat.extend(zip(ids, result, strict=True))
+            elif ids:
+                flat.append((ids, result))
+        for client_id, result in flat:
             if result == 2:
                 if self.registry.sessions.get(client_id) is dirty[client_id]:
                     writer.resync.add(client_id)

@@ -230,3 +230,50 @@ def test_workers_with_memory_broker_refused(tmp_path: Path) -> None:
                           cwd=tmp_path, capture_output=True, timeout=START_TIMEOUT)
     assert proc.returncode == 2
     assert b"WORKERS" in proc.stderr and b"redis://" in proc.stderr
+
+
+async def test_node_killed_sessions_resume_elsewhere_or_expire(
+        tmp_path: Path, redis_url: str, nodes: list[Node],
+        http: aiohttp.ClientSession) -> None:
+    p1 = spawn(tmp_path, "p1", BROKER_URL=redis_url, NODE_ID="k1", SESSION_TTL="2")
+    p2 = spawn(tmp_path, "p2", BROKER_URL=redis_url, NODE_ID="k2", SESSION_TTL="2")
+    nodes += [p1, p2]
+    await ready(http, p1)
+    await ready(http, p2)
+    keeper = await connect(http, p1, client_id="keeper")
+    await connect(http, p1, client_id="left")
+    for i in range(3):
+        status, body = await post(http, f"{p2.api}/send_message",
+                                  {"client_id": "keeper", "content": f"m{i}"})
+        assert status == 200, body
+    await until(lambda: get(http, f"{p2.api}/clients/keeper/messages"),
+                lambda r: r[0] == 200 and len(r[1]["messages"]) == 3, p2,
+                "p1 flushed the history")
+
+    p1.proc.kill()  # SIGKILL: no goodbye, its sockets just drop
+    p1.proc.wait()
+
+    # resuming on p2 is refused with 1011 (retry) while p1 may still be alive, then works
+    async def try_resume() -> WSClient | None:
+        ws = await http.ws_connect(p2.ws, params={"client_id": "keeper", "last_seq": "0",
+                                                  "session_token": keeper.session_token})
+        msg = await ws.receive(timeout=5)
+        frame = orjson.loads(msg.data) if msg.type is aiohttp.WSMsgType.TEXT else {}
+        if frame.get("type") == "connection_established":
+            return WSClient(ws, frame)
+        if frame:  # refused for now: "reconnect with backoff" (1011), never "invalid" (4003)
+            assert frame["data"]["close_code"] == 1011, frame
+        await ws.close()
+        return None
+
+    again = await until(try_resume, lambda r: r is not None, p2, "resume on p2")
+    assert again.hello["data"]["recovered"] is True and again.hello["data"]["replayed"] == 3
+    got = [await again.recv_type("message") for _ in range(3)]
+    assert [f["data"]["content"] for f in got] == ["m0", "m1", "m2"]
+
+    # the session nobody resumed is reclaimed after its TTL (plus the node timeout)
+    await until(lambda: get(http, f"{p2.api}/clients/left"), lambda r: r[0] == 404, p2,
+                "the dead node's other session to expire")
+    status, body = await get(http, f"{p2.api}/clients")
+    assert [c["client_id"] for c in body["clients"]] == ["keeper"], body
+    assert p2.stop() == 0, p2.output()
