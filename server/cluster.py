@@ -11,7 +11,7 @@ Ownership
     flushes with pipelined Lua scripts (so one Redis round trip carries many frames).
 
 Redis holds the shared state
-    ``sb:s:{id}`` a hash (token, client_type, node = the owner, connected, times, channels,
+    ``sb:s:{id}`` a hash (SHA-256 of the token, client_type, node = the owner, connected, times, channels,
     seq, counters), ``sb:h:{id}`` a list of the last ``HISTORY_LIMIT`` history entries (capped
     with LTRIM), ``sb:idx`` a sorted set of session ids (for ``GET /clients``), ``sb:nodes``
     each node's last heartbeat and counters, ``sb:alive:{node}`` a key that expires
@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import secrets
 import time
@@ -232,11 +233,40 @@ def _s(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def token_digest(token: str) -> str:
+    """What Redis keeps of a session token: its SHA-256 (a Redis dump reveals no token)."""
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
+class ClusterSession(Session):
+    """A session loaded from Redis: the token itself is unknown until the client presents it
+    (Redis only has its digest)."""
+
+    __slots__ = ("token_hash",)
+
+    def __init__(self, client_id: str, client_type: str, history_limit: int,
+                 meta: dict[str, Any] | None = None, token_hash: str = "") -> None:
+        super().__init__(client_id, client_type, history_limit, meta)
+        self.token = ""
+        self.token_hash = token_hash
+
+    def token_matches(self, token: str) -> bool:
+        if self.token:
+            return super().token_matches(token)
+        if not self.token_hash or not hmac.compare_digest(token_digest(token).encode(),
+                                                          self.token_hash.encode()):
+            return False
+        self.token = token  # proven: from now on it is known (and sent back on resume)
+        return True
+
+
 def session_fields(session: Session, node: str, history_len: int) -> dict[str, str]:
     """The hash ``sb:s:{id}`` for a session (no history)."""
     meta = {k: v for k, v in session.meta.items() if k in ("remote", "user_agent")}
+    known = session.token or not isinstance(session, ClusterSession)
     return {
-        "token": session.token,
+        "token": token_digest(session.token) if known
+        else session.token_hash,  # type: ignore[attr-defined]
         "client_type": session.client_type,
         "node": node,
         "connected": "1" if session.outbox is not None and node else "0",
@@ -270,9 +300,8 @@ def session_from_redis(client_id: str, fields: dict[bytes, bytes], history: Iter
                        history_limit: int, *, connected: bool = False) -> Session:
     """Rebuild a :class:`Session` from its hash and history list."""
     f = {k.decode(): v.decode() for k, v in fields.items()}
-    session = Session(client_id, f.get("client_type") or "default", history_limit,
-                      orjson.loads(f.get("meta") or "{}"))
-    session.token = f.get("token") or session.token
+    session = ClusterSession(client_id, f.get("client_type") or "default", history_limit,
+                             orjson.loads(f.get("meta") or "{}"), f.get("token") or "")
     session.connected_at = float(f.get("connected_at") or time.time())
     session.last_activity = float(f.get("last_activity") or session.connected_at)
     disconnected = f.get("disconnected_at") or ""
@@ -1122,9 +1151,9 @@ class ClusterGateway(Gateway):
         for _ in range(MAX_HOPS):
             async with self.guard():
                 fields = await self.redis.hmget(s_key(client_id), ["token", "node"])
-            stored_token, owner = _s(fields[0]), _s(fields[1])
-            if not stored_token or not hmac.compare_digest(
-                    stored_token.encode(), token.encode("utf-8", "replace")):
+            stored_digest, owner = _s(fields[0]), _s(fields[1])
+            if not stored_digest or not hmac.compare_digest(stored_digest.encode(),
+                                                            token_digest(token).encode()):
                 return None
             future = self._begin_claim(client_id)
             try:
@@ -1152,6 +1181,7 @@ class ClusterGateway(Gateway):
                     return None
                 if _s(fields_all.get(b"node")) != self.me:
                     continue
+                session.token_matches(token)  # checked above; now the session knows it
                 self._hold(session)
                 if session.disconnected_at is None:
                     session.disconnected_at = time.time()

@@ -9,6 +9,7 @@ other with nothing lost.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import aiohttp
 import pytest
@@ -292,3 +293,13 @@ async def test_idempotent_retry_on_the_other_node_delivers_once(
     assert status == 200
     frame = await client.recv_type("message")
     assert frame["data"]["content"] == "end" and frame["seq"] == first["seq"] + 1
+
+
+async def test_redis_keeps_only_a_digest_of_the_session_token(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    client = await a.connect(client_id="secret")
+    await wait_redis(b, "secret", node="a")
+    stored = await a.gateway.broker.redis.hget("sb:s:secret", "token")  # type: ignore
+    assert stored is not None and client.session_token.encode() not in stored
+    assert stored.decode() == hashlib.sha256(client.session_token.encode()).hexdigest()
