@@ -221,10 +221,12 @@ def control_frame(opcode: int, payload: bytes) -> bytes:
 class WSClient(asyncio.Protocol):
     """One benchmark WebSocket client; see the module docstring."""
 
-    def __init__(self, ep: Endpoint, coll: Collector, idx: int, n_broadcasts: int = 0) -> None:
+    def __init__(
+        self, ep: Endpoint, coll: Collector, idx: int, n_broadcasts: int = 0, prefix: str = "c"
+    ) -> None:
         self.coll = coll
         self.idx = idx
-        self.client_id = f"c{idx}"
+        self.client_id = f"{prefix}{idx}"
         self.sio = ep.protocol == "socketio"
         self.request = (
             f"GET {ep.ws_path(self.client_id)} HTTP/1.1\r\n"
@@ -437,6 +439,7 @@ async def connect_clients(
     concurrency: int = 64,
     deadline_s: float = 120.0,
     per_client_timeout: float = 15.0,
+    prefix: str = "c",
 ) -> tuple[list[WSClient], list[str]]:
     """Open ``n`` clients (``concurrency`` handshakes in flight), each until its first frame."""
     loop = asyncio.get_running_loop()
@@ -446,7 +449,7 @@ async def connect_clients(
 
     async def worker() -> None:
         for idx in indexes:
-            client = WSClient(ep, coll, idx, n_broadcasts)
+            client = WSClient(ep, coll, idx, n_broadcasts, prefix)
             clients.append(client)
             try:
                 async with asyncio.timeout(per_client_timeout):

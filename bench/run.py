@@ -477,9 +477,33 @@ def markdown(result: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
         + f"; generator loop {result['generator_loop']}, nice {result.get('nice', 0)}.",
     ]
+    src = result.get("source") or {}
+    if src.get("commit"):
+        out.append(
+            f"Switchboard at commit `{src['commit'][:12]}`"
+            + (" with local changes." if src.get("switchboard_code_modified") else ".")
+        )
     if result["failures"]:
         out += ["", "Failed runs: " + "; ".join(result["failures"])]
     return "\n".join(out) + "\n"
+
+
+def source_state() -> dict[str, Any]:
+    """The commit the Switchboard target ran from, and whether its code had local changes."""
+
+    def git(*cmd: str) -> str:
+        try:
+            out = subprocess.run(
+                ["git", *cmd], cwd=REPO, capture_output=True, text=True, timeout=10, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return out.stdout.strip()
+
+    dirty = git(
+        "status", "--porcelain", "--", "server", "api", "handlers", "run_websocket_server.py"
+    )
+    return {"commit": git("rev-parse", "HEAD"), "switchboard_code_modified": bool(dirty)}
 
 
 def machine_info() -> dict[str, Any]:
@@ -736,6 +760,7 @@ def main(argv: list[str] | None = None) -> int:
         "switchboard_extra_env": SWITCHBOARD_EXTRA_ENV,
         "nice": args.nice,
         "machine": machine_info(),
+        "source": source_state(),
         "sizes": run["sizes"],
         "wall_s": run["wall_s"],
         "medians": summary["medians"],
