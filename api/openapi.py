@@ -282,6 +282,8 @@ RESPONSES: dict[str, Schema] = {
     "Forbidden": _error("Wrong API token."),
     "NotFound": _error("No session with this client_id (unknown or expired): "
                        "`client_not_found`."),
+    "RequestTimeout": _error("The body did not arrive within REQUEST_BODY_TIMEOUT "
+                             "(`request_timeout`); the connection is closed."),
     "PayloadTooLarge": _error("The body exceeds API_MAX_BODY."),
     "UnsupportedMediaType": _error("The body is not `application/json`."),
     "Unprocessable": _error("A field is missing or wrong; `error.field` names it "
@@ -295,7 +297,8 @@ RESPONSES: dict[str, Schema] = {
 
 _AUTH_ERRORS = {"401": _resp("Unauthorized"), "403": _resp("Forbidden"),
                 "429": _resp("RateLimited")}
-_BODY_ERRORS = {"400": _resp("BadRequest"), "413": _resp("PayloadTooLarge"),
+_BODY_ERRORS = {"400": _resp("BadRequest"), "408": _resp("RequestTimeout"),
+                "413": _resp("PayloadTooLarge"),
                 "415": _resp("UnsupportedMediaType"), "422": _resp("Unprocessable")}
 
 CLIENT_ID_PARAM: Schema = {"name": "client_id", "in": "path", "required": True,

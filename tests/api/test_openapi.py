@@ -94,7 +94,7 @@ def test_document_is_well_formed() -> None:
                     assert schema.endswith(("Error", "Unauthorized", "Forbidden", "NotFound",
                                             "PayloadTooLarge", "UnsupportedMediaType",
                                             "Unprocessable", "RateLimited", "Unavailable",
-                                            "BadRequest")) or status == "503", (
+                                            "BadRequest", "RequestTimeout")) or status == "503", (
                         f"{method} {path} {status} does not use the error schema")
 
 
@@ -333,3 +333,22 @@ async def _text(live: LiveGateway, path: str) -> str:
     async with aiohttp.ClientSession() as http, http.get(f"{live.api_url}{path}") as resp:
         assert resp.status == 200
         return await resp.text()
+
+
+async def test_slow_body_answer_fits_the_document(make_gateway: MakeGateway) -> None:
+    live = await make_gateway(request_body_timeout=0.2)
+    port = live.api_server.port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /send_message HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Authorization: Bearer " + API_TOKEN.encode() +
+                 b"\r\nContent-Length: 100\r\n\r\n{\"client_id\":")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    headers = dict(line.decode().split(":", 1) for line in head.split(b"\r\n")[1:] if line)
+    headers = {k.strip().lower(): v.strip() for k, v in headers.items()}
+    body = await asyncio.wait_for(reader.readexactly(int(headers["content-length"])), 10)
+    writer.close()
+    status = int(head.split()[1])
+    ctype = headers["content-type"]
+    assert status == 408
+    SpecChecker().check("POST", "/send_message", status, ctype, orjson.loads(body))
