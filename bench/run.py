@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 PY_SPY = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
 #: ``--switchboard-env KEY=VALUE`` settings (diagnosis only: the issue measures defaults).
 SWITCHBOARD_EXTRA_ENV: dict[str, str] = {}
+IDLE_KB_LIMIT = 20.0  # issue 8: memory per idle connection, absolute
 ALL_TARGETS = ("switchboard", "bare", "socketio")
 ALL_SCENARIOS = ("fanout", "paced", "idle", "roundtrip", "unicast")
 
@@ -397,7 +398,7 @@ def check_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     add(
         "idle KB per connection",
         med.get("idle", {}).get("switchboard", {}).get("rss_per_conn_kb"),
-        20.0,
+        IDLE_KB_LIMIT,
         False,
     )
     fan = med.get("fanout", {})
@@ -568,6 +569,9 @@ def chart(summary: dict[str, Any], path: Path, title: str) -> None:
         ("paced", "p99_ms"): 1.25,
         ("roundtrip", "rt_per_s"): 0.8,
     }
+    bare_rss = summary["medians"].get("idle", {}).get("bare", {}).get("rss_per_conn_kb")
+    if bare_rss:
+        limits[("idle", "rss_per_conn_kb")] = IDLE_KB_LIMIT / bare_rss  # the absolute 20 KB
     for i, (s, m, _, _) in enumerate(labels):
         if (s, m) in limits:
             ax.plot(
