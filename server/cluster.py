@@ -233,6 +233,10 @@ def _s(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+#: After a node crash, a session's seq continues at the next multiple of this.
+SEQ_EPOCH = 1 << 20
+
+
 def token_digest(token: str) -> str:
     """What Redis keeps of a session token: its SHA-256 (a Redis dump reveals no token)."""
     return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
@@ -242,13 +246,30 @@ class ClusterSession(Session):
     """A session loaded from Redis: the token itself is unknown until the client presents it
     (Redis only has its digest)."""
 
-    __slots__ = ("token_hash",)
+    __slots__ = ("gap", "token_hash")
 
     def __init__(self, client_id: str, client_type: str, history_limit: int,
                  meta: dict[str, Any] | None = None, token_hash: str = "") -> None:
         super().__init__(client_id, client_type, history_limit, meta)
         self.token = ""
         self.token_hash = token_hash
+        #: (last seq in Redis, first seq after it) when the session was taken from a node
+        #: that died: frames that node numbered but had not written yet are lost.
+        self.gap: tuple[int, int] | None = None
+
+    def mark_crash_gap(self) -> None:
+        """The owner died: it may have numbered (and even delivered) frames after the last
+        one it wrote to Redis. Continue at the next multiple of ``SEQ_EPOCH`` so no new frame
+        reuses such a seq, and make resumes from before the gap say ``recovered: false``."""
+        start = (self.seq // SEQ_EPOCH + 1) * SEQ_EPOCH
+        self.gap = (self.seq, start)
+        self.seq = start - 1
+
+    def replay_after(self, last_seq: int) -> tuple[list[bytes], bool]:
+        frames, complete = super().replay_after(last_seq)
+        if self.gap is not None and last_seq < self.gap[1]:
+            complete = False  # some frames died with the previous node
+        return frames, complete
 
     def token_matches(self, token: str) -> bool:
         if self.token:
@@ -280,6 +301,7 @@ def session_fields(session: Session, node: str, history_len: int) -> dict[str, s
         "channels": orjson.dumps(sorted(session.channels)).decode(),
         "meta": orjson.dumps(meta).decode(),
         "history_size": str(history_len),
+        "gap": "{}:{}".format(*session.gap) if getattr(session, "gap", None) else "",
     }
 
 
@@ -310,6 +332,10 @@ def session_from_redis(client_id: str, fields: dict[bytes, bytes], history: Iter
     session.messages_in = int(f.get("messages_in") or 0)
     session.messages_out = int(f.get("messages_out") or 0)
     session.channels = set(orjson.loads(f.get("channels") or "[]"))
+    gap = f.get("gap") or ""
+    if gap:
+        before, _, after = gap.partition(":")
+        session.gap = (int(before), int(after))
     session.history.extend(unpack_entry(raw) for raw in history)
     if connected:
         session.outbox = REMOTE
@@ -526,6 +552,12 @@ class ClusterGateway(Gateway):
                            loop.create_task(self._heartbeat_forever(), name="cluster-heartbeat")]
 
     async def _stop(self) -> None:
+        # Leaving cleanly: everything we hold is written with no owner (""), so whichever node
+        # the clients reach next takes them without the crash gap.
+        writer = self.cregistry.writer
+        for client_id, session in self.registry.sessions.items():
+            writer.overrides[client_id] = ""
+            writer.touch(session)
         with contextlib.suppress(Exception):
             if self.broker.healthy:
                 async with asyncio.timeout(self.settings.shutdown_timeout or 1.0):
@@ -817,8 +849,9 @@ class ClusterGateway(Gateway):
             if owner is None:
                 raise ClientNotFound(
                     f"no session with client_id {client_id!r} (unknown or expired)")
-            if owner == self.me:
-                # Ours in Redis but not held here (restarted with the same NODE_ID): take it.
+            if owner in (self.me, ""):
+                # Released by a node that stopped (""), or ours in Redis but not held here (a
+                # previous process with the same NODE_ID died): take it.
                 session = await self._adopt(client_id, owner)
                 if session is not None:
                     return session
@@ -880,8 +913,11 @@ class ClusterGateway(Gateway):
                     f"no session with client_id {client_id!r} (unknown or expired)")
             if session.disconnected_at is None:
                 session.disconnected_at = time.time()
+            if expected_owner and isinstance(session, ClusterSession):
+                session.mark_crash_gap()  # "" = released cleanly by a node that stopped
             self._hold(session)
-            log.info("session_adopted", client_id=client_id, previous_node=expected_owner)
+            log.info("session_adopted", client_id=client_id, previous_node=expected_owner,
+                     crashed=bool(expected_owner))
             return session
         finally:
             self._end_claim(client_id, future)
@@ -1156,8 +1192,17 @@ class ClusterGateway(Gateway):
                                                             token_digest(token).encode()):
                 return None
             future = self._begin_claim(client_id)
+            crashed = owner == self.me  # an earlier process of ours died holding it
             try:
-                if owner and owner != self.me:
+                if owner in (self.me, ""):
+                    async with self.guard():
+                        result = await self.writer_scripts["cas"](
+                            keys=[s_key(client_id)], args=[owner, self.me])
+                    if result == -1:
+                        return None
+                    if result != 1:
+                        continue
+                else:
                     listeners, replies = await self._request(
                         node_topic(owner), {"op": "takeover", "client_id": client_id})
                     released = bool(replies) and replies[0].get("status") == "released"
@@ -1176,12 +1221,17 @@ class ClusterGateway(Gateway):
                             return None
                         if result != 1:
                             continue  # someone else took it meanwhile: ask them
+                        crashed = True
                 fields_all, session = await self._load(client_id)
                 if session is None:
                     return None
                 if _s(fields_all.get(b"node")) != self.me:
                     continue
                 session.token_matches(token)  # checked above; now the session knows it
+                if crashed and isinstance(session, ClusterSession):
+                    session.mark_crash_gap()
+                    log.warning("session_taken_from_dead_node", client_id=client_id,
+                                previous_node=owner, gap=session.gap)
                 self._hold(session)
                 if session.disconnected_at is None:
                     session.disconnected_at = time.time()

@@ -255,7 +255,7 @@ async def test_requested_client_id_is_unique_across_nodes(
     assert second.client_id != "unique"
 
 
-async def test_session_of_a_dead_node_is_adopted(
+async def test_session_of_a_stopped_node_is_adopted(
         make_gateway: MakeGateway, redis_url: str) -> None:
     a = await make_gateway(broker_url=redis_url, node_id="a")
     b = await make_gateway(broker_url=redis_url, node_id="b")
@@ -269,8 +269,9 @@ async def test_session_of_a_dead_node_is_adopted(
     status, body = await b.api("POST", "/send_message", {"client_id": "orphan", "content": "hi"})
     assert status == 202 and body["status"] == "queued", body
     assert b.gateway.registry.get("orphan") is not None
+    assert body["seq"] == 1  # a stopped cleanly: no crash gap, the sequence just goes on
     again = await b.connect(client_id="orphan", session_token=client.session_token, last_seq=0)
-    assert again.hello["data"]["resumed"] is True
+    assert again.hello["data"]["resumed"] is True and again.hello["data"]["recovered"] is True
     assert (await again.recv_type("message"))["data"]["content"] == "hi"
 
 
