@@ -491,6 +491,8 @@ class ClusterGateway(Gateway):
         default_factory=dict)
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     writer_scripts: dict[str, Any] = field(default_factory=dict)
+    #: Set when the node starts leaving: API calls answer 503 (retry on another node).
+    stopping: bool = False
     refreshed_at: float = 0.0
     healthy_event: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -519,6 +521,8 @@ class ClusterGateway(Gateway):
         return int(max(self.settings.session_ttl, 1) + NODE_TIMEOUT + HEARTBEAT_INTERVAL)
 
     def require_healthy(self) -> None:
+        if self.stopping:
+            raise Unavailable("this node is shutting down; retry (on another node)")
         if not self.broker.healthy:
             raise Unavailable("the cluster broker (Redis) is unreachable; retry shortly",
                               details={"broker": self.broker.describe()})
@@ -554,6 +558,7 @@ class ClusterGateway(Gateway):
     async def _stop(self) -> None:
         # Leaving cleanly: everything we hold is written with no owner (""), so whichever node
         # the clients reach next takes them without the crash gap.
+        self.stopping = True
         writer = self.cregistry.writer
         for client_id, session in self.registry.sessions.items():
             writer.overrides[client_id] = ""
@@ -1040,6 +1045,8 @@ class ClusterGateway(Gateway):
 
     async def send_message(self, client_id: str, content: Any, *, message_type: str = "message",
                            data: dict[str, Any] | None = None) -> dict[str, Any]:
+        if self.stopping:
+            self.require_healthy()
         if self.registry.get(client_id) is not None and client_id not in self.releasing:
             return await super().send_message(client_id, content, message_type=message_type,
                                               data=data)
@@ -1089,6 +1096,8 @@ class ClusterGateway(Gateway):
     async def call_tool(self, client_id: str, tool_name: str, params: dict[str, Any], *,
                         timeout: float | None = None,  # noqa: ASYNC109 - the API field
                         wait_for_client: bool = False) -> dict[str, Any]:
+        if self.stopping:
+            self.require_healthy()
         if self.registry.get(client_id) is not None and client_id not in self.releasing:
             return await super().call_tool(client_id, tool_name, params, timeout=timeout,
                                            wait_for_client=wait_for_client)
@@ -1119,6 +1128,8 @@ class ClusterGateway(Gateway):
 
     async def disconnect(self, client_id: str, *, code: CloseCode = CloseCode.SESSION_ENDED,
                          reason: str = "session ended by the server") -> dict[str, Any]:
+        if self.stopping:
+            self.require_healthy()
         if self.registry.get(client_id) is None or client_id in self.releasing:
             target = await self._local_or_route(client_id, {"op": "disconnect"}, b"")
             if not isinstance(target, Session):

@@ -128,16 +128,18 @@ class RedisBroker(Broker):
                         error=self.last_error)
 
     async def stop(self) -> None:
-        for hook in self._stop_hooks:
-            try:
-                await hook()
-            except Exception:
-                log.exception("broker_stop_hook_failed")
+        # Stop taking requests from other nodes first (they see this node gone and wait or
+        # answer 503), then let the hooks write everything out over the command connection.
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
+        for hook in self._stop_hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("broker_stop_hook_failed")
         await self.redis.aclose()
         self._healthy = False
         await super().stop()

@@ -193,9 +193,19 @@ async def test_two_node_processes(tmp_path: Path, redis_url: str, nodes: list[No
     status, _ = await get(http, f"{p1.api}/clients/alice")
     assert status == 404
 
-    await bob.close()
-    assert p1.stop() == 0, p1.output()
+    # p2 stops (SIGTERM): bob is told 1001, resumes on p1, nothing lost and no seq gap
+    bob_seq = bob.frames[-1]["seq"]
     assert p2.stop() == 0, p2.output()
+    assert await close_code(bob) == 1001
+    status, body = await post(http, f"{p1.api}/send_message",
+                              {"client_id": "bob", "content": "while away"})
+    assert status == 202 and body["seq"] == bob_seq + 1, body
+    bob2 = await connect(http, p1, client_id="bob", session_token=bob.session_token,
+                         last_seq=bob_seq)
+    assert bob2.hello["data"]["recovered"] is True and bob2.hello["data"]["replayed"] == 1
+    assert (await bob2.recv_type("message"))["data"]["content"] == "while away"
+    await bob2.close()
+    assert p1.stop() == 0, p1.output()
 
 
 async def test_workers_share_ports(tmp_path: Path, redis_url: str, nodes: list[Node],
