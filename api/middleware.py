@@ -24,7 +24,7 @@ log = structlog.get_logger("switchboard.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Paths anyone may read: liveness, the docs and the dashboard's static page.
-PUBLIC_PATHS = frozenset({"/health", "/healthz", "/docs", "/openapi.json", "/dashboard",
+PUBLIC_PATHS = frozenset({"/health", "/healthz", "/ready", "/docs", "/openapi.json", "/dashboard",
                           "/favicon.ico", "/"})
 PUBLIC_PREFIXES = ("/static/",)
 

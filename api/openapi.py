@@ -500,7 +500,8 @@ def build_paths() -> dict[str, Schema]:
             "Readiness", "health",
             {"200": _json(ref("Ready"), "Accepting connections and the broker is up."),
              "503": _json(ref("Ready"), "Shutting down or the broker is unreachable.")},
-            operation_id="ready")},
+            public=True, operation_id="ready",
+            description="Public (no token), for load balancers and orchestrator probes.")},
         "/metrics": {"get": _op(
             "Prometheus metrics", "health",
             {"200": {"description": "Prometheus text exposition format 0.0.4.",

@@ -61,12 +61,13 @@ async def test_list_clients_pages_and_filters(live_gateway: LiveGateway) -> None
 
 async def test_get_one_client(live_gateway: LiveGateway) -> None:
     client = await live_gateway.connect(client_id="solo", client_type="cli")
-    await client.send("ping")
+    await client.send("get_status")
     await client.recv()
     status, body = await live_gateway.api("GET", "/clients/solo")
     assert status == 200
     assert body["client_id"] == "solo" and body["client_type"] == "cli"
-    assert body["connected"] is True and body["message_count"] == 1
+    # one frame in (get_status), one kept frame out (status_response)
+    assert body["connected"] is True and body["message_count"] == 2
 
 
 async def test_delete_client_closes_with_4001_and_ends_the_session(
@@ -206,3 +207,11 @@ async def test_tools_are_listed(live_gateway: LiveGateway) -> None:
     names = {t["name"] for t in body["tools"]}
     assert {"echo", "calculate"} <= names
     assert all(t["risk_level"] in ("low", "medium", "high") for t in body["tools"])
+
+
+async def test_health_and_readiness_are_public_for_probes(live_gateway: LiveGateway) -> None:
+    for path in ("/health", "/ready"):
+        status, body = await live_gateway.api("GET", path, auth=False)
+        assert status == 200, (path, body)
+    status, _ = await live_gateway.api("GET", "/status", auth=False)
+    assert status == 401

@@ -287,7 +287,7 @@ async def test_cli_listen_against_the_gateway(live_gateway: LiveGateway) -> None
 
 async def test_cli_api_messages_shows_the_history(live_gateway: LiveGateway) -> None:
     async with make_client(live_gateway, client_id="live-h") as client:
-        await client.ping()
+        await client.get_status()
         status, _ = await live_gateway.api(
             "POST", "/send_message", {"client_id": "live-h", "content": "kept"}
         )
@@ -308,5 +308,5 @@ async def test_cli_api_messages_shows_the_history(live_gateway: LiveGateway) -> 
         )
         assert code == 0, err.getvalue()
         lines = out.getvalue().splitlines()
-        assert any(line.startswith("→") and "ping" in line for line in lines)
+        assert any(line.startswith("→") and "get_status" in line for line in lines)
         assert any(line.startswith("←") and "💬 message  kept" in line for line in lines)
