@@ -22,7 +22,7 @@ import orjson
 import pytest
 
 from tests.conftest import WSClient
-from tests.conftest_redis import free_port
+from tests.conftest_redis import RedisServer, free_port
 from tests.redis.test_cluster import close_code
 
 pytestmark = pytest.mark.redis
@@ -292,4 +292,42 @@ async def test_node_killed_sessions_resume_elsewhere_or_expire(
                 "the dead node's other session to expire")
     status, body = await get(http, f"{p2.api}/clients")
     assert [c["client_id"] for c in body["clients"]] == ["keeper"], body
+    assert p2.stop() == 0, p2.output()
+
+
+async def test_redis_restart_under_two_node_processes(
+        tmp_path: Path, own_redis_server: RedisServer, nodes: list[Node],
+        http: aiohttp.ClientSession) -> None:
+    url = own_redis_server.url
+    p1 = spawn(tmp_path, "p1", BROKER_URL=url, NODE_ID="r1")
+    p2 = spawn(tmp_path, "p2", BROKER_URL=url, NODE_ID="r2")
+    nodes += [p1, p2]
+    await ready(http, p1)
+    await ready(http, p2)
+    carol = await connect(http, p1, client_id="carol")
+    await until(lambda: get(http, f"{p2.api}/clients/carol"), lambda r: r[0] == 200, p2,
+                "carol visible on p2")
+
+    own_redis_server.stop()
+    for node in (p1, p2):
+        await until(lambda n=node: get(http, f"{n.api}/ready"), lambda r: r[0] == 503, node,
+                    "/ready 503 while Redis is down")
+    status, body = await post(http, f"{p2.api}/send_message",
+                              {"client_id": "carol", "content": "x"})
+    assert status == 503, body
+    status, body = await post(http, f"{p1.api}/send_message",
+                              {"client_id": "carol", "content": "local"})
+    assert status == 200 and body["status"] == "delivered", body
+    assert (await carol.recv_type("message"))["data"]["content"] == "local"
+
+    own_redis_server.start()
+    for node in (p1, p2):
+        await ready(http, node)
+    status, body = await until(
+        lambda: post(http, f"{p2.api}/send_message", {"client_id": "carol", "content": "back"}),
+        lambda r: r[0] == 200, p2, "cross-node delivery after the restart")
+    assert body["status"] == "delivered", body
+    assert (await carol.recv_type("message"))["data"]["content"] == "back"
+    await carol.close()
+    assert p1.stop() == 0, p1.output()
     assert p2.stop() == 0, p2.output()
