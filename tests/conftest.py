@@ -27,6 +27,7 @@ from server.config import Settings
 from server.gateway import Gateway
 from server.keys import CONNECTIONS, GATEWAY
 from server.router import MessageRouter
+from server.runner import runner_options
 
 pytest_plugins = ["tests.conftest_redis"]
 
@@ -169,36 +170,45 @@ class LiveGateway:
 MakeGateway = Callable[..., Awaitable[LiveGateway]]
 
 
+async def start_gateway(*, router: MessageRouter | None = None, api_token: str = API_TOKEN,
+                        **overrides: Any) -> LiveGateway:
+    """Both apps on free loopback ports, with production's ``AppRunner`` options (access log
+    off, the header/keep-alive timer), so what a test proves holds for the real setup."""
+    values: dict[str, Any] = {"ws_host": "127.0.0.1", "api_host": "127.0.0.1",
+                              "api_token": api_token, "ws_port": 0, "api_port": 1,
+                              "shutdown_timeout": 2.0}
+    values.update(overrides)
+    settings = Settings(**values)
+    ws_app, api_app = create_apps(settings, router=router)
+    ws_server = TestServer(ws_app, host="127.0.0.1")
+    api_server = TestServer(api_app, host="127.0.0.1")
+    await ws_server.start_server(**runner_options(settings))
+    await api_server.start_server(**runner_options(settings))
+    return LiveGateway(settings, ws_server, api_server, aiohttp.ClientSession(), api_token)
+
+
+async def stop_gateway(live: LiveGateway) -> None:
+    for client in live.clients:
+        if not client.ws.closed:
+            await client.ws.close()
+    await live.http.close()
+    await live.ws_server.close()
+    await live.api_server.close()
+
+
 @pytest.fixture
 async def make_gateway() -> AsyncIterator[MakeGateway]:
     """Factory: ``await make_gateway(history_limit=5, router=...)`` starts both apps."""
     started: list[LiveGateway] = []
 
-    async def factory(*, router: MessageRouter | None = None, api_token: str = API_TOKEN,
-                      **overrides: Any) -> LiveGateway:
-        values: dict[str, Any] = {"ws_host": "127.0.0.1", "api_host": "127.0.0.1",
-                                  "api_token": api_token, "ws_port": 0, "api_port": 1,
-                                  "shutdown_timeout": 2.0}
-        values.update(overrides)
-        settings = Settings(**values)
-        ws_app, api_app = create_apps(settings, router=router)
-        ws_server = TestServer(ws_app, host="127.0.0.1")
-        api_server = TestServer(api_app, host="127.0.0.1")
-        await ws_server.start_server()
-        await api_server.start_server()
-        http = aiohttp.ClientSession()
-        live = LiveGateway(settings, ws_server, api_server, http, api_token)
+    async def factory(**kwargs: Any) -> LiveGateway:
+        live = await start_gateway(**kwargs)
         started.append(live)
         return live
 
     yield factory
     for live in started:
-        for client in live.clients:
-            if not client.ws.closed:
-                await client.ws.close()
-        await live.http.close()
-        await live.ws_server.close()
-        await live.api_server.close()
+        await stop_gateway(live)
 
 
 @pytest.fixture

@@ -31,8 +31,7 @@ from hypothesis import strategies as st
 from handlers import build_router
 from server.errors import SwitchboardError
 from server.protocol import decode_client_frame
-from tests.conftest import LiveGateway
-from tests.security.conftest import start_gateway, stop_gateway
+from tests.conftest import LiveGateway, start_gateway, stop_gateway
 
 T = TypeVar("T")
 
