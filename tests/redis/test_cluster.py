@@ -304,3 +304,25 @@ async def test_redis_keeps_only_a_digest_of_the_session_token(
     stored = await a.gateway.broker.redis.hget("sb:s:secret", "token")  # type: ignore
     assert stored is not None and client.session_token.encode() not in stored
     assert stored.decode() == hashlib.sha256(client.session_token.encode()).hexdigest()
+
+
+async def test_call_tool_waiting_for_a_client_that_resumes_on_another_node(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    client = await a.connect(client_id="roamer")
+    await client.close()
+    await wait_redis(b, "roamer", node="a", connected="0")
+
+    call = asyncio.create_task(b.api("POST", "/call_tool", {
+        "client_id": "roamer", "tool_name": "where", "params": {}, "timeout": 10,
+        "wait_for_client": True}))
+    # the call waits on a (the owner); the client comes back on b instead
+    await wait_for(lambda: bool(a.gateway.pending_calls), what="call pending on a")
+    again = await b.connect(client_id="roamer", session_token=client.session_token,
+                            last_seq=0)
+    frame = await again.recv_type("tool_call")
+    await again.send("tool_result", {"call_id": frame["data"]["call_id"], "result": "here"})
+    ack = await again.recv_type("tool_result_ack")
+    assert ack["data"]["call_id"] == frame["data"]["call_id"]
+    status, body = await call
+    assert status == 200 and body["result"] == "here" and body["success"] is True, body
