@@ -102,6 +102,8 @@ def h_key(client_id: str) -> str:
 
 
 IDX_KEY = f"{PREFIX}idx"
+#: Set once per Redis dataset and never expired: if it changes, Redis lost our data.
+BOOT_KEY = f"{PREFIX}boot"
 #: Private meta key of listing copies: the history size stored in Redis.
 HISTORY_SIZE = "_history_size"
 NODES_KEY = f"{PREFIX}nodes"
@@ -493,6 +495,7 @@ class ClusterGateway(Gateway):
     writer_scripts: dict[str, Any] = field(default_factory=dict)
     #: Set when the node starts leaving: API calls answer 503 (retry on another node).
     stopping: bool = False
+    boot_marker: bytes | None = None
     refreshed_at: float = 0.0
     healthy_event: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -578,17 +581,33 @@ class ClusterGateway(Gateway):
     async def _state_changed(self, healthy: bool) -> None:
         writer = self.cregistry.writer
         if healthy:
-            self.healthy_event.set()
-            # Redis may have lost everything (a restart without persistence): rewrite in full
-            # what this node owns. Cheap when nothing was lost; correct when everything was.
-            writer.resync.update(self.registry.sessions)
-            for session in self.registry.sessions.values():
-                writer.dirty[session.client_id] = session
+            lost = True
+            with contextlib.suppress(Exception):
+                lost = await self._redis_lost_data()
+            if lost:
+                # Redis lost everything (a restart without persistence, a flush): rewrite in
+                # full what this node owns, so nothing it holds is lost.
+                log.warning("cluster_store_lost_resyncing", sessions=len(self.registry))
+                writer.resync.update(self.registry.sessions)
+                for session in self.registry.sessions.values():
+                    writer.dirty[session.client_id] = session
             writer.wake.set()
+            self.healthy_event.set()
             with contextlib.suppress(Exception):
                 await self._heartbeat()
         else:
             self.healthy_event.clear()
+
+    async def _redis_lost_data(self) -> bool:
+        """Whether Redis is not the one we wrote to before (its ``sb:boot`` marker, set once
+        and never expiring, changed or vanished)."""
+        marker = await self.redis.get(BOOT_KEY)
+        if marker is None:
+            await self.redis.set(BOOT_KEY, secrets.token_hex(8), nx=True)
+            marker = await self.redis.get(BOOT_KEY)
+        lost = marker != self.boot_marker
+        self.boot_marker = marker
+        return lost
 
     # --- write-behind -------------------------------------------------------------------------
 
@@ -609,7 +628,14 @@ class ClusterGateway(Gateway):
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_exception(Unavailable("Redis is unreachable"))
-                writer.entries.clear()  # the full resync on reconnect rewrites everything
+                # Rewrite these sessions in full once Redis is back, instead of keeping their
+                # frames twice: bounded memory however long the outage.
+                for client_id in writer.entries:
+                    session = self.registry.sessions.get(client_id)
+                    if session is not None:
+                        writer.resync.add(client_id)
+                        writer.dirty[client_id] = session
+                writer.entries.clear()
                 writer.wake.clear()
                 await self.healthy_event.wait()
                 continue
