@@ -39,9 +39,10 @@ Moving a session
 
 Redis trouble
     While Redis is unreachable, API calls that need it answer 503, local delivery goes on in
-    the registry, and the write-behind buffer is dropped: when Redis is back, the owner rewrites
-    every session it holds in full (sessions and history survive even a Redis restart without
-    persistence, because the owners still hold them).
+    the registry, and the write-behind buffer is dropped (memory stays bounded): when Redis is
+    back, the owner rewrites those sessions in full, or every session it holds when Redis lost
+    its data (the ``sb:boot`` marker changed), so sessions and history survive even a Redis
+    restart without persistence: the owners still hold them.
 """
 
 from __future__ import annotations
