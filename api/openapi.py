@@ -201,6 +201,14 @@ SCHEMAS: dict[str, Schema] = {
                    "description": "offline sessions that keep it for resume"},
         "message_id": STRING,
         "idempotent_replay": BOOL,
+        "nodes": {"type": "integer", "minimum": 1,
+                  "description": "with BROKER_URL=redis://: nodes the broadcast reached "
+                                 "(counts are summed over them)"},
+        "nodes_answered": {"type": "integer", "minimum": 1,
+                           "description": "nodes whose counts arrived in time"},
+        "partial": {"type": "boolean",
+                    "description": "true when some node did not answer in time (its "
+                                   "clients may still have received the frame)"},
     }, ("recipients", "queued", "message_id")),
     "CallToolRequest": _obj({
         "client_id": {"type": "string", "minLength": 1, "maxLength": 128},
