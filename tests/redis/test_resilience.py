@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 import pytest
 
 from server.config import Settings
@@ -110,3 +111,36 @@ async def test_ready_reports_broker(make_gateway: MakeGateway, redis_url: str) -
     status, body = await live.api("GET", "/ready")
     assert status == 200 and body["broker"]["backend"] == "redis", body
     assert body["broker"]["healthy"] is True and body["broker"]["node_id"] == "solo"
+
+
+async def test_starts_while_redis_is_down_and_connects_when_it_comes(
+        make_gateway: MakeGateway, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from server import redis_broker
+    from tests.conftest_redis import find_redis_server, free_port
+
+    monkeypatch.setattr(redis_broker, "START_WAIT", 0.2)  # do not hold start-up for long
+    server = RedisServer(find_redis_server(), str(tmp_path), free_port())
+    live = await make_gateway(broker_url=server.url, node_id="early")
+    try:
+        status, body = await live.api("GET", "/ready")
+        assert status == 503 and body["broker"]["healthy"] is False, body
+        assert "error" in body["broker"]
+        # local work goes on: a new session with a generated id needs no Redis (a requested
+        # id does, to be unique cluster-wide: that one is refused with 1011, retry later)
+        client = await live.connect()
+        refused = await live.connect(client_id="wanted", expect_hello=False)
+        frame = orjson.loads((await refused.ws.receive(timeout=5)).data)
+        assert frame["data"]["close_code"] == 1011, frame
+        status, body = await live.api("POST", "/broadcast", {"message_type": "x"})
+        assert status == 503, body
+        server.start()
+        await wait_for(lambda: live.gateway.broker.healthy, timeout=15,
+                       what="the node connected by itself")
+        status, body = await eventually(lambda: live.api("POST", "/broadcast",
+                                                         {"message_type": "hi"}),
+                                        lambda r: r[0] == 200, what="broadcast")
+        assert body["recipients"] == 1, body
+        await client.recv_type("hi")
+        await wait_redis(live, client.client_id, node="early", connected="1")
+    finally:
+        server.stop()
