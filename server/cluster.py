@@ -492,6 +492,8 @@ class ClusterGateway(Gateway):
     #: Broadcasts that arrived while a session was being loaded here (applied after).
     parked_broadcasts: dict[str, list[tuple[dict[str, Any], bytes]]] = field(
         default_factory=dict)
+    #: Broadcasts sent from this node that the other nodes may not have yet.
+    inflight_broadcasts: list[tuple[dict[str, Any], bytes]] = field(default_factory=list)
     background: list[asyncio.Task[Any]] = field(default_factory=list)
     writer_scripts: dict[str, Any] = field(default_factory=dict)
     #: Set when the node starts leaving: API calls answer 503 (retry on another node).
@@ -957,7 +959,7 @@ class ClusterGateway(Gateway):
     def _begin_claim(self, client_id: str) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.claiming[client_id] = future
-        self.parked_broadcasts[client_id] = []
+        self.parked_broadcasts[client_id] = list(self.inflight_broadcasts)
         return future
 
     def _end_claim(self, client_id: str, future: asyncio.Future[None]) -> None:
@@ -1098,15 +1100,23 @@ class ClusterGateway(Gateway):
         extra = {"channel": channel} if channel is not None else None
         frame = protocol.server_frame(message_type, data, extra=extra)
         encoded = protocol.encode(frame)
-        pushed, queued = self.registry.fan_out(self._targets(channel, client_type, exclude),
-                                               encoded)
-        self.registry.counters.total_broadcasts += 1
         header = {"op": "broadcast", "channel": channel, "client_type": client_type,
                   "exclude": exclude, "message_id": frame["message_id"]}
-        for parked in self.parked_broadcasts.values():
-            parked.append((header, encoded))
-        others, replies = await self._request(ALL_TOPIC, header, encoded, exclude_self=True,
-                                              wait=BROADCAST_REPLY_TIMEOUT)
+        # Until the other nodes have it, a session that starts moving here (a claim) must get
+        # it too: its previous owner may let go before the broadcast reaches it.
+        inflight = (header, encoded)
+        self.inflight_broadcasts.append(inflight)
+        try:
+            pushed, queued = self.registry.fan_out(
+                self._targets(channel, client_type, exclude), encoded)
+            self.registry.counters.total_broadcasts += 1
+            for parked in self.parked_broadcasts.values():
+                parked.append(inflight)
+            others, replies = await self._request(ALL_TOPIC, header, encoded,
+                                                  exclude_self=True,
+                                                  wait=BROADCAST_REPLY_TIMEOUT)
+        finally:
+            self.inflight_broadcasts.remove(inflight)
         for reply in replies:
             pushed += int(reply.get("pushed", 0))
             queued += int(reply.get("queued", 0))
