@@ -39,6 +39,8 @@ from bench import loadgen
 from bench.loadgen import Endpoint, ServerProbe
 
 REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "docs/bench/results.json"
+BENCHMARKS_DOC = REPO / "docs/BENCHMARKS.md"
 PY_SPY = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
 #: ``--switchboard-env KEY=VALUE`` settings (diagnosis only: the issue measures defaults).
 SWITCHBOARD_EXTRA_ENV: dict[str, str] = {}
@@ -507,6 +509,23 @@ def source_state() -> dict[str, Any]:
     return {"commit": git("rev-parse", "HEAD"), "switchboard_code_modified": bool(dirty)}
 
 
+RESULTS_START = "<!-- results:start (written by python -m bench.run) -->"
+RESULTS_END = "<!-- results:end -->"
+
+
+def update_doc(doc: Path, report: str) -> bool:
+    """Replace the text between the results markers of ``doc`` with ``report``."""
+    try:
+        text = doc.read_text()
+    except OSError:
+        return False
+    start, end = text.find(RESULTS_START), text.find(RESULTS_END)
+    if start < 0 or end < start:
+        return False
+    doc.write_text(text[: start + len(RESULTS_START)] + "\n" + report + text[end:])
+    return True
+
+
 def machine_info() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):
@@ -692,9 +711,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--rounds must be >= 1")
     tmp = Path(tempfile.gettempdir())
     if args.out is None:
-        args.out = (
-            tmp / "switchboard-bench-quick.json" if args.quick else REPO / "docs/bench/results.json"
-        )
+        args.out = tmp / "switchboard-bench-quick.json" if args.quick else DEFAULT_OUT
     if args.chart is None:
         args.chart = (
             tmp / "switchboard-bench-quick.png" if args.quick else REPO / "docs/bench/ratios.png"
@@ -781,7 +798,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.rounds} round(s)); dashed green = issue-8 limits"
     )
     chart(summary, args.chart, title)
-    args.out.with_suffix(".md").write_text(markdown(result))
+    report = markdown(result)
+    args.out.with_suffix(".md").write_text(report)
+    if args.out == DEFAULT_OUT and update_doc(BENCHMARKS_DOC, report):
+        print(f"updated the results section of {BENCHMARKS_DOC}")
     print(
         f"\nresults: {args.out} (+ .md)\nchart:   {args.chart}\nserver logs: {run['logdir']}"
         f"\nwall time: {run['wall_s']}s"
