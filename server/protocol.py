@@ -18,10 +18,11 @@ Client frames are accepted in three spellings, normalised by :func:`decode_clien
 
 from __future__ import annotations
 
+import itertools
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -35,13 +36,33 @@ MAX_TYPE_LENGTH = 64
 MAX_MESSAGE_ID_LENGTH = 128
 
 
+_second_cache: list[Any] = [-1, ""]
+
+
 def now_iso() -> str:
-    """The current time as ISO-8601 UTC with milliseconds, e.g. ``2026-01-01T00:00:00.000Z``."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The current time as ISO-8601 UTC with milliseconds, e.g. ``2026-01-01T00:00:00.000Z``.
+
+    Every frame carries one, so the date part is formatted once per second and cached.
+    """
+    now = time.time()
+    second = int(now)
+    cache = _second_cache
+    if cache[0] != second:
+        cache[0] = second
+        cache[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{cache[1]}.{int((now - second) * 1000):03d}Z"
+
+
+#: A random per-process prefix and a counter: unique ids without a system call per frame
+#: (uuid4 reads os.urandom each time). Message ids identify, they do not authorise: secrets
+#: (session tokens, call ids) come from ``secrets``.
+_ID_PREFIX = uuid.uuid4().hex[:12]
+_id_counter = itertools.count(1)
 
 
 def new_message_id() -> str:
-    return uuid.uuid4().hex
+    """A process-unique id: 12 random hex digits, then a counter in hex (32 characters)."""
+    return f"{_ID_PREFIX}{next(_id_counter):020x}"
 
 
 @dataclass(slots=True)

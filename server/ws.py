@@ -199,6 +199,19 @@ class Connection:
                 transport.abort()
 
 
+def _receive_timeout(heartbeat: float, idle_timeout: float) -> float | None:
+    """The receive timeout that enforces WS_TIMEOUT, or None when the heartbeat already does.
+
+    aiohttp pings ``heartbeat`` seconds after the last data and closes a peer whose pong is
+    late by ``heartbeat / 2``: nothing can then stay silent longer than 1.5 heartbeats, so a
+    WS_TIMEOUT at least that long is implied, and skipping the per-receive timer (an
+    ``asyncio.timeout`` on every frame) keeps it off the hot path.
+    """
+    if heartbeat and idle_timeout >= 1.5 * heartbeat:
+        return None
+    return idle_timeout
+
+
 def _peer(request: web.Request) -> str:
     return request.remote or "unknown"
 
@@ -232,7 +245,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
 
     ws = web.WebSocketResponse(
         heartbeat=settings.ws_heartbeat or None,
-        receive_timeout=settings.ws_timeout,
+        receive_timeout=_receive_timeout(settings.ws_heartbeat, settings.ws_timeout),
         max_msg_size=settings.max_message_size,
         compress=settings.ws_compression,
         decode_text=False,
