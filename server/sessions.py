@@ -252,11 +252,12 @@ class SessionRegistry:
         pushed = queued = 0
         now = time.time()
         counters = self.counters
-        with_seq = protocol.with_seq
+        # protocol.with_seq, unrolled: the frame's tail is sliced once for every recipient.
+        tail = encoded[1:]
         for session in sessions:
             session.seq += 1
             seq = session.seq
-            data = with_seq(encoded, seq)
+            data = b'{"seq":%d,%b' % (seq, tail)
             session.history.append(HistoryEntry(seq, True, data, now))
             session.messages_out += 1
             outbox = session.outbox
@@ -284,6 +285,14 @@ class SessionRegistry:
             pool = self.channels.get(channel, ())
         else:
             pool = self.sessions.values()
+        if client_type is None and connected is None:
+            # The common broadcast: iterate the pool itself, no generator step per session.
+            return iter(pool)
+        return self._filtered(pool, client_type, connected)
+
+    @staticmethod
+    def _filtered(pool: Iterable[Session], client_type: str | None,
+                  connected: bool | None) -> Iterator[Session]:
         for session in pool:
             if client_type is not None and session.client_type != client_type:
                 continue

@@ -59,10 +59,15 @@ _TEXT_OPCODE = int(WSMsgType.TEXT)
 
 
 class Connection:
-    """One live socket bound to a session. Implements the registry's ``Outbox``."""
+    """One live socket bound to a session. Implements the registry's ``Outbox``.
+
+    Frames are written straight to the transport while nothing is waiting; only when the
+    transport pushes back (or at connect, with a greeting and a replay to send) does a writer
+    task exist, draining the connection's own bounded queue and then ending. An idle connection
+    holds no task.
+    """
 
     __slots__ = (
-        "_wakeup",
         "backlog",
         "close_code",
         "close_reason",
@@ -93,39 +98,39 @@ class Connection:
         #: The greeting and the resume replay, sent before the live queue. Not counted against
         #: the queue limits: the replayed frames are the history's own bytes (bounded by
         #: HISTORY_LIMIT), and counting them would close a resuming client with 4008 at once.
-        self.backlog: deque[bytes] = deque()
+        self.backlog: list[bytes] = []
         self.close_code: int | None = None
         self.close_reason = ""
         self.closed = False
         self.writer: asyncio.Task[None] | None = None
         self.closing: asyncio.Task[None] | None = None
-        self._wakeup: asyncio.Future[None] | None = None
         #: Closes the socket with 4010 when the client's JWT expires (cancelled on close).
         self.expiry: asyncio.TimerHandle | None = None
 
     # Outbox ----------------------------------------------------------------------------------
 
     def push(self, data: bytes) -> bool:
-        """Queue an encoded frame for the writer; never blocks. False when closing or full."""
+        """Send or queue an encoded frame; never blocks. False when closing or full."""
         if self.close_code is not None or self.closed:
             return False
+        HOT.frames_out_sent += 1
+        if self.writer is None and not self.queue and not self.backlog and self._write_now(
+                data):
+            return True
         size = len(data)
         if len(self.queue) >= self.max_frames or self.queued_bytes + size > self.max_bytes:
+            HOT.frames_out_sent -= 1
             SLOW_CLIENTS.inc()
             self.close_soon(CloseCode.SLOW_CONSUMER, CloseCode.SLOW_CONSUMER.explanation)
             return False
-        HOT.frames_out_sent += 1
-        wakeup = self._wakeup
-        if wakeup is not None and not self.queue and self._write_now(data):
-            return True
         self.queue.append(data)
         self.queued_bytes += size
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
+        if self.writer is None:
+            self._start_writer()
         return True
 
     def _write_now(self, data: bytes) -> bool:
-        """Fast path while the writer is idle: write the frame synchronously.
+        """Fast path while nothing is waiting: write the frame synchronously.
 
         aiohttp writes an uncompressed frame to the transport synchronously anyway
         (``WebSocketWriter.send_frame`` only suspends to drain a paused transport), so doing
@@ -148,7 +153,7 @@ class Connection:
         return True
 
     def preload(self, data: bytes) -> None:
-        """Add a frame to the backlog (before the writer starts: greeting, replay)."""
+        """Add a frame to the backlog (before :meth:`start`: greeting, replay)."""
         self.backlog.append(data)
 
     def close_soon(self, code: int, reason: str) -> None:
@@ -166,28 +171,43 @@ class Connection:
 
     # Writer ----------------------------------------------------------------------------------
 
-    def start_writer(self) -> None:
+    def start(self) -> None:
+        """Send the backlog (greeting, replay): directly while the transport takes it, the rest
+        through a writer task, ahead of anything pushed later."""
+        backlog = self.backlog
+        sent = 0
+        for data in backlog:
+            if not self._write_now(data):
+                break
+            sent += 1
+        del backlog[:sent]
+        if backlog:
+            self._start_writer()
+
+    def _start_writer(self) -> None:
         self.writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     async def _write_loop(self) -> None:
+        """Drain the backlog then the queue, awaiting the transport's drain, then end. No
+        await separates the last emptiness check from ending, so nothing pushed meanwhile is
+        left behind."""
         ws = self.ws
         queue = self.queue
-        loop = asyncio.get_running_loop()
+        backlog = self.backlog
         text = WSMsgType.TEXT
         try:
-            while self.backlog:
-                await ws.send_frame(self.backlog.popleft(), text)
-            while True:
-                while queue:
-                    data = queue.popleft()
-                    self.queued_bytes -= len(data)
-                    await ws.send_frame(data, text)
-                self._wakeup = loop.create_future()
-                await self._wakeup
-                self._wakeup = None
+            while backlog:
+                await ws.send_frame(backlog.pop(0), text)
+            while queue:
+                data = queue.popleft()
+                self.queued_bytes -= len(data)
+                await ws.send_frame(data, text)
         except (ConnectionError, RuntimeError):
             # The peer went away mid-write; the reader sees the close and cleans up.
             self.closed = True
+        finally:
+            if self.writer is asyncio.current_task():
+                self.writer = None
 
     async def _close(self, code: int, reason: str) -> None:
         try:
@@ -375,7 +395,7 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
     if previous is not None:
         previous.close_soon(CloseCode.REPLACED, CloseCode.REPLACED.explanation)
     connections.add(conn)
-    conn.start_writer()
+    conn.start()
     (CONNECTS_RESUMED if resumed else CONNECTS_NEW).inc()
     if identity is not None and identity.expires_at is not None:
         conn.expiry = _close_at_expiry(conn, identity.expires_at)
