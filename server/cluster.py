@@ -608,7 +608,12 @@ class ClusterGateway(Gateway):
         if marker is None:
             await self.redis.set(BOOT_KEY, secrets.token_hex(8), nx=True)
             marker = await self.redis.get(BOOT_KEY)
-        lost = marker != self.boot_marker
+        # On this process's first connection there is nothing to compare with: rewrite only
+        # what it already holds (sessions opened while Redis was still unreachable).
+        if self.boot_marker is None:
+            lost = bool(self.registry.sessions)
+        else:
+            lost = marker != self.boot_marker
         self.boot_marker = marker
         return lost
 
@@ -869,6 +874,16 @@ class ClusterGateway(Gateway):
             with contextlib.suppress(Exception):
                 await asyncio.shield(pending)
 
+    async def _settled_local(self, client_id: str) -> Session | None:
+        """The session held here once no load or hand-over of it is in progress. Nothing may
+        be awaited between this and :meth:`_begin_claim`: a claim must never start while
+        another one (a resume racing a send that wants to adopt) is under way, or two
+        copies of the session would exist here."""
+        await self._settle(client_id)
+        if client_id in self.claiming or client_id in self.releasing:
+            raise Unavailable(f"session {client_id!r} is being moved; retry shortly")
+        return self.registry.get(client_id)
+
     async def _local_or_route(self, client_id: str, header: dict[str, Any], body: bytes,
                               timeout: float = REQUEST_TIMEOUT  # noqa: ASYNC109
                               ) -> Session | dict[str, Any]:
@@ -931,6 +946,9 @@ class ClusterGateway(Gateway):
     async def _adopt(self, client_id: str, expected_owner: str) -> Session | None:
         """Take a session whose owner is gone (compare-and-set on ``node``) and hold it here
         offline. Returns None when someone else owns it now (the caller re-routes)."""
+        local = await self._settled_local(client_id)
+        if local is not None:
+            return local  # resumed or adopted here while we asked Redis who owns it
         future = self._begin_claim(client_id)
         try:
             async with self.guard():
@@ -950,8 +968,8 @@ class ClusterGateway(Gateway):
             if expected_owner and isinstance(session, ClusterSession):
                 session.mark_crash_gap()  # "" = released cleanly by a node that stopped
             self._hold(session)
-            log.info("session_adopted", client_id=client_id, previous_node=expected_owner,
-                     crashed=bool(expected_owner))
+            log.info("session_adopted", client_id=client_id, node=self.me,
+                     previous_node=expected_owner, crashed=bool(expected_owner))
             return session
         finally:
             self._end_claim(client_id, future)
@@ -1239,6 +1257,9 @@ class ClusterGateway(Gateway):
             if not stored_digest or not hmac.compare_digest(stored_digest.encode(),
                                                             token_digest(token).encode()):
                 return None
+            local = await self._settled_local(client_id)
+            if local is not None:  # a send adopted it here while we read Redis
+                return local if local.token_matches(token) else None
             future = self._begin_claim(client_id)
             crashed = owner == self.me  # an earlier process of ours died holding it
             try:

@@ -391,3 +391,35 @@ async def test_hopping_client_under_broadcasts_from_both_nodes_gets_each_frame_o
     await task
     assert hop >= 5
     assert sorted(seen) == sorted(sent) and len(seen) == len(set(seen)) == total
+
+
+async def test_sends_racing_a_resume_on_the_same_node_reach_the_resumed_connection(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    """Sends through node b while the client resumes on b (its session still on a): b must
+    not adopt a second copy of the session behind the resuming connection's back."""
+    a, b = pair
+    client = await a.connect(client_id="racer")
+    token, last_seq = client.session_token, 0
+    for round_ in range(15):
+        other = b if round_ % 2 == 0 else a  # the node the client does not hold now
+        await client.close()
+        sends = [asyncio.create_task(other.api("POST", "/send_message",
+                                               {"client_id": "racer", "content": [round_, i]}))
+                 for i in range(4)]
+        client = await other.connect(client_id="racer", session_token=token,
+                                     last_seq=last_seq)
+        assert client.hello["data"]["recovered"] is True, client.hello
+        answers = await asyncio.gather(*sends)
+        assert all(status in (200, 202) for status, _ in answers), answers
+        wanted = {body["message_id"] for _, body in answers}
+        got: set[str] = set()
+        for _ in range(client.hello["data"]["replayed"]):
+            frame = await client.recv()
+            got.add(frame["message_id"])
+            last_seq = frame["seq"]
+        while not wanted <= got:  # the rest arrive live on this very connection
+            frame = await client.recv()
+            got.add(frame["message_id"])
+            last_seq = frame["seq"]
+        held = other.gateway.registry.get("racer")
+        assert held is not None and held.outbox is not None, "session copy without socket"
