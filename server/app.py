@@ -142,9 +142,9 @@ async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
             "connections": len(connections),
             "sessions": len(registry),
             "channels": len(registry.channels),
-            "send_queue_frames": sum(len(c.queue) for c in connections),
+            "send_queue_frames": sum(c.queued_frames for c in connections),
             "send_queue_bytes": sum(c.queued_bytes for c in connections),
-            "send_queue_max_frames": max((len(c.queue) for c in connections), default=0),
+            "send_queue_max_frames": max((c.queued_frames for c in connections), default=0),
             "pending_tool_calls": len(gateway.pending_calls),
         }
 

@@ -53,6 +53,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -339,7 +340,7 @@ def session_from_redis(client_id: str, fields: dict[bytes, bytes], history: Iter
     if gap:
         before, _, after = gap.partition(":")
         session.gap = (int(before), int(after))
-    session.history.extend(unpack_entry(raw) for raw in history)
+    session.history = deque((unpack_entry(raw) for raw in history), maxlen=history_limit)
     if connected:
         session.outbox = REMOTE
     return session

@@ -19,7 +19,7 @@ import hmac
 import secrets
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -62,7 +62,7 @@ class Session:
     """One client's session. Mutated only through :class:`SessionRegistry`."""
 
     __slots__ = ("channels", "client_id", "client_type", "connected_at", "disconnected_at",
-                 "history", "last_activity", "messages_in", "messages_out", "meta", "outbox",
+                 "history", "history_limit", "last_activity", "messages_in", "messages_out", "meta", "outbox",
                  "seq", "token")
 
     def __init__(self, client_id: str, client_type: str, history_limit: int,
@@ -77,10 +77,20 @@ class Session:
         self.messages_in = 0
         self.messages_out = 0
         self.channels: set[str] = set()
-        self.history: deque[HistoryEntry] = deque(maxlen=history_limit)
+        #: Oldest first. An idle session shares one empty tuple: the deque (about 0.6 KB
+        #: even when empty) is made by :meth:`remember` on the first frame.
+        self.history: Sequence[HistoryEntry] = ()
+        self.history_limit = history_limit
         self.seq = 0
         self.outbox: Outbox | None = None
         self.meta: dict[str, Any] = meta or {}
+
+    def remember(self, entry: HistoryEntry) -> None:
+        """Append to history (the oldest entry falls out beyond ``history_limit``)."""
+        history = self.history
+        if not isinstance(history, deque):
+            history = self.history = deque(history, maxlen=self.history_limit)
+        history.append(entry)
 
     @property
     def connected(self) -> bool:
@@ -232,7 +242,7 @@ class SessionRegistry:
         session.seq += 1
         seq = session.seq
         data = protocol.with_seq(encoded, seq)
-        session.history.append(HistoryEntry(seq, True, data, time.time()))
+        session.remember(HistoryEntry(seq, True, data, time.time()))
         session.messages_out += 1
         self.counters.total_messages_sent += 1
         outbox = session.outbox
@@ -258,7 +268,7 @@ class SessionRegistry:
             session.seq += 1
             seq = session.seq
             data = b'{"seq":%d,%b' % (seq, tail)
-            session.history.append(HistoryEntry(seq, True, data, now))
+            session.remember(HistoryEntry(seq, True, data, now))
             session.messages_out += 1
             outbox = session.outbox
             if outbox is not None and outbox.push(data):
@@ -270,7 +280,7 @@ class SessionRegistry:
 
     def record_inbound(self, session: Session, data: bytes) -> None:
         """Keep a client frame in history (at the position of the last server frame)."""
-        session.history.append(HistoryEntry(session.seq, False, data, time.time()))
+        session.remember(HistoryEntry(session.seq, False, data, time.time()))
         session.messages_in += 1
         session.last_activity = time.time()
         self.counters.total_messages_received += 1

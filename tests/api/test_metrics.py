@@ -162,7 +162,7 @@ async def test_slow_client_and_queue_gauges(make_gateway: MakeGateway) -> None:
         status, _ = await live.api("POST", "/broadcast", {"message_type": "tick",
                                                           "data": {"p": payload}})
         assert status == 200
-        if conn.queue and not saw_queue:
+        if conn.queued_frames and not saw_queue:
             gauges = await scrape(live)
             saw_queue = value(gauges, "switchboard_send_queue_frames") >= 1
             assert value(gauges, "switchboard_send_queue_bytes") >= big

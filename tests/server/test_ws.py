@@ -233,7 +233,7 @@ async def test_a_slow_client_is_closed_with_4008_while_others_get_every_frame(
                                       {"message_type": "tick", "data": {"n": sent, "p": payload}})
         assert status == 200, body
         for conn in live.connections:
-            peak_frames = max(peak_frames, len(conn.queue))
+            peak_frames = max(peak_frames, conn.queued_frames)
             peak_bytes = max(peak_bytes, conn.queued_bytes)
         frame = await fast.recv()
         assert frame["type"] == "tick"
@@ -247,7 +247,7 @@ async def test_a_slow_client_is_closed_with_4008_while_others_get_every_frame(
     assert received == list(range(1, sent + 1))
     # Memory stayed bounded: no connection's queue ever exceeded its limits.
     assert peak_frames <= frames_limit and peak_bytes <= bytes_limit
-    assert len(slow_conn.queue) == 0 and slow_conn.queued_bytes == 0
+    assert slow_conn.queued_frames == 0 and slow_conn.queued_bytes == 0
     # The slow client, once it reads, finds what was buffered and then close 4008.
     assert await slow.recv_close(timeout=10) == CloseCode.SLOW_CONSUMER == 4008
     assert live.gateway.registry.get("slow") is not None  # kept for resume
