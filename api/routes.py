@@ -13,6 +13,7 @@ from server.gateway import Gateway
 from server.keys import GATEWAY, ROUTER
 from server.metrics import TOOL_CALL, render
 from server.protocol import Field, validate_fields
+from server.sessions import entry_as_dict
 
 MAX_PAGE = 1000
 JSON_TYPES = ("application/json",)
@@ -165,16 +166,17 @@ async def get_messages(request: web.Request) -> web.Response:
     assert limit is not None
     entries = list(session.history)
     if after is not None:
-        entries = [e for e in entries if (e.pos > after if e.outbound else e.pos >= after)]
+        # a client frame at position n came after server frame n: it belongs to "after n"
+        entries = [e for e in entries if (e[0] > after if e[1] else e[0] >= after)]
     if before is not None:
-        entries = [e for e in entries if e.pos < before]
+        entries = [e for e in entries if e[0] < before]
     has_more = len(entries) > limit
     # Paging backwards (before_seq only) returns the newest page before it; otherwise oldest.
     page = entries[-limit:] if before is not None and after is None else entries[:limit]
     oldest = session.oldest_outbound_seq()
     return json_response({
         "client_id": session.client_id,
-        "messages": [e.as_dict() for e in page],
+        "messages": [entry_as_dict(e) for e in page],
         "count": len(page),
         "has_more": has_more,
         "last_seq": session.seq,

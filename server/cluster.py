@@ -222,13 +222,13 @@ return 1
 
 
 def pack_entry(entry: HistoryEntry) -> bytes:
-    return b"%d %d %d " % (1 if entry.outbound else 0, entry.pos, int(entry.at * 1000)) + \
-        entry.data
+    pos, outbound, data, at = entry
+    return b"%d %d %d " % (1 if outbound else 0, pos, int(at * 1000)) + data
 
 
 def unpack_entry(raw: bytes) -> HistoryEntry:
     outbound, pos, at, data = raw.split(b" ", 3)
-    return HistoryEntry(int(pos), outbound == b"1", data, int(at) / 1000)
+    return (int(pos), outbound == b"1", data, int(at) / 1000)
 
 
 def _s(value: Any) -> str:
@@ -1066,7 +1066,7 @@ class ClusterGateway(Gateway):
                              header.get("exclude")):
             return
         marker = b'"message_id":"%s"' % header["message_id"].encode()
-        if any(marker in entry.data for entry in session.history if entry.outbound):
+        if any(marker in data for _, outbound, data, _ in session.history if outbound):
             return  # the previous owner delivered it before handing over
         self.registry.deliver(session, body)
 
@@ -1172,8 +1172,8 @@ class ClusterGateway(Gateway):
         # The call may be waiting on the node that owned this session when it was asked
         # (the client resumed here since): relay it, if this session was really asked.
         marker = b'"call_id":"%s"' % call_id.encode()
-        asked = any(e.outbound and b'"tool_call"' in e.data and marker in e.data
-                    for e in session.history)
+        asked = any(outbound and b'"tool_call"' in data and marker in data
+                    for _, outbound, data, _ in session.history)
         if not asked or not self.broker.healthy:
             return False
         header = {"op": "tool_result", "from": self.me, "client_id": session.client_id,

@@ -82,9 +82,17 @@ class FrameLimiter(TokenBucket):
         self.last_warning = 0.0
 
     def allow(self, cost: float = 1.0) -> bool:
-        if super().allow(cost):
+        # TokenBucket.allow inlined: this runs for every client frame.
+        now = time.monotonic()
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        self.stamp = now
+        if tokens > self.burst:
+            tokens = self.burst
+        if tokens >= cost:
+            self.tokens = tokens - cost
             self.refused = 0
             return True
+        self.tokens = tokens
         self.refused += 1
         return False
 

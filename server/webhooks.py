@@ -452,13 +452,13 @@ def conversation_history(session: Session, frame: ClientFrame,
     to it, in the same ``conversation_id`` (frames without one form one conversation)."""
     entries = list(session.history)
     decoded: list[tuple[bool, dict[str, Any]]] = []
-    for entry in entries:
+    for _, outbound, data, _ in entries:
         try:
-            obj = protocol.decode(entry.data)
+            obj = protocol.decode(data)
         except Exception:  # history keeps what clients sent; skip what does not decode
             continue
         if isinstance(obj, dict):
-            decoded.append((entry.outbound, obj))
+            decoded.append((outbound, obj))
     # Everything before the current frame is history (later frames may already be recorded).
     for position in range(len(decoded) - 1, -1, -1):
         outbound, obj = decoded[position]

@@ -28,7 +28,7 @@ async def test_pings_do_not_push_real_frames_out_of_history(make_gateway: MakeGa
         await client.recv()
     session = live.gateway.registry.get("chatty")
     assert session is not None
-    assert [e.pos for e in session.history if e.outbound] == [1]
+    assert [pos for pos, outbound, _, _ in session.history if outbound] == [1]
     assert len(session.history) == 1
 
 

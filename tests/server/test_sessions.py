@@ -9,7 +9,7 @@ import weakref
 import orjson
 
 from server import protocol
-from server.sessions import Session, SessionRegistry, valid_client_id
+from server.sessions import Session, SessionRegistry, entry_as_dict, valid_client_id
 
 
 class FakeOutbox:
@@ -137,7 +137,7 @@ def test_inbound_frames_sit_at_the_position_of_the_last_server_frame() -> None:
     reg.deliver(session, frame("1"))
     reg.record_inbound(session, b'{"type":"ping"}')
     reg.deliver(session, frame("2"))
-    described = [e.as_dict() for e in session.history]
+    described = [entry_as_dict(e) for e in session.history]
     assert [(d["direction"], d["seq"], d["after_seq"]) for d in described] == [
         ("out", 1, None), ("in", None, 1), ("out", 2, None)]
     assert session.messages_in == 1
