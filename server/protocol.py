@@ -239,7 +239,8 @@ def server_frame(
     """Build a server frame (without ``seq``: the session adds it when it keeps the frame)."""
     frame: dict[str, Any] = {
         "type": frame_type,
-        "data": dict(data) if data is not None else {},
+        # Every caller encodes the frame at once, so a dict is used as is (no copy per frame).
+        "data": {} if data is None else data if type(data) is dict else dict(data),
         "message_id": message_id or new_message_id(),
         "timestamp": now_iso(),
     }

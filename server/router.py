@@ -103,17 +103,16 @@ class MessageRouter:
                 details={"supported_types": self.types()})
         return route
 
-    async def dispatch(self, ctx: HandlerContext, frame: ClientFrame) -> None:
-        """Validate and run the frame's handler through the middleware chain. Raises
-        SwitchboardError subclasses for bad frames; the endpoint turns them into error frames.
-        """
+    def dispatch(self, ctx: HandlerContext, frame: ClientFrame) -> Awaitable[None]:
+        """Validate the frame and return its handler's run through the middleware chain (to be
+        awaited). Raises SwitchboardError subclasses at once for bad frames; the endpoint
+        turns them into error frames. Not a coroutine itself: one frame less per message."""
         route = self.route_for(frame.type)
         if route.fields:
             validate_fields(frame.data, route.fields)
         if not self._middleware:
-            await route.handler(ctx, frame)
-            return
-        await self._chain(0, route.handler)(ctx, frame)
+            return route.handler(ctx, frame)
+        return self._chain(0, route.handler)(ctx, frame)
 
     def _chain(self, index: int, handler: Handler) -> Handler:
         if index == len(self._middleware):
