@@ -21,19 +21,20 @@ from __future__ import annotations
 import asyncio
 import secrets
 import uuid
+from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
 
-from bench.common import install_uvloop, json_response, now_iso, serve_two_apps, server_args
+from bench.common import BenchApi, install_uvloop, now_iso, serve_two_apps, server_args
 
 TEXT = WSMsgType.TEXT
 
 
-class BareGateway:
+class BareGateway(BenchApi):
     def __init__(self, token: str, heartbeat: float) -> None:
+        super().__init__(token)
         self.clients: dict[str, web.WebSocketResponse] = {}
-        self.auth = f"Bearer {token}" if token else ""
         self.heartbeat = heartbeat or None
 
     # ---- WebSocket side -------------------------------------------------------------
@@ -76,75 +77,30 @@ class BareGateway:
                 del self.clients[client_id]
         return ws
 
-    # ---- HTTP API -------------------------------------------------------------------
-    def _authorized(self, request: web.Request) -> bool:
-        return not self.auth or request.headers.get("Authorization") == self.auth
-
-    async def _body(self, request: web.Request) -> dict[str, object] | web.Response:
-        if not self._authorized(request):
-            return _error(401, "unauthorized", "bad or missing bearer token")
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return _error(400, "bad_json", "body is not JSON")
-        if not isinstance(body, dict):
-            return _error(422, "bad_body", "body must be an object")
-        return body
-
-    async def broadcast(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        message_type = body.get("message_type")
-        data = body.get("data", {})
-        if not isinstance(message_type, str) or not message_type:
-            return _error(422, "message_type", "message_type must be a non-empty string")
-        if not isinstance(data, dict):
-            return _error(422, "data", "data must be an object")
-        message_id = uuid.uuid4().hex
-        frame = orjson.dumps(
-            {"type": message_type, "data": data, "message_id": message_id, "timestamp": now_iso()}
-        )
+    # ---- HTTP API (bench.common.BenchApi) -------------------------------------------
+    async def deliver_all(self, frame: dict[str, Any]) -> int:
+        data = orjson.dumps(frame)  # serialised once, the same bytes to every socket
         recipients = 0
         for ws in list(self.clients.values()):
             try:
-                await ws.send_frame(frame, TEXT)
+                await ws.send_frame(data, TEXT)
             except ConnectionError:
                 continue
             recipients += 1
-        return json_response(orjson.dumps({"recipients": recipients, "message_id": message_id}))
+        return recipients
 
-    async def send_message(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        client_id = body.get("client_id")
-        content = body.get("content")
-        extra = body.get("data") or {}
-        if not isinstance(client_id, str) or not isinstance(content, str):
-            return _error(422, "client_id", "client_id and content must be strings")
-        if not isinstance(extra, dict):
-            return _error(422, "data", "data must be an object")
+    async def deliver_to(self, client_id: str, frame: dict[str, Any]) -> str:
         ws = self.clients.get(client_id)
         if ws is None:
-            return _error(404, "unknown_client", f"no client {client_id}")
-        message_id = uuid.uuid4().hex
-        frame = orjson.dumps(
-            {
-                "type": body.get("message_type") or "message",
-                "data": {**extra, "content": content},
-                "message_id": message_id,
-                "timestamp": now_iso(),
-            }
-        )
+            return "unknown"
         try:
-            await ws.send_frame(frame, TEXT)
+            await ws.send_frame(orjson.dumps(frame), TEXT)
         except ConnectionError:
-            return _error(404, "unknown_client", f"client {client_id} went away")
-        return json_response(orjson.dumps({"status": "delivered", "message_id": message_id}))
+            return "gone"
+        return "delivered"
 
-    async def health(self, request: web.Request) -> web.Response:
-        return json_response(orjson.dumps({"status": "ok", "connected_clients": len(self.clients)}))
+    def connected(self) -> int:
+        return len(self.clients)
 
     async def close_all(self) -> None:
         await asyncio.gather(
@@ -152,18 +108,12 @@ class BareGateway:
         )
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return json_response(orjson.dumps({"error": {"code": code, "message": message}}), status)
-
-
 def build_apps(gw: BareGateway) -> tuple[web.Application, web.Application]:
     ws_app = web.Application()
     ws_app.router.add_get("/", gw.ws_handler)
     ws_app.router.add_get("/ws", gw.ws_handler)
     api_app = web.Application(client_max_size=1 << 20)
-    api_app.router.add_post("/broadcast", gw.broadcast)
-    api_app.router.add_post("/send_message", gw.send_message)
-    api_app.router.add_get("/health", gw.health)
+    gw.add_routes(api_app)
     return ws_app, api_app
 
 

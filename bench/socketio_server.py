@@ -25,15 +25,15 @@ import uuid
 from typing import Any
 from urllib.parse import parse_qs
 
-import orjson
 import socketio
 from aiohttp import web
 
-from bench.common import install_uvloop, json_response, now_iso, serve_two_apps, server_args
+from bench.common import BenchApi, install_uvloop, now_iso, serve_two_apps, server_args
 
 
-class SocketIOGateway:
+class SocketIOGateway(BenchApi):
     def __init__(self, token: str, heartbeat: float) -> None:
+        super().__init__(token)
         self.sio = socketio.AsyncServer(
             async_mode="aiohttp",
             cors_allowed_origins="*",
@@ -43,7 +43,6 @@ class SocketIOGateway:
         )
         self.sid_by_client: dict[str, str] = {}
         self.client_by_sid: dict[str, str] = {}
-        self.auth = f"Bearer {token}" if token else ""
         self.sio.on("connect", self.on_connect)
         self.sio.on("disconnect", self.on_disconnect)
         self.sio.on("message", self.on_message)
@@ -86,83 +85,31 @@ class SocketIOGateway:
                 to=sid,
             )
 
-    # ---- HTTP API -------------------------------------------------------------------
-    async def _body(self, request: web.Request) -> dict[str, Any] | web.Response:
-        if self.auth and request.headers.get("Authorization") != self.auth:
-            return _error(401, "unauthorized", "bad or missing bearer token")
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return _error(400, "bad_json", "body is not JSON")
-        if not isinstance(body, dict):
-            return _error(422, "bad_body", "body must be an object")
-        return body
-
-    async def broadcast(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        message_type = body.get("message_type")
-        data = body.get("data", {})
-        if not isinstance(message_type, str) or not message_type:
-            return _error(422, "message_type", "message_type must be a non-empty string")
-        if not isinstance(data, dict):
-            return _error(422, "data", "data must be an object")
-        message_id = uuid.uuid4().hex
+    # ---- HTTP API (bench.common.BenchApi) -------------------------------------------
+    async def deliver_all(self, frame: dict[str, Any]) -> int:
         recipients = len(self.client_by_sid)
-        await self.sio.emit(
-            "message",
-            {"type": message_type, "data": data, "message_id": message_id, "timestamp": now_iso()},
-        )
-        return json_response(orjson.dumps({"recipients": recipients, "message_id": message_id}))
+        await self.sio.emit("message", frame)
+        return recipients
 
-    async def send_message(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        if isinstance(body, web.Response):
-            return body
-        client_id = body.get("client_id")
-        content = body.get("content")
-        extra = body.get("data") or {}
-        if not isinstance(client_id, str) or not isinstance(content, str):
-            return _error(422, "client_id", "client_id and content must be strings")
-        if not isinstance(extra, dict):
-            return _error(422, "data", "data must be an object")
+    async def deliver_to(self, client_id: str, frame: dict[str, Any]) -> str:
         sid = self.sid_by_client.get(client_id)
         if sid is None:
-            return _error(404, "unknown_client", f"no client {client_id}")
-        message_id = uuid.uuid4().hex
-        await self.sio.emit(
-            "message",
-            {
-                "type": body.get("message_type") or "message",
-                "data": {**extra, "content": content},
-                "message_id": message_id,
-                "timestamp": now_iso(),
-            },
-            to=sid,
-        )
-        return json_response(orjson.dumps({"status": "delivered", "message_id": message_id}))
+            return "unknown"
+        await self.sio.emit("message", frame, to=sid)
+        return "delivered"
 
-    async def health(self, request: web.Request) -> web.Response:
-        return json_response(
-            orjson.dumps({"status": "ok", "connected_clients": len(self.client_by_sid)})
-        )
+    def connected(self) -> int:
+        return len(self.client_by_sid)
 
     async def close_all(self) -> None:
         await self.sio.shutdown()
-
-
-def _error(status: int, code: str, message: str) -> web.Response:
-    return json_response(orjson.dumps({"error": {"code": code, "message": message}}), status)
 
 
 def build_apps(gw: SocketIOGateway) -> tuple[web.Application, web.Application]:
     ws_app = web.Application()
     gw.sio.attach(ws_app)
     api_app = web.Application(client_max_size=1 << 20)
-    api_app.router.add_post("/broadcast", gw.broadcast)
-    api_app.router.add_post("/send_message", gw.send_message)
-    api_app.router.add_get("/health", gw.health)
+    gw.add_routes(api_app)
     return ws_app, api_app
 
 
