@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import sys
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import pytest
@@ -20,19 +19,7 @@ from switchboard_client.cli import amain
 from switchboard_client.format import format_frame, frame_family
 from switchboard_client.protocol import Frame
 from switchboard_client.testing import FakeGateway, FrameRecorder
-
-T = TypeVar("T")
-WAIT = 5.0
-
-
-async def within(aw: Awaitable[T], limit: float = WAIT) -> T:
-    return await asyncio.wait_for(aw, limit)
-
-
-@pytest.fixture
-async def gw() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway() as gateway:
-        yield gateway
+from tests.client.conftest import within
 
 
 async def run_cli(gw: FakeGateway | None, *argv: str) -> tuple[int, str, str]:

@@ -8,8 +8,7 @@ No sleeps: every wait is on an event (a frame, a lifecycle event, a connection) 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -24,20 +23,9 @@ from switchboard_client import (
     ToolError,
 )
 from switchboard_client.testing import FakeGateway, FrameRecorder
+from tests.client.conftest import WAIT, within
 
-T = TypeVar("T")
-WAIT = 5.0
 FAST = Backoff(initial=0.005, maximum=0.02, jitter=0.5, rate_limited=0.01)
-
-
-async def within(aw: Awaitable[T], limit: float = WAIT) -> T:
-    return await asyncio.wait_for(aw, limit)
-
-
-@pytest.fixture
-async def gw() -> AsyncIterator[FakeGateway]:
-    async with FakeGateway() as gateway:
-        yield gateway
 
 
 def make_client(gw: FakeGateway, **kwargs: Any) -> SwitchboardClient:

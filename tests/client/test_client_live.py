@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 from switchboard_client import (
     Backoff,
@@ -20,15 +19,10 @@ from switchboard_client import (
 )
 from switchboard_client.cli import amain
 from switchboard_client.testing import FrameRecorder
+from tests.client.conftest import WAIT, within
 from tests.conftest import LiveGateway, MakeGateway, wait_for
 
-T = TypeVar("T")
-WAIT = 5.0
 FAST = Backoff(initial=0.005, maximum=0.05, rate_limited=0.01)
-
-
-async def within(aw: Awaitable[T], limit: float = WAIT) -> T:
-    return await asyncio.wait_for(aw, limit)
 
 
 class Gate:
