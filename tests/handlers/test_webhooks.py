@@ -68,6 +68,19 @@ def reply_json(body: Any, status: int = 200) -> BackendHandler:
     return handler
 
 
+def reply_stream(content_type: str, *chunks: bytes) -> BackendHandler:
+    """A streaming backend: writes each chunk as it comes, then ends the body."""
+    async def handler(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        resp.content_type = content_type
+        await resp.prepare(request)
+        for chunk in chunks:
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+    return handler
+
+
 class LogRecorder:
     """Stands in for the module's structlog logger; keeps (level, event, fields)."""
 
@@ -208,21 +221,14 @@ async def test_chat_ndjson_stream_is_relayed_live(make_gateway: MakeGateway,
 
 
 async def test_chat_sse_stream_is_relayed(make_gateway: MakeGateway, backend: Backend) -> None:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        resp.content_type = "text/event-stream"
-        await resp.prepare(request)
-        await resp.write(b": keep-alive comment\n\n")
-        await resp.write(b'data: {"content": "Hel"}\n\n')
-        await resp.write(b'event: message\ndata: {"delta": "lo"}\n\n')
-        await resp.write(b'data: {"choices": [{"delta": {"content": "!"}}], '
-                         b'"model": "sse-model"}\n\n')
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write(b'data: {"content": "after done is ignored"}\n\n')
-        await resp.write_eof()
-        return resp
-
-    backend.handler = handler
+    backend.handler = reply_stream(
+        "text/event-stream",
+        b": keep-alive comment\n\n",
+        b'data: {"content": "Hel"}\n\n',
+        b'event: message\ndata: {"delta": "lo"}\n\n',
+        b'data: {"choices": [{"delta": {"content": "!"}}], "model": "sse-model"}\n\n',
+        b"data: [DONE]\n\n",
+        b'data: {"content": "after done is ignored"}\n\n')
     live = await make_gateway(chat_webhook_url=backend.url)
     client = await live.connect()
     await chat(client, "Hello", "m1")
@@ -352,15 +358,9 @@ async def test_garbage_answers_are_invalid_responses(make_gateway: MakeGateway,
 
 async def test_garbage_mid_stream_ends_the_stream_with_an_error(
         make_gateway: MakeGateway, backend: Backend) -> None:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        resp.content_type = "application/x-ndjson"
-        await resp.prepare(request)
-        await resp.write(b'{"content": "ok so far"}\nthis is not json\n{"content": "never"}\n')
-        await resp.write_eof()
-        return resp
-
-    backend.handler = handler
+    backend.handler = reply_stream(
+        "application/x-ndjson",
+        b'{"content": "ok so far"}\nthis is not json\n{"content": "never"}\n')
     live = await make_gateway(chat_webhook_url=backend.url)
     client = await live.connect()
     await chat(client, "Hello", "m1")
@@ -376,15 +376,8 @@ async def test_garbage_mid_stream_ends_the_stream_with_an_error(
 
 async def test_error_event_mid_stream_is_a_backend_error(make_gateway: MakeGateway,
                                                           backend: Backend) -> None:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        resp.content_type = "text/event-stream"
-        await resp.prepare(request)
-        await resp.write(b'data: {"error": {"message": "model overloaded"}}\n\n')
-        await resp.write_eof()
-        return resp
-
-    backend.handler = handler
+    backend.handler = reply_stream(
+        "text/event-stream", b'data: {"error": {"message": "model overloaded"}}\n\n')
     live = await make_gateway(chat_webhook_url=backend.url)
     client = await live.connect()
     await chat(client, "Hello", "m1")
@@ -557,15 +550,8 @@ async def test_openai_shaped_json_reply_and_ndjson_done_marker(make_gateway: Mak
     assert answer["content"] == "from choices"
     assert answer["model"] == "gpt-4o"
 
-    async def ndjson(request: web.Request) -> web.StreamResponse:
-        resp = web.StreamResponse()
-        resp.content_type = "application/x-ndjson"
-        await resp.prepare(request)
-        await resp.write(b'{"content": "a"}\n{"done": true}\n{"content": "ignored"}\n')
-        await resp.write_eof()
-        return resp
-
-    backend.handler = ndjson
+    backend.handler = reply_stream(
+        "application/x-ndjson", b'{"content": "a"}\n{"done": true}\n{"content": "ignored"}\n')
     await chat(client, "Hello", "m2")
     frames = [await client.recv() for _ in range(3)]
     assert [f["type"] for f in frames] == ["stream_start", "stream_chunk", "stream_end"]
