@@ -149,6 +149,7 @@ class Settings:
     chat_webhook_url: str = ""
     tool_webhook_url: str = ""
     webhook_timeout: float = 30.0
+    webhook_secret: str = field(default="", repr=False)
     call_tool_timeout: float = 30.0
     permission_timeout: float = 60.0
     idempotency_ttl: float = 300.0
@@ -206,6 +207,9 @@ class Settings:
         if self.ws_auth == "jwt" and len(self.ws_jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
             raise ConfigError(f"WS_JWT_SECRET: must be at least {MIN_JWT_SECRET_BYTES} bytes "
                               f"for HS256 (RFC 7518 section 3.2)")
+        if self.webhook_secret and len(self.webhook_secret.encode()) < MIN_JWT_SECRET_BYTES:
+            raise ConfigError(f"WEBHOOK_SECRET: must be at least {MIN_JWT_SECRET_BYTES} bytes "
+                              f"(e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
         if self.ws_auth == "token" and not self.ws_auth_token:
             raise ConfigError("WS_AUTH_TOKEN: required when WS_AUTH=token")
         scheme = urlsplit(self.broker_url).scheme
@@ -227,7 +231,7 @@ class Settings:
         return out
 
 
-_SECRETS = frozenset({"api_token", "ws_auth_token", "ws_jwt_secret"})
+_SECRETS = frozenset({"api_token", "ws_auth_token", "ws_jwt_secret", "webhook_secret"})
 _EMPTY_ALLOWED = frozenset({"ALLOWED_ORIGINS", "CHANNELS"})
 
 
@@ -315,6 +319,9 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
           "Backend that runs tools not in the local registry."),
     _spec("WEBHOOK_TIMEOUT", lambda n, r: _float(n, r, 0.1, 3600), "30",
           "Seconds to wait for a webhook backend."),
+    _spec("WEBHOOK_SECRET", lambda n, r: r.strip(), "(unset)",
+          "Signs every webhook request (X-Switchboard-Signature: sha256=HMAC of "
+          "timestamp.body) so backends can check it came from the gateway; 32+ bytes."),
     _spec("CALL_TOOL_TIMEOUT", lambda n, r: _float(n, r, 0.1, 3600), "30",
           "Default seconds POST /call_tool waits for the client (504 beyond)."),
     _spec("PERMISSION_TIMEOUT", lambda n, r: _float(n, r, 0.1, 3600), "60",

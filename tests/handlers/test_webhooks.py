@@ -4,7 +4,10 @@ JSON, NDJSON and SSE replies, and every failure (slow, down, non-2xx, garbage)."
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from server import webhooks
+from server.webhooks import sign
 from tests.conftest import LiveGateway, MakeGateway, WSClient, wait_for
 
 BackendHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -150,6 +154,41 @@ async def test_chat_json_reply_becomes_chat_response(make_gateway: MakeGateway,
     assert backend.headers[0]["X-Switchboard-Client-Id"] == "alice"
     assert "Authorization" not in backend.headers[0]
     assert logs.find("chat_backend_answered")["client_id"] == "alice"
+
+
+async def test_webhook_requests_are_signed_when_a_secret_is_set(make_gateway: MakeGateway,
+                                                                backend: Backend) -> None:
+    secret = "s" * 40
+    raw_bodies: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        raw_bodies.append(await request.read())
+        return web.json_response({"content": "ok"})
+
+    backend.handler = handler
+    live = await make_gateway(chat_webhook_url=backend.url, webhook_secret=secret)
+    client = await live.connect(client_id="alice")
+    await chat(client, "Hello", "m1")
+    assert (await client.recv())["type"] == "chat_response"
+    headers = backend.headers[0]
+    timestamp = headers["X-Switchboard-Timestamp"]
+    assert abs(int(timestamp) - time.time()) < 60
+    # what a backend does: recompute over the raw body, compare in constant time
+    expected = "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + raw_bodies[0],
+                                    hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(headers["X-Switchboard-Signature"], expected)
+    assert sign(secret, timestamp, raw_bodies[0]) == expected
+    assert sign("t" * 40, timestamp, raw_bodies[0]) != expected  # another secret: no match
+
+
+async def test_webhook_requests_are_unsigned_without_a_secret(make_gateway: MakeGateway,
+                                                              backend: Backend) -> None:
+    backend.handler = reply_json({"content": "ok"})
+    live = await make_gateway(chat_webhook_url=backend.url)
+    client = await live.connect()
+    await chat(client, "Hello", "m1")
+    assert (await client.recv())["type"] == "chat_response"
+    assert "X-Switchboard-Signature" not in backend.headers[0]
 
 
 async def test_chat_history_carries_earlier_turns_of_the_conversation(

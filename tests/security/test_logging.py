@@ -130,8 +130,8 @@ def test_the_access_log_is_off_in_production() -> None:
 
 def test_settings_never_print_secrets() -> None:
     settings = Settings(api_token="API-SECRET-1", ws_auth_token="WS-SECRET-2",
-                        ws_jwt_secret="JWT-SECRET-3" * 3)
+                        ws_jwt_secret="JWT-SECRET-3" * 3, webhook_secret="HOOK-SECRET-4" * 3)
     text = repr(settings) + json.dumps(settings.public_dict(), default=str)
-    for secret in ("API-SECRET-1", "WS-SECRET-2", "JWT-SECRET-3"):
+    for secret in ("API-SECRET-1", "WS-SECRET-2", "JWT-SECRET-3", "HOOK-SECRET-4"):
         assert secret not in text
     assert settings.public_dict()["api_token"] is True

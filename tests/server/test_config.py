@@ -72,6 +72,7 @@ def test_values_are_read_from_the_environment() -> None:
     ({"BROKER_URL": "kafka://x"}, "BROKER_URL"),
     ({"API_HOST": "0.0.0.0"}, "API_TOKEN"),
     ({"WS_AUTH": "jwt"}, "WS_JWT_SECRET"),
+    ({"WEBHOOK_SECRET": "short"}, "WEBHOOK_SECRET"),
     ({"WORKERS": "2"}, "WORKERS"),
     ({"WS_HOST": "127.0.0.1", "WS_PORT": "9000", "API_PORT": "9000", "API_TOKEN": "t"},
      "API_PORT"),
@@ -104,11 +105,14 @@ def test_empty_values_fall_back_to_defaults() -> None:
 
 
 def test_secrets_are_not_exposed() -> None:
+    hook_secret = "w" * 40
     settings = Settings.from_env({"API_TOKEN": "s3cret", "WS_AUTH": "token",
-                                  "WS_AUTH_TOKEN": "other"})
+                                  "WS_AUTH_TOKEN": "other", "WEBHOOK_SECRET": hook_secret})
     public = settings.public_dict()
     assert public["api_token"] is True and public["ws_auth_token"] is True
+    assert public["webhook_secret"] is True
     assert "s3cret" not in repr(settings) and "s3cret" not in str(public)
+    assert hook_secret not in str(public)
 
 
 def test_every_setting_is_documented_once() -> None:
