@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from aiohttp import WSMsgType, web
 
-from bench.common import BenchApi, install_uvloop, now_iso, serve_two_apps, server_args
+from bench.common import BenchApi, now_iso, run_reference_server
 
 TEXT = WSMsgType.TEXT
 
@@ -118,13 +118,8 @@ def build_apps(gw: BareGateway) -> tuple[web.Application, web.Application]:
 
 
 def main() -> None:
-    args = server_args("bare aiohttp broadcast server (benchmark baseline)")
-    install_uvloop()
-    gw = BareGateway(args.token, args.heartbeat)
-    ws_app, api_app = build_apps(gw)
-    asyncio.run(
-        serve_two_apps(ws_app, api_app, args.host, args.ws_port, args.api_port, gw.close_all)
-    )
+    run_reference_server("bare aiohttp broadcast server (benchmark baseline)", BareGateway,
+                         build_apps)
 
 
 if __name__ == "__main__":

@@ -158,3 +158,17 @@ class BenchApi:
 
     async def health(self, request: web.Request) -> web.Response:
         return json_response(orjson.dumps({"status": "ok", "connected_clients": self.connected()}))
+
+
+def run_reference_server(description: str, gateway_factory: Callable[[str, float], Any],
+                         build_apps: Callable[[Any], tuple[web.Application, web.Application]],
+                         ) -> None:
+    """``main()`` of a reference server: parse the common arguments, install uvloop, serve
+    both apps until SIGINT/SIGTERM (closing clients through the gateway's ``close_all``)."""
+    args = server_args(description)
+    install_uvloop()
+    gw = gateway_factory(args.token, args.heartbeat)
+    ws_app, api_app = build_apps(gw)
+    asyncio.run(
+        serve_two_apps(ws_app, api_app, args.host, args.ws_port, args.api_port, gw.close_all)
+    )

@@ -19,7 +19,6 @@ Run: ``python -m bench.socketio_server --ws-port 9204 --api-port 9205 --token t`
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import uuid
 from typing import Any
@@ -28,7 +27,7 @@ from urllib.parse import parse_qs
 import socketio
 from aiohttp import web
 
-from bench.common import BenchApi, install_uvloop, now_iso, serve_two_apps, server_args
+from bench.common import BenchApi, now_iso, run_reference_server
 
 
 class SocketIOGateway(BenchApi):
@@ -114,13 +113,8 @@ def build_apps(gw: SocketIOGateway) -> tuple[web.Application, web.Application]:
 
 
 def main() -> None:
-    args = server_args("python-socketio (aiohttp) server with the benchmark's surface")
-    install_uvloop()
-    gw = SocketIOGateway(args.token, args.heartbeat)
-    ws_app, api_app = build_apps(gw)
-    asyncio.run(
-        serve_two_apps(ws_app, api_app, args.host, args.ws_port, args.api_port, gw.close_all)
-    )
+    run_reference_server("python-socketio (aiohttp) server with the benchmark's surface",
+                         SocketIOGateway, build_apps)
 
 
 if __name__ == "__main__":
