@@ -17,7 +17,7 @@ from aiohttp import web
 
 from server.errors import SwitchboardError
 from server.keys import SECURITY
-from server.metrics import API_LATENCY, API_REQUESTS
+from server.metrics import api_request_done
 
 log = structlog.get_logger("switchboard.api")
 
@@ -75,8 +75,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return json_error(500, "internal_error", "internal server error")
     finally:
         elapsed = time.perf_counter() - started
-        API_REQUESTS.labels(request.method, route_name, str(status)).inc()
-        API_LATENCY.labels(route_name).observe(elapsed)
+        api_request_done(request.method, route_name, status, elapsed)
         log.debug("api_request", method=request.method, path=request.path, status=status,
                   ms=round(elapsed * 1000, 3))
 
@@ -101,7 +100,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     refusal = security.check_api_token(request)
     if refusal is not None:
         return refusal
-    limited = security.check_api_rate(security.api_caller(request))
+    limited = security.check_api_rate(request)
     if limited is not None:
         return limited
     if request.can_read_body and request.match_info.handler not in STREAMING_HANDLERS:

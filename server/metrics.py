@@ -28,6 +28,7 @@ bounded: frame types are the registered ones (else ``unknown``), close codes the
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -66,6 +67,22 @@ API_LATENCY = Histogram("switchboard_api_request_seconds", "HTTP API latency", [
                         buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5,
                                  5, 10, 30))
 BROKER_UP = Gauge("switchboard_broker_up", "1 when the broker is reachable", registry=REGISTRY)
+
+
+@functools.lru_cache(maxsize=4096)
+def _api_series(method: str, route: str, status: int) -> tuple[Any, Any]:
+    # labels() takes a lock and rebuilds the label tuple on every call; the series of one
+    # (method, route, status) never change, so look them up once. Bounded: routes are the
+    # canonical paths (or "unmatched") and aiohttp refuses unknown methods with a 400 before
+    # any middleware runs.
+    return API_REQUESTS.labels(method, route, str(status)), API_LATENCY.labels(route)
+
+
+def api_request_done(method: str, route: str, status: int, seconds: float) -> None:
+    """Count one HTTP API request and observe its latency."""
+    requests, latency = _api_series(method, route, status)
+    requests.inc()
+    latency.observe(seconds)
 
 # Label children bound once: the code paths below only call .inc().
 CONNECTS_NEW = CONNECTS.labels("false")

@@ -238,10 +238,12 @@ class Security:
             return f"token:{digest}"
         return f"ip:{self.client_ip(request)}"
 
-    def check_api_rate(self, caller: str) -> web.Response | None:
+    def check_api_rate(self, request: web.Request) -> web.Response | None:
+        """429 when the request's caller (see :meth:`api_caller`) is over API_RATE_LIMIT."""
         rate = self.settings.api_rate_limit
         if rate <= 0:
-            return None
+            return None  # off (the default): not even the caller's digest is computed
+        caller = self.api_caller(request)
         bucket = self.api_buckets.get(caller)
         if bucket is None:
             if len(self.api_buckets) > 10_000:
