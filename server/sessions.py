@@ -64,8 +64,8 @@ class Session:
     """One client's session. Mutated only through :class:`SessionRegistry`."""
 
     __slots__ = ("channels", "client_id", "client_type", "connected_at", "disconnected_at",
-                 "history", "history_limit", "last_activity", "messages_in", "messages_out", "meta", "outbox",
-                 "seq", "token")
+                 "history", "history_limit", "last_activity", "messages_in", "messages_out",
+                 "meta", "outbox", "seq", "token")
 
     def __init__(self, client_id: str, client_type: str, history_limit: int,
                  meta: dict[str, Any] | None = None) -> None:
