@@ -271,7 +271,11 @@ class SessionRegistry:
             session.seq += 1
             seq = session.seq
             data = b'{"seq":%d,%b' % (seq, tail)
-            session.remember((seq, True, data, now))
+            history = session.history
+            if type(history) is deque:  # Session.remember, inlined for the common case
+                history.append((seq, True, data, now))
+            else:
+                session.remember((seq, True, data, now))
             session.messages_out += 1
             outbox = session.outbox
             if outbox is not None and outbox.push(data):
