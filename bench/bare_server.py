@@ -19,14 +19,13 @@ Run: ``python -m bench.bare_server --ws-port 9104 --api-port 9105 --token t``.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import uuid
 from typing import Any
 
 import orjson
 from aiohttp import WSMsgType, web
 
-from bench.common import BenchApi, now_iso, run_reference_server
+from bench.common import BenchApi, hello_frame, now_iso, run_reference_server
 
 TEXT = WSMsgType.TEXT
 
@@ -43,18 +42,8 @@ class BareGateway(BenchApi):
         ws = web.WebSocketResponse(heartbeat=self.heartbeat, max_msg_size=1 << 20)
         await ws.prepare(request)
         self.clients[client_id] = ws
-        hello = {
-            "type": "connection_established",
-            "data": {
-                "client_id": client_id,
-                "session_token": secrets.token_urlsafe(16),
-                "resumed": False,
-            },
-            "message_id": uuid.uuid4().hex,
-            "timestamp": now_iso(),
-        }
         try:
-            await ws.send_frame(orjson.dumps(hello), TEXT)
+            await ws.send_frame(orjson.dumps(hello_frame(client_id)), TEXT)
             async for msg in ws:
                 if msg.type is not TEXT:
                     continue

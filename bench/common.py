@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import secrets
 import signal
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,17 @@ from aiohttp import web
 def now_iso() -> str:
     """ISO-8601 UTC timestamp with millisecond precision, like Switchboard's envelopes."""
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def hello_frame(client_id: str) -> dict[str, Any]:
+    """The first frame every reference server sends, shaped like Switchboard's greeting."""
+    return {
+        "type": "connection_established",
+        "data": {"client_id": client_id, "session_token": secrets.token_urlsafe(16),
+                 "resumed": False},
+        "message_id": uuid.uuid4().hex,
+        "timestamp": now_iso(),
+    }
 
 
 def server_args(description: str) -> argparse.Namespace:

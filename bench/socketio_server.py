@@ -19,7 +19,6 @@ Run: ``python -m bench.socketio_server --ws-port 9204 --api-port 9205 --token t`
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from typing import Any
 from urllib.parse import parse_qs
@@ -27,7 +26,7 @@ from urllib.parse import parse_qs
 import socketio
 from aiohttp import web
 
-from bench.common import BenchApi, now_iso, run_reference_server
+from bench.common import BenchApi, hello_frame, now_iso, run_reference_server
 
 
 class SocketIOGateway(BenchApi):
@@ -51,20 +50,7 @@ class SocketIOGateway(BenchApi):
         client_id = (query.get("client_id") or [uuid.uuid4().hex])[0]
         self.sid_by_client[client_id] = sid
         self.client_by_sid[sid] = client_id
-        await self.sio.emit(
-            "message",
-            {
-                "type": "connection_established",
-                "data": {
-                    "client_id": client_id,
-                    "session_token": secrets.token_urlsafe(16),
-                    "resumed": False,
-                },
-                "message_id": uuid.uuid4().hex,
-                "timestamp": now_iso(),
-            },
-            to=sid,
-        )
+        await self.sio.emit("message", hello_frame(client_id), to=sid)
 
     async def on_disconnect(self, sid: str, reason: object = None) -> None:
         client_id = self.client_by_sid.pop(sid, None)
