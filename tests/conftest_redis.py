@@ -9,6 +9,7 @@ test its own logical database, flushed first, so tests never see each other's ke
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -116,8 +117,9 @@ class RedisServer:
         return self.db_url(self._next_db)
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
+@contextlib.contextmanager
+def running_redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, in a temporary directory, stopped after."""
     binary = find_redis_server()
     with tempfile.TemporaryDirectory(prefix="switchboard-redis-") as directory:
         server = RedisServer(binary, directory, free_port())
@@ -126,6 +128,12 @@ def redis_server() -> Iterator[RedisServer]:
             yield server
         finally:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with running_redis_server() as server:
+        yield server
 
 
 @pytest.fixture
@@ -139,11 +147,5 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 def own_redis_server() -> Iterator[RedisServer]:
     """A redis-server of this test's own (for tests that kill and restart it)."""
-    binary = find_redis_server()
-    with tempfile.TemporaryDirectory(prefix="switchboard-redis-") as directory:
-        server = RedisServer(binary, directory, free_port())
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
+    with running_redis_server() as server:
+        yield server
