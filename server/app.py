@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp_cors
 import structlog
@@ -22,10 +23,21 @@ from api.stream import routes as stream_routes
 from api.ui import setup_ui
 from handlers import build_router
 from server.broker import create_broker
+from server.channel_rules import load_channel_rules
+from server.channel_webhooks import ChannelWebhooks
 from server.config import Settings
 from server.errors import CloseCode, Unavailable
+from server.events import EventEmitter
 from server.gateway import SYSTEM_CHANNELS, Gateway
-from server.keys import CONNECTIONS, GATEWAY, ROUTER, SECURITY
+from server.keys import (
+    CHANNEL_RULES,
+    CHANNEL_WEBHOOKS,
+    CONNECTIONS,
+    EVENTS,
+    GATEWAY,
+    ROUTER,
+    SECURITY,
+)
 from server.metrics import BROKER_UP, REGISTRY, LiveStateCollector
 from server.router import MessageRouter
 from server.security import Security
@@ -60,14 +72,19 @@ def create_apps(settings: Settings, gateway: Gateway | None = None,
     gateway = gateway or create_gateway(settings)
     router = router or build_router()
     security = Security(settings)
+    shared = _channel_services(settings)
 
     ws_app = web.Application()
     ws_app[GATEWAY] = gateway
     ws_app[ROUTER] = router
     ws_app[SECURITY] = security
     ws_app[CONNECTIONS] = set()
+    for key, value in shared.items():
+        ws_app[key] = value
     for path in WS_PATHS:
         ws_app.router.add_get(path, websocket_handler)
+    # First in, last out: events emitted while the rest shuts down are still posted.
+    ws_app.cleanup_ctx.append(shared[EVENTS].lifespan)
     ws_app.cleanup_ctx.append(_broker_ctx)
     ws_app.cleanup_ctx.append(_sweeper_ctx)
     ws_app.cleanup_ctx.append(_metrics_ctx)
@@ -79,11 +96,29 @@ def create_apps(settings: Settings, gateway: Gateway | None = None,
     api_app[GATEWAY] = gateway
     api_app[ROUTER] = router
     api_app[SECURITY] = security
+    for key, value in shared.items():
+        api_app[key] = value
     api_app.add_routes(api_routes)
     setup_ui(api_app)
     api_app.add_routes(stream_routes)
     _setup_cors(api_app, settings)
     return ws_app, api_app
+
+
+def _channel_services(settings: Settings) -> dict[web.AppKey[Any], Any]:
+    """Channel rules, the subscribe/publish webhooks and the events emitter (issue 13), shared
+    by both apps. The subscribe/publish handlers and routes that use them land with the
+    users/presence work; until then CHANNEL_RULES is validated and reported, not enforced."""
+    rules = load_channel_rules(settings.channel_rules, system_channels=SYSTEM_CHANNELS,
+                               allow_list=settings.channels,
+                               subscribe_webhook=bool(settings.subscribe_webhook_url),
+                               publish_webhook=bool(settings.publish_webhook_url))
+    if rules.enabled:
+        log.warning("channel_rules_not_enforced_yet", rules=len(rules.describe()),
+                    note="CHANNEL_RULES is validated; the subscribe/publish handlers do not "
+                         "apply it yet")
+    return {CHANNEL_RULES: rules, CHANNEL_WEBHOOKS: ChannelWebhooks(settings),
+            EVENTS: EventEmitter(settings)}
 
 
 def _setup_cors(app: web.Application, settings: Settings) -> None:
@@ -146,6 +181,7 @@ async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
             "send_queue_bytes": sum(c.queued_bytes for c in connections),
             "send_queue_max_frames": max((c.queued_frames for c in connections), default=0),
             "pending_tool_calls": len(gateway.pending_calls),
+            "events_queued": app[EVENTS].pending,
         }
 
     collector: LiveStateCollector | None = LiveStateCollector(sample)

@@ -143,9 +143,22 @@ class Settings:
     ws_auth: str = "none"
     ws_auth_token: str = field(default="", repr=False)
     ws_jwt_secret: str = field(default="", repr=False)
+    ws_jwt_public_key: str = field(default="", repr=False)
+    ws_jwks_url: str = ""
+    ws_jwks_cache_ttl: float = 300.0
+    ws_jwt_audience: tuple[str, ...] = ()
+    ws_jwt_issuer: tuple[str, ...] = ()
     allowed_origins: tuple[str, ...] = ()
     trusted_proxies: tuple[str, ...] = ()
     channels: tuple[str, ...] = ()
+    channel_rules: str = ""
+    subscribe_webhook_url: str = ""
+    publish_webhook_url: str = ""
+    channel_webhook_timeout: float = 5.0
+    events_webhook_url: str = ""
+    events_queue_size: int = 10_000
+    events_batch_size: int = 100
+    events_batch_wait: float = 0.5
     chat_webhook_url: str = ""
     tool_webhook_url: str = ""
     webhook_timeout: float = 30.0
@@ -202,11 +215,7 @@ class Settings:
                 f"(API_HOST={self.effective_api_host}); set API_TOKEN, or API_INSECURE=true "
                 f"to expose an unauthenticated push API on purpose"
             )
-        if self.ws_auth == "jwt" and not self.ws_jwt_secret:
-            raise ConfigError("WS_JWT_SECRET: required when WS_AUTH=jwt")
-        if self.ws_auth == "jwt" and len(self.ws_jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
-            raise ConfigError(f"WS_JWT_SECRET: must be at least {MIN_JWT_SECRET_BYTES} bytes "
-                              f"for HS256 (RFC 7518 section 3.2)")
+        self._check_jwt()
         if self.webhook_secret and len(self.webhook_secret.encode()) < MIN_JWT_SECRET_BYTES:
             raise ConfigError(f"WEBHOOK_SECRET: must be at least {MIN_JWT_SECRET_BYTES} bytes "
                               f"(e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
@@ -219,6 +228,44 @@ class Settings:
             )
         if self.send_queue_bytes < self.max_message_size:
             raise ConfigError("SEND_QUEUE_BYTES: must be at least MAX_MESSAGE_SIZE")
+        self._check_channel_rules()
+
+    def _check_jwt(self) -> None:
+        if self.ws_auth != "jwt":
+            return
+        if not (self.ws_jwt_secret or self.ws_jwt_public_key or self.ws_jwks_url):
+            raise ConfigError("WS_JWT_SECRET: WS_AUTH=jwt needs WS_JWT_SECRET (HS256), "
+                              "WS_JWT_PUBLIC_KEY or WS_JWKS_URL (RS256/ES256)")
+        if self.ws_jwt_secret and len(self.ws_jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
+            raise ConfigError(f"WS_JWT_SECRET: must be at least {MIN_JWT_SECRET_BYTES} bytes "
+                              f"for HS256 (RFC 7518 section 3.2)")
+        if self.ws_jwt_public_key and self.ws_jwks_url:
+            raise ConfigError("WS_JWT_PUBLIC_KEY: set either WS_JWT_PUBLIC_KEY or WS_JWKS_URL, "
+                              "not both")
+        if self.ws_jwt_public_key:
+            from server.auth import load_public_key
+
+            try:
+                load_public_key(self.ws_jwt_public_key)
+            except ValueError as exc:
+                raise ConfigError(f"WS_JWT_PUBLIC_KEY: {exc}") from None
+        jwks = urlsplit(self.ws_jwks_url)
+        if jwks.scheme == "http" and not is_loopback(jwks.hostname or ""):
+            raise ConfigError("WS_JWKS_URL: must be https:// (plain http only on loopback): "
+                              "whoever can alter the key set can mint tokens")
+
+    def _check_channel_rules(self) -> None:
+        """CHANNEL_RULES parses and each ``webhook`` rule has its URL (see
+        server.channel_rules)."""
+        if not self.channel_rules:
+            return
+        from server.channel_rules import load_channel_rules
+        from server.gateway import SYSTEM_CHANNELS
+
+        load_channel_rules(self.channel_rules, system_channels=SYSTEM_CHANNELS,
+                           allow_list=self.channels,
+                           subscribe_webhook=bool(self.subscribe_webhook_url),
+                           publish_webhook=bool(self.publish_webhook_url))
 
     def public_dict(self) -> dict[str, Any]:
         """Settings without secrets, for logs and ``/status``."""
@@ -231,7 +278,9 @@ class Settings:
         return out
 
 
-_SECRETS = frozenset({"api_token", "ws_auth_token", "ws_jwt_secret", "webhook_secret"})
+_SECRETS = frozenset({"api_token", "ws_auth_token", "ws_jwt_secret", "webhook_secret",
+                      # not secret, but a PEM is long: shown as set / unset
+                      "ws_jwt_public_key"})
 _EMPTY_ALLOWED = frozenset({"ALLOWED_ORIGINS", "CHANNELS"})
 
 
@@ -305,7 +354,20 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
     _spec("WS_AUTH_TOKEN", lambda n, r: r.strip(), "(unset)",
           "Static token clients present when WS_AUTH=token."),
     _spec("WS_JWT_SECRET", lambda n, r: r.strip(), "(unset)",
-          "HS256 secret for client JWTs when WS_AUTH=jwt."),
+          "HS256 secret for client JWTs when WS_AUTH=jwt (32+ bytes)."),
+    _spec("WS_JWT_PUBLIC_KEY", lambda n, r: r.strip(), "(unset)",
+          "RS256 (RSA 2048+) or ES256 (EC P-256) public key for client JWTs: an inline PEM "
+          "(\\n escapes allowed) or a PEM file's path; a certificate works too."),
+    _spec("WS_JWKS_URL", lambda n, r: _url(n, r, ("http", "https")), "(unset)",
+          "JWKS endpoint whose RS256/ES256 keys verify client JWTs by kid (https, or http on "
+          "loopback); not with WS_JWT_PUBLIC_KEY."),
+    _spec("WS_JWKS_CACHE_TTL", lambda n, r: _float(n, r, 10, 86400), "300",
+          "Seconds JWKS keys are kept before a refetch; an unknown kid refetches at most once "
+          "per 30 s."),
+    _spec("WS_JWT_AUDIENCE", lambda n, r: _list(r), "(unchecked)",
+          "Comma-separated accepted aud values; when unset, tokens that carry aud are refused."),
+    _spec("WS_JWT_ISSUER", lambda n, r: _list(r), "(unchecked)",
+          "Comma-separated accepted iss values (the claim is then required)."),
     _spec("ALLOWED_ORIGINS", _origins, "(any)",
           "Comma-separated exact Origins allowed to open sockets and call the API from a "
           "browser."),
@@ -313,6 +375,27 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
           "Comma-separated reverse-proxy IPs/CIDRs whose X-Forwarded-For names the client "
           "(per-IP cap, API rate limit, logs); others' X-Forwarded-For is ignored."),
     _spec("CHANNELS", lambda n, r: _list(r), "(any)", "Comma-separated channel allow-list."),
+    _spec("CHANNEL_RULES", lambda n, r: r.strip(), "(unset)",
+          "Channel permissions: inline JSON or a .json/.toml file mapping channel patterns to "
+          "rules (see Channel rules). Validated at start-up; enforced by the subscribe and "
+          "publish handlers once they land (not yet)."),
+    _spec("SUBSCRIBE_WEBHOOK_URL", lambda n, r: _url(n, r, ("http", "https")), "(unset)",
+          "Backend asked about subscriptions to channels whose rule is webhook (signed like "
+          "the other webhooks)."),
+    _spec("PUBLISH_WEBHOOK_URL", lambda n, r: _url(n, r, ("http", "https")), "(unset)",
+          "Backend that may reject or rewrite a client publication before delivery."),
+    _spec("CHANNEL_WEBHOOK_TIMEOUT", lambda n, r: _float(n, r, 0.1, 60), "5",
+          "Seconds the subscribe/publish webhooks get; no answer in time is a refusal."),
+    _spec("EVENTS_WEBHOOK_URL", lambda n, r: _url(n, r, ("http", "https")), "(unset)",
+          "Backend that receives lifecycle events (sessions, channel membership), batched, "
+          "signed and retried off the delivery path."),
+    _spec("EVENTS_QUEUE_SIZE", lambda n, r: _int(n, r, 1, 10_000_000), "10000",
+          "Lifecycle events waiting for EVENTS_WEBHOOK_URL; beyond it new events are dropped "
+          "(counted in switchboard_events_total)."),
+    _spec("EVENTS_BATCH_SIZE", lambda n, r: _int(n, r, 1, 10_000), "100",
+          "Most events in one POST to EVENTS_WEBHOOK_URL."),
+    _spec("EVENTS_BATCH_WAIT", lambda n, r: _float(n, r, 0, 60), "0.5",
+          "Seconds the first event of a batch waits for more before the POST."),
     _spec("CHAT_WEBHOOK_URL", lambda n, r: _url(n, r, ("http", "https")), "(echo)",
           "Backend that answers chat messages (JSON or streamed)."),
     _spec("TOOL_WEBHOOK_URL", lambda n, r: _url(n, r, ("http", "https")), "(unset)",

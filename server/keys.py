@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from server.channel_rules import ChannelRules
+    from server.channel_webhooks import ChannelWebhooks
+    from server.events import EventEmitter
     from server.gateway import Gateway
     from server.router import MessageRouter
     from server.security import Security
@@ -16,3 +19,8 @@ GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 ROUTER: web.AppKey[MessageRouter] = web.AppKey("router")
 SECURITY: web.AppKey[Security] = web.AppKey("security")
 CONNECTIONS: web.AppKey[set[Connection]] = web.AppKey("connections")
+#: Channel permissions (CHANNEL_RULES), the subscribe/publish webhooks and the lifecycle
+#: events emitter: on both apps, for the handlers and routes that use them (issue 13).
+CHANNEL_RULES: web.AppKey[ChannelRules] = web.AppKey("channel_rules")
+CHANNEL_WEBHOOKS: web.AppKey[ChannelWebhooks] = web.AppKey("channel_webhooks")
+EVENTS: web.AppKey[EventEmitter] = web.AppKey("events")

@@ -23,6 +23,10 @@ bounded: frame types are the registered ones (else ``unknown``), close codes the
 | ``switchboard_api_requests_total`` | method, route, status | HTTP API requests |
 | ``switchboard_api_request_seconds`` | route | HTTP API latency histogram |
 | ``switchboard_broker_up`` | | 1 when the broker is reachable |
+| ``switchboard_jwks_fetches_total`` | result | WS_JWKS_URL key-set fetches: ok, failed |
+| ``switchboard_events_total`` | outcome | lifecycle events (EVENTS_WEBHOOK_URL): delivered, dropped_queue_full, dropped_rejected, dropped_retries, dropped_shutdown |
+| ``switchboard_events_posts_total`` | result | event webhook POSTs: ok, failed (each failed attempt), retried |
+| ``switchboard_channel_webhook_total`` | action, outcome | subscribe/publish webhook answers: allow, deny, failed |
 | ``switchboard_connections``, ``_sessions``, ``_channels``, ``_send_queue_frames``, ``_send_queue_bytes``, ``_send_queue_max_frames``, ``_pending_tool_calls`` | | live state at scrape time |
 """
 
@@ -67,6 +71,22 @@ API_LATENCY = Histogram("switchboard_api_request_seconds", "HTTP API latency", [
                         buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5,
                                  5, 10, 30))
 BROKER_UP = Gauge("switchboard_broker_up", "1 when the broker is reachable", registry=REGISTRY)
+JWKS_FETCHES = Counter("switchboard_jwks_fetches", "WS_JWKS_URL key-set fetches, by result",
+                       ["result"], registry=REGISTRY)
+JWKS_FETCH_OK = JWKS_FETCHES.labels("ok")
+JWKS_FETCH_FAILED = JWKS_FETCHES.labels("failed")
+EVENTS = Counter("switchboard_events", "Lifecycle events for EVENTS_WEBHOOK_URL, by outcome",
+                 ["outcome"], registry=REGISTRY)
+#: ``EVENT_OUTCOME[outcome]``: delivered, or dropped for a full queue, a 4xx answer, retries
+#: exhausted, or still queued at shutdown.
+EVENT_OUTCOME = {outcome: EVENTS.labels(outcome) for outcome in (
+    "delivered", "dropped_queue_full", "dropped_rejected", "dropped_retries", "dropped_shutdown")}
+EVENT_POSTS = Counter("switchboard_events_posts", "Event webhook POSTs: ok, failed (every "
+                      "failed attempt), retried (attempts after a failure)", ["result"],
+                      registry=REGISTRY)
+EVENT_POST = {result: EVENT_POSTS.labels(result) for result in ("ok", "failed", "retried")}
+CHANNEL_WEBHOOK = Counter("switchboard_channel_webhook", "Subscribe/publish webhook answers",
+                          ["action", "outcome"], registry=REGISTRY)
 
 
 @functools.lru_cache(maxsize=4096)

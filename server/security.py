@@ -14,24 +14,14 @@ import hashlib
 import hmac
 import ipaddress
 import time
-from dataclasses import dataclass
 
-import jwt
 from aiohttp import web
 
+from server.auth import Identity, JwtVerifier
 from server.config import Settings
-from server.sessions import valid_client_id
+from server.errors import SwitchboardError
 
-
-@dataclass(frozen=True, slots=True)
-class Identity:
-    """An authenticated WebSocket client: ``subject`` becomes its client_id (JWT ``sub``)."""
-
-    subject: str | None
-    expires_at: float | None = None
-    #: True when the credential proves the subject (a JWT's ``sub``), so it may resume its own
-    #: session without ``session_token``; a shared static token proves nothing about who.
-    verified: bool = False
+__all__ = ["Identity", "Security"]
 
 
 def error_response(status: int, code: str, message: str,
@@ -117,6 +107,7 @@ class Security:
         #: a burst of simultaneous upgrades cannot overshoot MAX_CONNECTIONS.
         self.admitted = 0
         self.api_buckets: dict[str, TokenBucket] = {}
+        self.jwt = JwtVerifier(settings) if settings.ws_auth == "jwt" else None
 
     # --- client address -----------------------------------------------------------------------
 
@@ -161,8 +152,10 @@ class Security:
                                   f"origin {origin or '(none)'} is not allowed")
         return None
 
-    def authenticate_client(self, request: web.Request) -> Identity | web.Response | None:
-        """None when WS_AUTH=none; an Identity, or a 401 response."""
+    async def authenticate_client(self, request: web.Request
+                                  ) -> Identity | web.Response | None:
+        """None when WS_AUTH=none; an Identity, or a 401 response (503 while a JWKS key set
+        cannot be fetched). See server.auth for what a JWT must hold."""
         mode = self.settings.ws_auth
         if mode == "none":
             return None
@@ -174,20 +167,12 @@ class Security:
         if mode == "token":
             if not constant_time_equals(presented, self.settings.ws_auth_token):
                 return error_response(401, "unauthorized", "invalid token")
-            return Identity(subject=request.query.get("client_id") or None)
+            return Identity(subject=request.query.get("client_id") or None, authenticated=True)
+        assert self.jwt is not None
         try:
-            claims = jwt.decode(presented, self.settings.ws_jwt_secret, algorithms=["HS256"],
-                                options={"require": ["exp", "sub"]})
-        except jwt.ExpiredSignatureError:
-            return error_response(401, "token_expired", "token expired")
-        except jwt.InvalidTokenError as exc:
-            return error_response(401, "unauthorized", f"invalid token: {exc}")
-        subject = claims["sub"]
-        if not isinstance(subject, str) or not valid_client_id(subject):
-            return error_response(401, "unauthorized",
-                                  "invalid token: sub must be a client id (1-128 letters, "
-                                  "digits or -_.:@)")
-        return Identity(subject=subject, expires_at=float(claims["exp"]), verified=True)
+            return await self.jwt.verify(presented)
+        except SwitchboardError as exc:
+            return error_response(exc.http_status, exc.code, exc.message)
 
     def admit_ip(self, ip: str) -> bool:
         cap = self.settings.max_connections_per_ip

@@ -69,7 +69,7 @@ from aiohttp import web
 
 from server import protocol
 from server.errors import UpstreamError
-from server.keys import GATEWAY
+from server.keys import CHANNEL_WEBHOOKS, GATEWAY
 
 if TYPE_CHECKING:
     from server.config import Settings
@@ -121,14 +121,40 @@ def sign(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + mac.hexdigest()
 
 
+def request_headers(settings: Settings, payload: bytes, request_id: str, *,
+                    client_id: str | None = None, accept: str = ACCEPT) -> dict[str, str]:
+    """Headers of one webhook request: JSON body, request id, client id when there is one, and
+    the ``WEBHOOK_SECRET`` signature (a fresh timestamp) when a secret is set."""
+    headers = {"Content-Type": "application/json", "Accept": accept,
+               "X-Switchboard-Request-Id": request_id}
+    if client_id is not None:
+        headers["X-Switchboard-Client-Id"] = client_id
+    if settings.webhook_secret:
+        timestamp = str(int(time.time()))
+        headers["X-Switchboard-Timestamp"] = timestamp
+        headers["X-Switchboard-Signature"] = sign(settings.webhook_secret, timestamp, payload)
+    return headers
+
+
+def backend_session(settings: Settings, *, limit: int = 200) -> aiohttp.ClientSession:
+    """An HTTP client for webhook backends: no proxy or netrc from the environment, connect
+    bounded by WEBHOOK_TIMEOUT (each call bounds the rest itself)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit, ttl_dns_cache=60),
+        timeout=aiohttp.ClientTimeout(total=None, connect=settings.webhook_timeout),
+        headers={"User-Agent": "switchboard-webhooks"}, trust_env=False)
+
+
 class Webhooks:
     """The gateway's HTTP client for its backends. Build it with :func:`webhooks_ctx` (or
     directly with a session you own) and :meth:`install` it on the gateway."""
 
-    def __init__(self, settings: Settings, http: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: Settings, http: aiohttp.ClientSession | None, *,
+                 timeout: float | None = None) -> None:
         self.settings = settings
+        #: Set by :func:`webhooks_ctx` at start-up for objects built before it.
         self.http = http
-        self.timeout = settings.webhook_timeout
+        self.timeout = settings.webhook_timeout if timeout is None else timeout
 
     def install(self, gateway: Gateway) -> None:
         """Set ``gateway.chat_backend`` / ``gateway.tool_fallback`` for each URL configured."""
@@ -219,15 +245,9 @@ class Webhooks:
                     request_id: str) -> AsyncIterator[aiohttp.ClientResponse]:
         """POST ``body``; yields the response once its headers arrived within the timeout."""
         payload = orjson.dumps(body)
-        headers = {"Content-Type": "application/json", "Accept": ACCEPT,
-                   "X-Switchboard-Request-Id": request_id}
-        if client_id is not None:
-            headers["X-Switchboard-Client-Id"] = client_id
-        if self.settings.webhook_secret:
-            timestamp = str(int(time.time()))
-            headers["X-Switchboard-Timestamp"] = timestamp
-            headers["X-Switchboard-Signature"] = sign(self.settings.webhook_secret, timestamp,
-                                                      payload)
+        headers = request_headers(self.settings, payload, request_id, client_id=client_id)
+        if self.http is None:
+            raise BackendError("webhook client not started", code=BACKEND_UNAVAILABLE)
         try:
             async with asyncio.timeout(self.timeout):
                 resp = await self.http.post(url, data=payload, headers=headers,
@@ -525,24 +545,27 @@ def _ms(started: float) -> float:
 
 
 async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
-    """``cleanup_ctx`` of the WebSocket app: with CHAT_WEBHOOK_URL or TOOL_WEBHOOK_URL set,
-    open one ClientSession, install the hooks on the gateway; at shutdown, cancel in-flight
+    """``cleanup_ctx`` of the WebSocket app: with any backend URL set (chat, tool, subscribe,
+    publish), open one ClientSession, install the chat/tool hooks on the gateway and hand the
+    session to the channel webhooks (``app[CHANNEL_WEBHOOKS]``); at shutdown, cancel in-flight
     webhook work, unset the hooks and close the session."""
     gateway = app[GATEWAY]
     settings = gateway.settings
-    if not (settings.chat_webhook_url or settings.tool_webhook_url):
+    channel_hooks = app.get(CHANNEL_WEBHOOKS)
+    urls = {"chat": settings.chat_webhook_url, "tools": settings.tool_webhook_url,
+            "subscribe": settings.subscribe_webhook_url,
+            "publish": settings.publish_webhook_url}
+    if not any(urls.values()):
         yield
         return
-    http = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=200, ttl_dns_cache=60),
-        timeout=aiohttp.ClientTimeout(total=None, connect=settings.webhook_timeout),
-        headers={"User-Agent": "switchboard-webhooks"}, trust_env=False)
+    http = backend_session(settings)
     hooks = Webhooks(settings, http)
     hooks.install(gateway)
-    log.info("webhooks_enabled",
-             chat=_where(settings.chat_webhook_url) if settings.chat_webhook_url else None,
-             tools=_where(settings.tool_webhook_url) if settings.tool_webhook_url else None,
-             timeout=settings.webhook_timeout)
+    if channel_hooks is not None:
+        channel_hooks.http = http
+    log.info("webhooks_enabled", timeout=settings.webhook_timeout,
+             channel_timeout=settings.channel_webhook_timeout,
+             **{name: _where(url) if url else None for name, url in urls.items()})
     try:
         yield
     finally:
@@ -550,5 +573,7 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
             gateway.chat_backend = None
         if gateway.tool_fallback == hooks.call_tool:
             gateway.tool_fallback = None
+        if channel_hooks is not None:
+            channel_hooks.http = None
         await gateway.cancel_tasks()
         await http.close()

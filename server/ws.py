@@ -296,7 +296,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if refusal is not None:
         REFUSED_ORIGIN.inc()
         return refusal
-    identity = security.authenticate_client(request)
+    # Awaited: with WS_JWKS_URL a token may need the key set fetched first (issue 13).
+    identity = await security.authenticate_client(request)
     if isinstance(identity, web.StreamResponse):
         REFUSED_AUTH.inc()
         return identity
