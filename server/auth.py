@@ -263,7 +263,7 @@ class JwtVerifier:
         (503)."""
         try:
             header = jwt.get_unverified_header(token)
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:
             raise TokenRejected(f"invalid token: {exc}") from None
         algorithm = header.get("alg")
         if algorithm not in self.algorithms:
@@ -289,7 +289,7 @@ class JwtVerifier:
         except jwt.InvalidAudienceError as exc:
             hint = "" if self.audience else " (set WS_JWT_AUDIENCE to accept tokens with aud)"
             raise TokenRejected(f"invalid token: {exc}{hint}") from None
-        except jwt.InvalidTokenError as exc:
+        except jwt.PyJWTError as exc:  # InvalidTokenError, and InvalidKeyError (weak key)
             raise TokenRejected(f"invalid token: {exc}") from None
         return identity_from_claims(claims)
 

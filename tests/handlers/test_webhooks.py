@@ -8,54 +8,16 @@ import hashlib
 import hmac
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from server import webhooks
 from server.webhooks import sign
+from tests.backends import Backend, BackendHandler, reply_json
 from tests.conftest import LiveGateway, MakeGateway, WSClient, wait_for
-
-BackendHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class Backend:
-    """A real aiohttp server standing in for a chat or tool backend. Set ``handler`` per test;
-    every request's JSON body lands in ``requests``. ``release`` frees handlers that hang."""
-
-    server: TestServer | None = None
-    handler: BackendHandler | None = None
-    requests: list[dict[str, Any]] = field(default_factory=list)
-    headers: list[dict[str, str]] = field(default_factory=list)
-    release: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return str(self.server.make_url("/hook"))
-
-    async def dispatch(self, request: web.Request) -> web.StreamResponse:
-        self.requests.append(await request.json())
-        self.headers.append(dict(request.headers))
-        assert self.handler is not None
-        return await self.handler(request)
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[Backend]:
-    fake = Backend()
-    app = web.Application()
-    app.router.add_post("/hook", fake.dispatch)
-    fake.server = TestServer(app, host="127.0.0.1")
-    await fake.server.start_server()
-    yield fake
-    fake.release.set()
-    await fake.server.close()
 
 
 def closed_port_url() -> str:
@@ -64,12 +26,6 @@ def closed_port_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/hook"
-
-
-def reply_json(body: Any, status: int = 200) -> BackendHandler:
-    async def handler(request: web.Request) -> web.StreamResponse:
-        return web.json_response(body, status=status)
-    return handler
 
 
 def reply_stream(content_type: str, *chunks: bytes) -> BackendHandler:
