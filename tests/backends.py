@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,14 @@ def signature_ok(secret: str, headers: dict[str, str], body: bytes) -> bool:
     expected = "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body,
                                     hashlib.sha256).hexdigest()
     return hmac.compare_digest(headers["X-Switchboard-Signature"], expected)
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on (the port was just bound and released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/hook"
 
 
 def reply_json(body: Any, status: int = 200) -> BackendHandler:

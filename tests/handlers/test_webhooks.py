@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,16 +15,8 @@ from aiohttp import web
 
 from server import webhooks
 from server.webhooks import sign
-from tests.backends import Backend, BackendHandler, reply_json
+from tests.backends import Backend, BackendHandler, closed_port_url, reply_json
 from tests.conftest import LiveGateway, MakeGateway, WSClient, wait_for
-
-
-def closed_port_url() -> str:
-    """A loopback URL nothing listens on (the port was just bound and released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/hook"
 
 
 def reply_stream(content_type: str, *chunks: bytes) -> BackendHandler:
