@@ -350,7 +350,8 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
     _spec("REQUEST_BODY_TIMEOUT", lambda n, r: _float(n, r, 1, 3600), "30",
           "Seconds an API request gets to send its whole body (408 beyond)."),
     _spec("WS_AUTH", lambda n, r: _choice(n, r, ("none", "token", "jwt")), "none",
-          "Client authentication: none, token (WS_AUTH_TOKEN) or jwt (WS_JWT_SECRET)."),
+          "Client authentication: none, token (WS_AUTH_TOKEN) or jwt (WS_JWT_SECRET, "
+          "WS_JWT_PUBLIC_KEY or WS_JWKS_URL)."),
     _spec("WS_AUTH_TOKEN", lambda n, r: r.strip(), "(unset)",
           "Static token clients present when WS_AUTH=token."),
     _spec("WS_JWT_SECRET", lambda n, r: r.strip(), "(unset)",
@@ -381,14 +382,17 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
           "publish handlers once they land (not yet)."),
     _spec("SUBSCRIBE_WEBHOOK_URL", lambda n, r: _url(n, r, ("http", "https")), "(unset)",
           "Backend asked about subscriptions to channels whose rule is webhook (signed like "
-          "the other webhooks)."),
+          "the other webhooks); asked once the subscribe handler applies CHANNEL_RULES (not "
+          "yet)."),
     _spec("PUBLISH_WEBHOOK_URL", lambda n, r: _url(n, r, ("http", "https")), "(unset)",
-          "Backend that may reject or rewrite a client publication before delivery."),
+          "Backend that may reject or rewrite a client publication before delivery (client "
+          "publish frames are not there yet)."),
     _spec("CHANNEL_WEBHOOK_TIMEOUT", lambda n, r: _float(n, r, 0.1, 60), "5",
           "Seconds the subscribe/publish webhooks get; no answer in time is a refusal."),
     _spec("EVENTS_WEBHOOK_URL", lambda n, r: _url(n, r, ("http", "https")), "(unset)",
           "Backend that receives lifecycle events (sessions, channel membership), batched, "
-          "signed and retried off the delivery path."),
+          "signed and retried off the delivery path. The poster runs; sessions and channels "
+          "report to it once the users/presence work lands (not yet)."),
     _spec("EVENTS_QUEUE_SIZE", lambda n, r: _int(n, r, 1, 10_000_000), "10000",
           "Lifecycle events waiting for EVENTS_WEBHOOK_URL; beyond it new events are dropped "
           "(counted in switchboard_events_total)."),

@@ -27,7 +27,7 @@ bounded: frame types are the registered ones (else ``unknown``), close codes the
 | ``switchboard_events_total`` | outcome | lifecycle events (EVENTS_WEBHOOK_URL): delivered, dropped_queue_full, dropped_rejected, dropped_retries, dropped_shutdown |
 | ``switchboard_events_posts_total`` | result | event webhook POSTs: ok, failed (each failed attempt), retried |
 | ``switchboard_channel_webhook_total`` | action, outcome | subscribe/publish webhook answers: allow, deny, failed |
-| ``switchboard_connections``, ``_sessions``, ``_channels``, ``_send_queue_frames``, ``_send_queue_bytes``, ``_send_queue_max_frames``, ``_pending_tool_calls`` | | live state at scrape time |
+| ``switchboard_connections``, ``_sessions``, ``_channels``, ``_send_queue_frames``, ``_send_queue_bytes``, ``_send_queue_max_frames``, ``_pending_tool_calls``, ``_events_queued`` | | live state at scrape time |
 """
 
 from __future__ import annotations
