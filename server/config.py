@@ -301,6 +301,10 @@ def _port(n: str, r: str) -> int:
     return _int(n, r, 1, 65535)
 
 
+def _http_url(n: str, r: str) -> str:
+    return _url(n, r, ("http", "https"))
+
+
 #: Every environment variable, its parser, default and one-line meaning (the README's table).
 SETTINGS_DOC: tuple[SettingSpec, ...] = (
     _spec("WS_HOST", _host, "0.0.0.0", "Interface the WebSocket app listens on."),
@@ -359,7 +363,7 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
     _spec("WS_JWT_PUBLIC_KEY", lambda n, r: r.strip(), "(unset)",
           "RS256 (RSA 2048+) or ES256 (EC P-256) public key for client JWTs: an inline PEM "
           "(\\n escapes allowed) or a PEM file's path; a certificate works too."),
-    _spec("WS_JWKS_URL", lambda n, r: _url(n, r, ("http", "https")), "(unset)",
+    _spec("WS_JWKS_URL", _http_url, "(unset)",
           "JWKS endpoint whose RS256/ES256 keys verify client JWTs by kid (https, or http on "
           "loopback); not with WS_JWT_PUBLIC_KEY."),
     _spec("WS_JWKS_CACHE_TTL", lambda n, r: _float(n, r, 10, 86400), "300",
@@ -380,16 +384,16 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
           "Channel permissions: inline JSON or a .json/.toml file mapping channel patterns to "
           "rules (see Channel rules). Validated at start-up; enforced by the subscribe and "
           "publish handlers once they land (not yet)."),
-    _spec("SUBSCRIBE_WEBHOOK_URL", lambda n, r: _url(n, r, ("http", "https")), "(unset)",
+    _spec("SUBSCRIBE_WEBHOOK_URL", _http_url, "(unset)",
           "Backend asked about subscriptions to channels whose rule is webhook (signed like "
           "the other webhooks); asked once the subscribe handler applies CHANNEL_RULES (not "
           "yet)."),
-    _spec("PUBLISH_WEBHOOK_URL", lambda n, r: _url(n, r, ("http", "https")), "(unset)",
+    _spec("PUBLISH_WEBHOOK_URL", _http_url, "(unset)",
           "Backend that may reject or rewrite a client publication before delivery (client "
           "publish frames are not there yet)."),
     _spec("CHANNEL_WEBHOOK_TIMEOUT", lambda n, r: _float(n, r, 0.1, 60), "5",
           "Seconds the subscribe/publish webhooks get; no answer in time is a refusal."),
-    _spec("EVENTS_WEBHOOK_URL", lambda n, r: _url(n, r, ("http", "https")), "(unset)",
+    _spec("EVENTS_WEBHOOK_URL", _http_url, "(unset)",
           "Backend that receives lifecycle events (sessions, channel membership), batched, "
           "signed and retried off the delivery path. The poster runs; sessions and channels "
           "report to it once the users/presence work lands (not yet)."),
