@@ -55,6 +55,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from server.channel_rules import validate_pattern
 from server.errors import AuthError, Unavailable
+from server.logging_setup import url_for_logs
 from server.metrics import JWKS_FETCH_FAILED, JWKS_FETCH_OK
 from server.sessions import valid_client_id
 
@@ -218,14 +219,15 @@ class JwksKeys:
         except Exception as exc:  # any failure keeps the old keys and backs off
             self._retry_at = time.monotonic() + self.cooldown
             JWKS_FETCH_FAILED.inc()
-            log.warning("jwks_fetch_failed", url=self.url, error=f"{type(exc).__name__}: {exc}",
-                        kept_keys=len(self.keys or ()), retry_in=self.cooldown)
+            log.warning("jwks_fetch_failed", url=url_for_logs(self.url),
+                        error=f"{type(exc).__name__}: {exc}", kept_keys=len(self.keys or ()),
+                        retry_in=self.cooldown)
         else:
             self.keys = keys
             self._expires_at = time.monotonic() + self.cache_ttl
             self._retry_at = 0.0
             JWKS_FETCH_OK.inc()
-            log.info("jwks_fetched", url=self.url, keys=sorted(keys),
+            log.info("jwks_fetched", url=url_for_logs(self.url), keys=sorted(keys),
                      ms=round((time.monotonic() - started) * 1000, 1))
         finally:
             self._inflight = None

@@ -47,13 +47,13 @@ from server.channel_rules import (
     Decision,
     Deny,
 )
+from server.logging_setup import url_for_logs
 from server.metrics import CHANNEL_WEBHOOK
 from server.webhooks import (
     BACKEND_TIMEOUT,
     BACKEND_UNAVAILABLE,
     BackendError,
     Webhooks,
-    _where,
 )
 
 if TYPE_CHECKING:
@@ -128,7 +128,7 @@ class ChannelWebhooks(Webhooks):
             CHANNEL_WEBHOOK.labels(action, "failed").inc()
             log.warning("channel_webhook_failed", action=action, channel=channel,
                         client_id=client_id, code=exc.code, error=exc.message,
-                        backend=_where(url))
+                        backend=url_for_logs(url))
             reason = _FAILURE_REASONS.get(exc.code, "failed")
             return Deny(FORBIDDEN, f"the {_hook(action)} webhook {reason}")
         CHANNEL_WEBHOOK.labels(action, "allow" if isinstance(verdict, Allow) else "deny").inc()

@@ -54,9 +54,10 @@ import aiohttp
 import orjson
 import structlog
 
+from server.logging_setup import url_for_logs
 from server.metrics import EVENT_OUTCOME, EVENT_POST
 from server.protocol import now_iso
-from server.webhooks import _describe, _where, backend_session, request_headers
+from server.webhooks import _describe, backend_session, request_headers
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -142,7 +143,7 @@ class EventEmitter:
             yield
             return
         self.start(backend_session(self.settings, limit=4))
-        log.info("events_webhook_enabled", url=_where(self.url), batch_size=self.batch_size,
+        log.info("events_webhook_enabled", url=url_for_logs(self.url), batch_size=self.batch_size,
                  batch_wait=self.batch_wait, queue_size=self.max_queue)
         try:
             yield
@@ -170,7 +171,7 @@ class EventEmitter:
         left = self.pending
         if left:
             EVENT_OUTCOME["dropped_shutdown"].inc(left)
-            log.warning("events_undelivered", count=left, url=_where(self.url),
+            log.warning("events_undelivered", count=left, url=url_for_logs(self.url),
                         reason="shutdown before the events webhook took them")
         self.queue.clear()
         self._sending = []

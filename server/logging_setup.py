@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -39,3 +40,11 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
     root.handlers[:] = [handler]
     root.setLevel(numeric)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def url_for_logs(url: str) -> str:
+    """Scheme, host and path of a URL: never its query or credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"

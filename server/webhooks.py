@@ -60,7 +60,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -70,6 +69,7 @@ from aiohttp import web
 from server import protocol
 from server.errors import UpstreamError
 from server.keys import CHANNEL_WEBHOOKS, GATEWAY
+from server.logging_setup import url_for_logs as _where
 
 if TYPE_CHECKING:
     from server.config import Settings
@@ -525,14 +525,6 @@ def conversation_history(session: Session, frame: ClientFrame,
         elif outbound and kind == "stream_end" and isinstance(data.get("full_content"), str):
             turns.append({"role": "assistant", "content": data["full_content"]})
     return turns[-HISTORY_TURNS:]
-
-
-def _where(url: str) -> str:
-    """Scheme, host and path of a URL: never its query or credentials, for logs."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def _describe(exc: BaseException) -> str:

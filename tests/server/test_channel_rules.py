@@ -222,7 +222,8 @@ def test_server_side_subscriptions_skip_the_rule_but_not_system_channels_or_the_
     table = rules(allow_list=("user:alice", "tool_activity"))
     assert table.check_server_subscription("user:alice") == Allow(table.rule_for("user:alice"))
     assert isinstance(table.check_server_subscription("tool_activity"), Deny)
-    assert table.check_server_subscription("user:bob").code == NOT_ALLOWED  # type: ignore[union-attr]
+    assert table.check_server_subscription("user:bob") == Deny(
+        NOT_ALLOWED, "channel is not in the CHANNELS allow-list")
 
 
 def test_unknown_action_is_a_programming_error() -> None:
