@@ -1,14 +1,23 @@
 """Settings, read from environment variables (and optionally a ``.env`` file) and validated once.
 
 Every variable has a safe default. A bad value raises :class:`ConfigError` whose message is one
-line naming the variable; ``run_websocket_server.py`` prints it and exits with status 2.
-The README's configuration table is kept in step with :data:`SETTINGS_DOC`.
+line naming the variable (and, for a value read from a ``.env`` file, the file and line);
+``run_websocket_server.py`` prints it and exits with status 2. The README's configuration table
+and ``switchboard --help`` are generated from :data:`SETTINGS_DOC`.
+
+Misspelt names: a variable that is not a setting but is close to one's name (``BROKER_ULR``,
+``WS_PROT``, ``api_token``) is reported by :meth:`Settings.load`: as a warning when it comes
+from the environment (shared with the shell, the container runtime and other programs, so it
+may be someone else's), and as an error in a ``.env`` file (the file is ours: a misspelling
+there is a mistake, and starting without the setting would hide it).
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,8 +27,20 @@ from urllib.parse import urlsplit
 from server.errors import ConfigError
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
-#: HS256 keys shorter than the hash output are guessable offline (RFC 7518 section 3.2).
-MIN_JWT_SECRET_BYTES = 32
+#: HS256 keys shorter than the hash output are guessable offline (RFC 7518 section 3.2). The
+#: same floor applies to WEBHOOK_SECRET, and to API_TOKEN when the API is reachable beyond
+#: loopback.
+MIN_SECRET_BYTES = 32
+#: A secret made of fewer different characters than this ("aaaa…", "passwordpassword…") is
+#: weak whatever its length.
+MIN_SECRET_DISTINCT_CHARS = 8
+#: How to make a strong token (quoted in error messages and the README).
+TOKEN_RECIPE = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+#: A name at least this similar to a setting's (difflib ratio, compared in upper case) is taken
+#: for a misspelling of it: one swapped, missing or doubled letter in a name of six or more
+#: characters scores 0.85 or more, while other programs' variables (TIMEOUT, WEBHOOK_URL,
+#: NODE_ENV, REDIS_URL, API_KEY) stay below.
+MISSPELLING_CUTOFF = 0.85
 
 
 def _int(name: str, raw: str, lo: int, hi: int) -> int:
@@ -113,6 +134,22 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def is_weak_secret(secret: str) -> bool:
+    """Shorter than :data:`MIN_SECRET_BYTES`, or a repetition of a few characters."""
+    return (len(secret.encode()) < MIN_SECRET_BYTES
+            or len(set(secret)) < MIN_SECRET_DISTINCT_CHARS)
+
+
+def _may_share_a_port(host_a: str, host_b: str) -> bool:
+    """Whether two listeners on these hosts would clash on one port: always, unless both are
+    different, specific IP addresses (a wildcard or a host name may cover the other)."""
+    try:
+        a, b = ipaddress.ip_address(host_a), ipaddress.ip_address(host_b)
+    except ValueError:
+        return True
+    return a == b or a.is_unspecified or b.is_unspecified
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """All runtime settings. Build with :meth:`from_env`; tests use ``Settings(**overrides)``."""
@@ -181,6 +218,19 @@ class Settings:
             return self.api_host
         return self.ws_host if self.api_token else "127.0.0.1"
 
+    @property
+    def sessions_survive_restart(self) -> bool:
+        """Whether sessions live outside this process (Redis) and so survive its restart."""
+        return urlsplit(self.broker_url).scheme in ("redis", "rediss")
+
+    @property
+    def session_durability(self) -> str:
+        """What a restart does to sessions (said at start-up and shutdown)."""
+        if self.sessions_survive_restart:
+            return "kept in Redis: clients resume on any node, across restarts"
+        return ("kept in this process (BROKER_URL=memory://): a restart ends every session "
+                "and clients start new ones; set BROKER_URL=redis://... to keep them")
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None,
                  env_file: str | os.PathLike[str] | None = None) -> Settings:
@@ -189,35 +239,81 @@ class Settings:
         Values already in the environment win over those in ``env_file`` (``.env`` style:
         ``KEY=value`` lines, ``#`` comments).
         """
-        env: dict[str, str] = {}
+        return cls.load(environ, env_file).settings
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None,
+             env_file: str | os.PathLike[str] | None = None) -> LoadedSettings:
+        """:meth:`from_env`, plus what an operator should hear about: variables that look
+        like misspelt settings, and where each setting's value came from.
+
+        Raises ConfigError for a bad value (prefixed with ``file:line`` when it came from
+        ``env_file``), a malformed ``env_file`` line, or a misspelt name in ``env_file``.
+        """
+        environment = os.environ if environ is None else environ
+        entries: dict[str, EnvFileEntry] = {}
         if env_file is not None and Path(env_file).is_file():
-            env.update(_read_env_file(Path(env_file)))
-        env.update(os.environ if environ is None else environ)
-        values: dict[str, Any] = {}
-        for spec in SETTINGS_DOC:
-            raw = env.get(spec.env)
-            if raw is None or (raw.strip() == "" and spec.env not in _EMPTY_ALLOWED):
+            entries = read_env_file(Path(env_file))
+        unknown: list[UnknownVariable] = []
+        for name, entry in entries.items():
+            if name in KNOWN_VARIABLES:
                 continue
-            values[spec.attr] = spec.parse(spec.env, raw)
-        settings = cls(**values)
-        settings.check()
-        return settings
+            guess = likely_setting(name)
+            if guess is not None:
+                raise ConfigError(f"{entry.where}: {name} is not a setting; did you mean "
+                                  f"{guess}?")
+            unknown.append(UnknownVariable(name, entry.where, None))
+        for name in environment:
+            guess = likely_setting(name)
+            if guess is not None:
+                unknown.append(UnknownVariable(name, "environment", guess))
+        sources = {name: entry.where for name, entry in entries.items()}
+        sources.update(dict.fromkeys(environment.keys() & KNOWN_VARIABLES, "environment"))
+        env = {name: entry.value for name, entry in entries.items()}
+        env.update(environment)
+        try:
+            values: dict[str, Any] = {}
+            for spec in SETTINGS_DOC:
+                raw = env.get(spec.env)
+                if raw is None or (raw.strip() == "" and spec.env not in _EMPTY_ALLOWED):
+                    continue
+                values[spec.attr] = spec.parse(spec.env, raw)
+            settings = cls(**values)
+            settings.check()
+        except ConfigError as exc:
+            variable = exc.message.partition(":")[0]
+            where = sources.get(variable, "environment")
+            if where == "environment":
+                raise
+            raise ConfigError(f"{where}: {exc.message}") from None
+        return LoadedSettings(settings, tuple(unknown),
+                              {name: sources[name] for name in sources
+                               if name in KNOWN_VARIABLES})
 
     def check(self) -> None:
         """Cross-field rules (each message names the variable to change)."""
-        if self.ws_port == self.api_port and self.ws_host == self.effective_api_host:
-            raise ConfigError("API_PORT: must differ from WS_PORT on the same host")
-        if not self.api_token and not self.api_insecure and not is_loopback(
-            self.effective_api_host
-        ):
+        api_host = self.effective_api_host
+        if self.ws_port == self.api_port and _may_share_a_port(self.ws_host, api_host):
+            raise ConfigError(
+                f"API_PORT: must differ from WS_PORT (both are {self.api_port}): the WebSocket "
+                f"app and the HTTP API each need a port of their own")
+        if not self.api_token and not self.api_insecure and not is_loopback(api_host):
             raise ConfigError(
                 f"API_TOKEN: required when the API listens beyond loopback "
-                f"(API_HOST={self.effective_api_host}); set API_TOKEN, or API_INSECURE=true "
+                f"(API_HOST={api_host}); set API_TOKEN, or API_INSECURE=true "
                 f"to expose an unauthenticated push API on purpose"
             )
+        if (self.api_token and not self.api_insecure and not is_loopback(api_host)
+                and is_weak_secret(self.api_token)):
+            raise ConfigError(
+                f"API_TOKEN: too weak for an API listening beyond loopback (API_HOST={api_host}"
+                f"): use {MIN_SECRET_BYTES}+ random bytes, e.g. "
+                f"export API_TOKEN=$({TOKEN_RECIPE}); or set API_HOST=127.0.0.1 to keep the "
+                f"API local, or API_INSECURE=true to accept this token on purpose"
+            )
         self._check_jwt()
-        if self.webhook_secret and len(self.webhook_secret.encode()) < MIN_JWT_SECRET_BYTES:
-            raise ConfigError(f"WEBHOOK_SECRET: must be at least {MIN_JWT_SECRET_BYTES} bytes "
+        if self.webhook_secret and len(self.webhook_secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"WEBHOOK_SECRET: must be at least {MIN_SECRET_BYTES} bytes "
                               f"(e.g. python -c 'import secrets; print(secrets.token_hex(32))')")
         if self.ws_auth == "token" and not self.ws_auth_token:
             raise ConfigError("WS_AUTH_TOKEN: required when WS_AUTH=token")
@@ -236,8 +332,8 @@ class Settings:
         if not (self.ws_jwt_secret or self.ws_jwt_public_key or self.ws_jwks_url):
             raise ConfigError("WS_JWT_SECRET: WS_AUTH=jwt needs WS_JWT_SECRET (HS256), "
                               "WS_JWT_PUBLIC_KEY or WS_JWKS_URL (RS256/ES256)")
-        if self.ws_jwt_secret and len(self.ws_jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:
-            raise ConfigError(f"WS_JWT_SECRET: must be at least {MIN_JWT_SECRET_BYTES} bytes "
+        if self.ws_jwt_secret and len(self.ws_jwt_secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"WS_JWT_SECRET: must be at least {MIN_SECRET_BYTES} bytes "
                               f"for HS256 (RFC 7518 section 3.2)")
         if self.ws_jwt_public_key and self.ws_jwks_url:
             raise ConfigError("WS_JWT_PUBLIC_KEY: set either WS_JWT_PUBLIC_KEY or WS_JWKS_URL, "
@@ -334,9 +430,10 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
     _spec("SEND_QUEUE_BYTES", lambda n, r: _int(n, r, 1024, 2**40), "8388608",
           "Bytes queued for one slow connection before it is closed with 4008."),
     _spec("API_TOKEN", lambda n, r: r.strip(), "(unset)",
-          "Bearer token the HTTP API requires (also accepted as X-API-Key)."),
+          "Bearer token the HTTP API requires (also accepted as X-API-Key); at least 32 "
+          "bytes (8+ different characters) when the API listens beyond loopback."),
     _spec("API_INSECURE", _bool, "false",
-          "Allow an unauthenticated API on a non-loopback interface."),
+          "Allow an unauthenticated API, or a weak API_TOKEN, on a non-loopback interface."),
     _spec("API_MAX_BODY", lambda n, r: _int(n, r, 1024, 2**31), "1048576",
           "Largest HTTP request body in bytes (413 beyond)."),
     _spec("API_RATE_LIMIT", lambda n, r: _float(n, r, 0, 1e9), "0",
@@ -433,16 +530,67 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
 )
 
 
-def _read_env_file(path: Path) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or "=" not in line:
+#: Every variable Switchboard reads.
+KNOWN_VARIABLES = frozenset(spec.env for spec in SETTINGS_DOC)
+_KNOWN_SORTED = sorted(KNOWN_VARIABLES)
+
+
+def likely_setting(name: str) -> str | None:
+    """The setting ``name`` is probably a misspelling of (``ws_port`` → ``WS_PORT``,
+    ``BROKER_ULR`` → ``BROKER_URL``); None when ``name`` is a setting or unlike any."""
+    if name in KNOWN_VARIABLES:
+        return None
+    matches = difflib.get_close_matches(name.upper(), _KNOWN_SORTED, n=1,
+                                        cutoff=MISSPELLING_CUTOFF)
+    return matches[0] if matches else None
+
+
+@dataclass(frozen=True, slots=True)
+class UnknownVariable:
+    """A variable that is not a setting: its name, where it was set (``environment`` or
+    ``/path/.env:3``) and the setting it looks like a misspelling of, if any."""
+
+    name: str
+    where: str
+    did_you_mean: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedSettings:
+    """What :meth:`Settings.load` found: the settings, variables that are not settings, and
+    where each setting that was set came from (``environment`` or ``/path/.env:3``)."""
+
+    settings: Settings
+    unknown: tuple[UnknownVariable, ...] = ()
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EnvFileEntry:
+    value: str
+    where: str  # "/path/.env:3"
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def read_env_file(path: Path) -> dict[str, EnvFileEntry]:
+    """``KEY=value`` lines (``export KEY=value`` too; blank lines and ``#`` comments skipped;
+    one pair of matching quotes around a value removed). A line that is none of these is a
+    ConfigError naming the file and line."""
+    location = path.resolve()
+    out: dict[str, EnvFileEntry] = {}
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
             continue
-        key, _, value = line.partition("=")
+        key, equals, value = line.partition("=")
         key = key.strip().removeprefix("export ").strip()
+        if not equals or not _ENV_NAME.fullmatch(key):
+            shown = line if len(line) <= 60 else line[:57] + "..."
+            raise ConfigError(f"{location}:{number}: expected KEY=value, got {shown!r}")
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
             value = value[1:-1]
-        out[key] = value
+        out[key] = EnvFileEntry(value, f"{location}:{number}")
     return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
+
 import pytest
 
 from server.config import Settings
@@ -230,7 +232,9 @@ def test_non_loopback_api_without_token_refuses_to_start(host: str) -> None:
     with pytest.raises(ConfigError, match="API_TOKEN"):
         Settings.from_env({"API_HOST": host})
     Settings.from_env({"API_HOST": host, "API_INSECURE": "true"})  # explicit opt-out
-    Settings.from_env({"API_HOST": host, "API_TOKEN": "s3cret"})
+    Settings.from_env({"API_HOST": host, "API_TOKEN": secrets.token_urlsafe(32)})
+    with pytest.raises(ConfigError, match="API_TOKEN: too weak"):
+        Settings.from_env({"API_HOST": host, "API_TOKEN": "s3cret"})
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from server.config import SETTINGS_DOC, Settings
+from server.config import SETTINGS_DOC, Settings, likely_setting
 from server.errors import ConfigError
+
+STRONG = "Zk3-q9Vw_7LmN2pXr8TbY4sHc6JdF1gE0aQ"  # 35 bytes, many different characters
 
 
 def test_defaults_match_the_product_contract() -> None:
@@ -76,6 +78,12 @@ def test_values_are_read_from_the_environment() -> None:
     ({"WORKERS": "2"}, "WORKERS"),
     ({"WS_HOST": "127.0.0.1", "WS_PORT": "9000", "API_PORT": "9000", "API_TOKEN": "t"},
      "API_PORT"),
+    ({"WS_PORT": "9000", "API_PORT": "9000"}, "API_PORT"),  # 0.0.0.0 covers 127.0.0.1
+    ({"WS_HOST": "127.0.0.1", "API_HOST": "localhost", "WS_PORT": "9000", "API_PORT": "9000"},
+     "API_PORT"),
+    ({"API_TOKEN": "secret"}, "API_TOKEN"),  # the API follows WS_HOST=0.0.0.0
+    ({"API_HOST": "10.1.2.3", "API_TOKEN": "x" * 64}, "API_TOKEN"),
+    ({"API_HOST": "10.1.2.3", "API_TOKEN": "passwordpasswordpasswordpassword"}, "API_TOKEN"),
     ({"MAX_MESSAGE_SIZE": "2000000", "SEND_QUEUE_BYTES": "1048576"}, "SEND_QUEUE_BYTES"),
 ])
 def test_a_bad_value_names_the_variable_on_one_line(env: dict[str, str], variable: str) -> None:
@@ -86,14 +94,65 @@ def test_a_bad_value_names_the_variable_on_one_line(env: dict[str, str], variabl
     assert "\n" not in message
 
 
-def test_api_beyond_loopback_is_allowed_with_a_token_or_explicit_insecure() -> None:
-    assert Settings.from_env({"API_HOST": "0.0.0.0", "API_TOKEN": "t"}).api_host == "0.0.0.0"
+def test_api_beyond_loopback_is_allowed_with_a_strong_token_or_explicit_insecure() -> None:
+    assert Settings.from_env({"API_HOST": "0.0.0.0", "API_TOKEN": STRONG}).api_host == "0.0.0.0"
     assert Settings.from_env({"API_HOST": "0.0.0.0", "API_INSECURE": "true"}).api_insecure
+    weak = {"API_HOST": "0.0.0.0", "API_TOKEN": "secret", "API_INSECURE": "true"}
+    assert Settings.from_env(weak).api_token == "secret"  # on purpose
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "localhost"])
+def test_any_token_is_accepted_on_a_loopback_api(host: str) -> None:
+    assert Settings.from_env({"API_HOST": host, "API_TOKEN": "t"}).api_token == "t"
+
+
+def test_the_same_port_on_two_specific_addresses_is_allowed() -> None:
+    settings = Settings.from_env({"WS_HOST": "127.0.0.1", "API_HOST": "127.0.0.2",
+                                  "WS_PORT": "9000", "API_PORT": "9000"})
+    assert settings.ws_port == settings.api_port == 9000
+
+
+@pytest.mark.parametrize(("name", "meant"), [
+    ("BROKER_ULR", "BROKER_URL"), ("WS_PROT", "WS_PORT"), ("BORKER_URL", "BROKER_URL"),
+    ("api_token", "API_TOKEN"), ("LOGLEVEL", "LOG_LEVEL"), ("WORKER", "WORKERS"),
+    ("SESION_TTL", "SESSION_TTL"), ("TRUSTED_PROXY", "TRUSTED_PROXIES"),
+])
+def test_a_misspelt_name_is_matched_to_the_setting_it_resembles(name: str, meant: str) -> None:
+    assert likely_setting(name) == meant
+
+
+@pytest.mark.parametrize("name", ["WS_PORT", "PATH", "HOME", "TIMEOUT", "WEBHOOK_URL",
+                                  "NODE_ENV", "NODE_OPTIONS", "REDIS_URL", "API_KEY",
+                                  "API_URL", "LOG_DIR", "SWITCHBOARD_URL", "HOSTNAME"])
+def test_settings_and_other_programs_variables_are_not_taken_for_misspellings(
+        name: str) -> None:
+    assert likely_setting(name) is None
+
+
+def test_load_reports_misspelt_environment_variables_and_where_settings_came_from(
+        tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("LOG_LEVEL=debug\nCOMPOSE_PROJECT_NAME=demo\n", encoding="utf-8")
+    loaded = Settings.load({"WS_PROT": "1", "WS_PORT": "7000", "PATH": "/bin"},
+                           env_file=env_file)
+    assert loaded.settings.ws_port == 7000 and loaded.settings.log_level == "debug"
+    assert [(u.name, u.where, u.did_you_mean) for u in loaded.unknown] == [
+        ("COMPOSE_PROJECT_NAME", f"{env_file.resolve()}:2", None),
+        ("WS_PROT", "environment", "WS_PORT")]
+    assert loaded.sources == {"LOG_LEVEL": f"{env_file.resolve()}:1", "WS_PORT": "environment"}
+
+
+def test_a_cross_field_error_from_env_file_names_its_line(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("WS_PORT=9000\nAPI_PORT=9000\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({}, env_file=env_file)
+    assert info.value.message.startswith(f"{env_file.resolve()}:2: API_PORT: ")
 
 
 def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
-    env_file.write_text("# comment\nexport WS_PORT=7100\nHISTORY_LIMIT='7'\nnonsense\n",
+    env_file.write_text("# comment\nexport WS_PORT=7100\nHISTORY_LIMIT='7'\n\n",
                         encoding="utf-8")
     settings = Settings.from_env({"HISTORY_LIMIT": "9"}, env_file=env_file)
     assert settings.ws_port == 7100
@@ -106,7 +165,8 @@ def test_empty_values_fall_back_to_defaults() -> None:
 
 def test_secrets_are_not_exposed() -> None:
     hook_secret = "w" * 40
-    settings = Settings.from_env({"API_TOKEN": "s3cret", "WS_AUTH": "token",
+    settings = Settings.from_env({"API_TOKEN": "s3cret", "API_HOST": "127.0.0.1",
+                                  "WS_AUTH": "token",
                                   "WS_AUTH_TOKEN": "other", "WEBHOOK_SECRET": hook_secret})
     public = settings.public_dict()
     assert public["api_token"] is True and public["ws_auth_token"] is True
