@@ -194,12 +194,21 @@ async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
         REGISTRY.unregister(collector)
 
 
+def going_away_reason(settings: Settings) -> str:
+    """The 1001 close reason at shutdown: resuming works only where sessions outlive the
+    process (``BROKER_URL=redis://``); with ``memory://`` the reconnect starts a new session."""
+    if settings.sessions_survive_restart:
+        return CloseCode.GOING_AWAY.explanation
+    return "server shutting down; reconnect (this server's sessions end with it)"
+
+
 async def _close_sockets(app: web.Application) -> None:
     app[GATEWAY].accepting = False
     connections = app[CONNECTIONS]
     if connections:
         log.info("closing_sockets", count=len(connections), code=int(CloseCode.GOING_AWAY))
-    await close_all(connections, CloseCode.GOING_AWAY)
+    await close_all(connections, CloseCode.GOING_AWAY,
+                    reason=going_away_reason(app[SECURITY].settings))
     # Calls waiting for a client to come back (wait_for_client) get a clear answer now, not a
     # dropped HTTP connection when SHUTDOWN_TIMEOUT runs out.
     app[GATEWAY].fail_pending_calls(Unavailable(

@@ -151,7 +151,10 @@ class CloseCode(IntEnum):
     NORMAL = 1000
     """The client closed, or the server ended the connection normally. Do not reconnect."""
     GOING_AWAY = 1001
-    """The server is shutting down or restarting. Reconnect and resume: nothing is lost."""
+    """The server is shutting down or restarting. Reconnect and resume. With
+    ``BROKER_URL=redis://`` the session outlives the process and nothing is lost; with the
+    default ``memory://`` it ends with the process, so the resume is refused (4003) and the
+    client starts a new session."""
     MESSAGE_TOO_BIG = 1009
     """A frame exceeded MAX_MESSAGE_SIZE (or its decompressed size did). The frame was dropped;
     reconnect and resume, and send smaller frames."""

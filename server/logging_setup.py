@@ -6,17 +6,29 @@ logged by us, and aiohttp's access log is off: tokens travel in query strings.
 
 from __future__ import annotations
 
+import enum
 import logging
 import sys
+from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
+
+
+def plain_enums(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Write enum fields as their values (``code=1001``, not ``<CloseCode.GOING_AWAY: 1001>``),
+    so a close code reads the same in every event and both formats."""
+    for key, value in event.items():
+        if isinstance(value, enum.Enum):
+            event[key] = value.value
+    return event
 
 
 def configure_logging(level: str = "info", fmt: str = "console") -> None:
     numeric = getattr(logging, level.upper(), logging.INFO)
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        plain_enums,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -1,9 +1,17 @@
-"""Running the gateway: one AppRunner + TCPSite per app, signals, graceful shutdown."""
+"""Running the gateway: one AppRunner + site per app, signals, graceful shutdown.
+
+Both ports are bound before anything else starts (the broker, background tasks): a port that
+is taken stops start-up with one line naming the variable to change, before any resource was
+opened or any ``*_started`` event logged.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -14,7 +22,8 @@ from server.app import create_apps
 from server.config import Settings
 
 log = structlog.get_logger("switchboard")
-
+#: Listen backlog (aiohttp's default).
+BACKLOG = 128
 
 
 def runner_options(settings: Settings) -> dict[str, Any]:
@@ -35,10 +44,86 @@ def runner_options(settings: Settings) -> dict[str, Any]:
             "lingering_time": min(10.0, settings.request_header_timeout)}
 
 
+def listen_sockets(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
+    """Bind (not yet accept on) every address ``host`` resolves to, as asyncio's
+    ``create_server`` would: SO_REUSEADDR, SO_REUSEPORT when asked, IPv6 sockets IPv6-only."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+def bind_error(exc: OSError, host: str, port: int, app: str) -> str:
+    """One line for a failed bind, naming the variable to change (``app`` is WS or API)."""
+    where = f"{display_host(host)}:{port}"
+    why = (exc.strerror or str(exc)).lower()
+    if isinstance(exc, socket.gaierror):
+        return f"switchboard: cannot resolve {app}_HOST={host} ({why}); set {app}_HOST"
+    if exc.errno == errno.EADDRINUSE:
+        advice = (f"another process (another Switchboard?) listens there; stop it or set "
+                  f"{app}_PORT to a free port")
+    elif exc.errno == errno.EACCES:
+        advice = (f"ports below 1024 need privileges (CAP_NET_BIND_SERVICE); set {app}_PORT "
+                  f"to 1024 or above")
+    elif exc.errno == errno.EADDRNOTAVAIL:
+        advice = (f"{host} is not an address of this machine; set {app}_HOST to one of its "
+                  f"interfaces (or 0.0.0.0)")
+    else:
+        advice = f"check {app}_HOST and {app}_PORT"
+    return f"switchboard: cannot listen on {where} ({app}_HOST:{app}_PORT): {why}; {advice}"
+
+
+def display_host(host: str) -> str:
+    """The host to put in a URL a person can click: loopback for a wildcard bind (``0.0.0.0``
+    serves 127.0.0.1 too), IPv6 literals in brackets, anything else as it is."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    return f"[{address}]" if address.version == 6 else str(address)
+
+
+def start_up_urls(settings: Settings) -> dict[str, str]:
+    """Where a person on this machine reaches the gateway: socket, API, docs, dashboard."""
+    api = f"http://{display_host(settings.effective_api_host)}:{settings.api_port}"
+    return {"websocket": f"ws://{display_host(settings.ws_host)}:{settings.ws_port}/",
+            "api": f"{api}/", "docs": f"{api}/docs", "dashboard": f"{api}/dashboard"}
+
+
+def _bind(host: str, port: int, app: str, reuse_port: bool) -> list[socket.socket]:
+    try:
+        return listen_sockets(host, port, reuse_port=reuse_port)
+    except OSError as exc:
+        raise SystemExit(bind_error(exc, host, port, app)) from None
+
+
 async def serve(settings: Settings, *, reuse_port: bool = False,
                 stop: asyncio.Event | None = None) -> None:
     """Serve both apps until SIGINT/SIGTERM (or ``stop`` is set), then shut down gracefully:
     stop listening, close every socket with 1001, let in-flight HTTP requests finish."""
+    api_host = settings.effective_api_host
+    ws_sockets = _bind(settings.ws_host, settings.ws_port, "WS", reuse_port)
+    try:
+        api_sockets = _bind(api_host, settings.api_port, "API", reuse_port)
+    except SystemExit:
+        for sock in ws_sockets:
+            sock.close()
+        raise
     ws_app, api_app = create_apps(settings)
     ws_runner = web.AppRunner(ws_app, handle_signals=False,
                               shutdown_timeout=settings.shutdown_timeout,
@@ -48,27 +133,21 @@ async def serve(settings: Settings, *, reuse_port: bool = False,
                                **runner_options(settings))
     await ws_runner.setup()
     await api_runner.setup()
-    api_host = settings.effective_api_host
-    try:
-        await web.TCPSite(ws_runner, settings.ws_host, settings.ws_port,
-                          reuse_port=reuse_port or None).start()
-        await web.TCPSite(api_runner, api_host, settings.api_port,
-                          reuse_port=reuse_port or None).start()
-    except OSError as exc:
-        await api_runner.cleanup()
-        await ws_runner.cleanup()
-        raise SystemExit(f"switchboard: cannot listen: {exc.strerror or exc}") from None
+    for runner, sockets in ((ws_runner, ws_sockets), (api_runner, api_sockets)):
+        for sock in sockets:
+            await web.SockSite(runner, sock, backlog=BACKLOG).start()
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info("switchboard_started", websocket=f"ws://{settings.ws_host}:{settings.ws_port}/",
-             api=f"http://{api_host}:{settings.api_port}/",
+    log.info("switchboard_started", **start_up_urls(settings),
+             listening=f"{settings.ws_host}:{settings.ws_port} (WebSocket), "
+                       f"{api_host}:{settings.api_port} (API)",
              broker=settings.broker_url.split("@")[-1], api_auth=bool(settings.api_token),
-             docs=f"http://{api_host}:{settings.api_port}/docs")
+             sessions=settings.session_durability)
     await stop.wait()
-    log.info("switchboard_stopping")
+    log.info("switchboard_stopping", sessions=settings.session_durability)
     # WebSocket side first: sockets get 1001, so pending call_tool requests fail fast.
     await ws_runner.cleanup()
     await api_runner.cleanup()

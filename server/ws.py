@@ -170,6 +170,7 @@ class Connection:
         """Close with ``code`` as soon as possible (queued frames stay in history)."""
         if self.close_code is not None or self.closed:
             return
+        code = int(code)  # a CloseCode arrives here too: logs and metrics want the number
         self.close_code = code
         self.close_reason = reason
         if self.queue is not None:
@@ -541,10 +542,12 @@ async def _handle_text(conn: Connection, gateway: Gateway, router: MessageRouter
                      reply_to=reply_to)
 
 
-async def close_all(connections: set[Connection], code: CloseCode) -> None:
-    """Close every socket (shutdown: 1001, clients reconnect and resume)."""
+async def close_all(connections: set[Connection], code: CloseCode,
+                    reason: str | None = None) -> None:
+    """Close every socket with ``code`` (shutdown: 1001, clients reconnect) and ``reason``
+    (default: the code's explanation)."""
     for conn in list(connections):
-        conn.close_soon(code, code.explanation)
+        conn.close_soon(code, code.explanation if reason is None else reason)
     closing = [c.closing for c in connections if c.closing is not None]
     if closing:
         # Each close already gives up after CLOSE_GRACE and aborts the transport.

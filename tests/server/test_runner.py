@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,24 +16,11 @@ import aiohttp
 import orjson
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "run_websocket_server.py"
+from server.runner import display_host
+from tests.process import SCRIPT, base_env, free_port
+
 TOKEN = "runner-test-token"
 START_TIMEOUT = 20.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def base_env(**settings: str) -> dict[str, str]:
-    """A clean environment: only what Python needs plus the given settings."""
-    env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG", "SYSTEMROOT")
-           if key in os.environ}
-    env.update(settings)
-    return env
 
 
 @dataclass
@@ -151,27 +136,12 @@ def test_a_bad_setting_exits_2_with_one_line_naming_the_variable(
     assert result.stdout == ""
 
 
-def test_a_bad_env_file_value_is_reported_the_same_way(tmp_path: Path) -> None:
-    (tmp_path / ".env").write_text("LOG_FORMAT=yaml\n", encoding="utf-8")
-    result = subprocess.run([sys.executable, str(SCRIPT)], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=30, env=base_env())
-    assert result.returncode == 2
-    assert result.stderr.count("\n") == 1 and "LOG_FORMAT" in result.stderr
-
-
-def test_a_port_in_use_exits_non_zero_with_one_line(tmp_path: Path) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        result = subprocess.run(
-            [sys.executable, str(SCRIPT)], cwd=tmp_path, capture_output=True, text=True,
-            timeout=30, env=base_env(WS_HOST="127.0.0.1", WS_PORT=str(port),
-                                     API_PORT=str(free_port()), LOG_LEVEL="error"))
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    assert "listen" in result.stderr
-
+@pytest.mark.parametrize(("bound", "shown"), [
+    ("0.0.0.0", "127.0.0.1"), ("::", "[::1]"), ("10.0.0.5", "10.0.0.5"),
+    ("fd00::5", "[fd00::5]"), ("gateway.internal", "gateway.internal"),
+])
+def test_start_up_urls_use_an_address_a_person_can_open(bound: str, shown: str) -> None:
+    assert display_host(bound) == shown
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
