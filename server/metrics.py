@@ -2,6 +2,9 @@
 
 Metric objects live in their own ``CollectorRegistry`` (not the process default), declared once
 here as prometheus-client expects; gauges that mirror live state are computed at scrape time.
+prometheus-client's own collectors are registered on it too: ``process_*`` (memory, CPU, open
+file descriptors, start time), ``python_gc_*`` and ``python_info``. They describe the process,
+so they are registered once at import, however many gateways the process runs (tests run two).
 
 Hot paths stay cheap. Per-connection and per-request events use label children bound once
 (``CONNECTS_NEW``, ``disconnect_counter(code)``, ...). Per-frame counts (frames in by type,
@@ -40,7 +43,10 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -51,6 +57,9 @@ from prometheus_client.registry import Collector
 disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
+GCCollector(registry=REGISTRY)
+PlatformCollector(registry=REGISTRY)
 
 CONNECTS = Counter("switchboard_connects", "WebSocket connections accepted",
                    ["resumed"], registry=REGISTRY)

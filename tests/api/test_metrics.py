@@ -205,3 +205,26 @@ async def test_health_is_public_and_ready_follows_accepting(live_gateway: LiveGa
     assert status == 401
     samples = await scrape(live)
     assert value(samples, "switchboard_broker_up") == 1
+
+
+PROCESS_SERIES = ("process_resident_memory_bytes", "process_virtual_memory_bytes",
+                  "process_cpu_seconds_total", "process_open_fds", "process_max_fds",
+                  "process_start_time_seconds", "python_gc_objects_collected_total",
+                  "python_gc_collections_total", "python_info")
+
+
+async def test_process_and_gc_series_are_exported_once_with_two_gateways_in_a_process(
+        make_gateway: MakeGateway) -> None:
+    first, second = await make_gateway(), await make_gateway()
+    for live in (first, second):
+        async with live.http.get(f"{live.api_url}/metrics", headers=live.auth()) as resp:
+            text = await resp.text()
+        samples = await scrape(live)
+        names = {name for name, _ in samples}
+        for series in PROCESS_SERIES:
+            assert series in names, f"{series} missing from /metrics"
+        assert value(samples, "process_resident_memory_bytes") > 1_000_000
+        assert value(samples, "process_open_fds") > 0
+        assert value(samples, "python_gc_collections_total", {"generation": "0"}) >= 0
+        for family in ("process_resident_memory_bytes", "python_gc_objects_collected_total"):
+            assert text.count(f"# TYPE {family} ") == 1, family
