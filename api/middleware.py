@@ -23,10 +23,25 @@ log = structlog.get_logger("switchboard.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-#: Paths anyone may read: liveness, the docs and the dashboard's static page.
-PUBLIC_PATHS = frozenset({"/health", "/healthz", "/ready", "/docs", "/openapi.json", "/dashboard",
-                          "/favicon.ico", "/"})
+#: Routes anyone may call without the token: liveness and readiness probes, the docs and the
+#: dashboard's page (which ask for the token themselves) and their static files. The one
+#: source for every list of public routes: the OpenAPI document and its /docs page are built
+#: from it, and a test holds the README and docs/SECURITY.md to :func:`public_routes_text`.
+PUBLIC_ROUTES = ("/health", "/healthz", "/ready", "/docs", "/openapi.json", "/dashboard", "/")
 PUBLIC_PREFIXES = ("/static/",)
+PUBLIC_PATHS = frozenset(PUBLIC_ROUTES)
+
+
+def is_public(path: str) -> bool:
+    """Whether ``path`` is served without the API token."""
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
+def public_routes_text() -> str:
+    """The public routes as the docs list them: "`/health`, … and `/static/…`"."""
+    items = [f"`{path}`" for path in PUBLIC_ROUTES]
+    items += [f"`{prefix}…`" for prefix in PUBLIC_PREFIXES]
+    return ", ".join(items[:-1]) + " and " + items[-1]
 
 _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 406: "not_acceptable", 408: "request_timeout",
@@ -93,8 +108,7 @@ def streams_body(handler: Handler) -> Handler:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.method == "OPTIONS" or request.path in PUBLIC_PATHS or request.path.startswith(
-            PUBLIC_PREFIXES):
+    if request.method == "OPTIONS" or is_public(request.path):
         return await handler(request)
     security = request.app[SECURITY]
     refusal = security.check_api_token(request)

@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from api.middleware import is_public, public_routes_text
+
 JSON = "application/json"
 Schema = dict[str, Any]
 
@@ -324,7 +326,7 @@ def _query(name: str, schema: Schema, description: str) -> Schema:
 
 
 def _op(summary: str, tag: str, responses: dict[str, Schema], *, description: str = "",
-        public: bool = False, parameters: list[Schema] | None = None,
+        parameters: list[Schema] | None = None,
         body: str | None = None, operation_id: str | None = None) -> Schema:
     op: Schema = {"summary": summary, "tags": [tag], "responses": dict(responses)}
     if operation_id:
@@ -337,11 +339,21 @@ def _op(summary: str, tag: str, responses: dict[str, Schema], *, description: st
         op["requestBody"] = {"required": True,
                              "content": {JSON: {"schema": ref(body)}}}
         op["responses"].update(_BODY_ERRORS)
-    if public:
-        op["security"] = []
-    else:
-        op["responses"].update(_AUTH_ERRORS)
     return op
+
+
+def _apply_auth(paths: dict[str, Schema]) -> dict[str, Schema]:
+    """Mark each operation public or token-protected as the auth middleware treats its path
+    (``api.middleware.is_public``: the one list of public routes)."""
+    for path, item in paths.items():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            if is_public(path):
+                op["security"] = []
+            else:
+                op["responses"].update(_AUTH_ERRORS)
+    return paths
 
 
 def _status_op(operation_id: str, summary: str) -> Schema:
@@ -358,7 +370,7 @@ def _handlers_op(operation_id: str) -> Schema:
 
 def _health_op(operation_id: str) -> Schema:
     return _op("Liveness", "health", {"200": _json(ref("Health"), "The process answers.")},
-               public=True, operation_id=operation_id,
+               operation_id=operation_id,
                description="Public (no token). For readiness use `/ready`.")
 
 
@@ -400,14 +412,14 @@ def _static_op(operation_id: str, summary: str, example: str) -> Schema:
         "200": {"description": "The file.",
                 "content": {ctype: {"schema": {"type": "string"}} for ctype in ASSET_TYPES}},
         "404": _error("No such file."),
-    }, public=True, operation_id=operation_id, parameters=[{
+    }, operation_id=operation_id, parameters=[{
         "name": "path", "in": "path", "required": True, "description": "file name",
         "schema": {"type": "string", "minLength": 1}, "example": example}])
 
 
 def build_paths() -> dict[str, Schema]:
     html = {"text/html": {"schema": {"type": "string"}}}
-    return {
+    return _apply_auth({
         "/status": {"get": _status_op("getStatus", "Server state and counters")},
         "/ws/status": {"get": _status_op("getWsStatus", "Alias of /status (seed spelling)")},
         "/clients": {"get": _op(
@@ -508,7 +520,7 @@ def build_paths() -> dict[str, Schema]:
             "Readiness", "health",
             {"200": _json(ref("Ready"), "Accepting connections and the broker is up."),
              "503": _json(ref("Ready"), "Shutting down or the broker is unreachable.")},
-            public=True, operation_id="ready",
+            operation_id="ready",
             description="Public (no token), for load balancers and orchestrator probes.")},
         "/metrics": {"get": _op(
             "Prometheus metrics", "health",
@@ -518,16 +530,14 @@ def build_paths() -> dict[str, Schema]:
         "/openapi.json": {"get": _op(
             "This document", "docs",
             {"200": _json({"type": "object"}, "The OpenAPI 3 document.")},
-            public=True, operation_id="openapi")},
+            operation_id="openapi")},
         "/docs": {"get": _op(
             "Interactive API docs (Swagger UI, served locally)", "docs",
-            {"200": {"description": "HTML page.", "content": html}},
-            public=True, operation_id="docs")},
+            {"200": {"description": "HTML page.", "content": html}}, operation_id="docs")},
         "/dashboard": {"get": _op(
             "Live dashboard", "docs",
             {"200": {"description": "HTML page (it asks for the API token).",
-                     "content": html}},
-            public=True, operation_id="dashboard")},
+                     "content": html}}, operation_id="dashboard")},
         "/static/{path}": {"get": _static_op(
             "staticFile", "The dashboard's and the docs page's files (api/static)",
             "dashboard.js")},
@@ -537,18 +547,17 @@ def build_paths() -> dict[str, Schema]:
         "/": {"get": _op(
             "Redirect to the dashboard", "docs",
             {"302": {"description": "To /dashboard.",
-                     "headers": {"Location": {"schema": STRING}}}},
-            public=True, operation_id="root")},
-    }
+                     "headers": {"Location": {"schema": STRING}}}}, operation_id="root")},
+    })
 
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Switchboard's HTTP API: reach WebSocket clients from any service.
 
 Authenticate with `Authorization: Bearer $API_TOKEN` (or `X-API-Key: $API_TOKEN`).
-`/health`, `/healthz`, `/openapi.json`, `/docs` and `/dashboard` are public.
+{public_routes_text()} are public.
 
-Every error is JSON: `{"error": {"code": "...", "message": "..."}}`. Unsupported methods
+Every error is JSON: `{{"error": {{"code": "...", "message": "..."}}}}`. Unsupported methods
 answer 405 with an `Allow` header; unknown paths 404.
 """
 
