@@ -162,12 +162,14 @@ async def test_cli_connection_refused_exits_1_with_one_line() -> None:
     code, out, err = await run_cli(None, "--url", ws_url, "listen")
     assert code == 1
     assert err.splitlines()[-1] == (
-        f"switchboard-client: error: cannot connect to {ws_url}: connection refused"
+        f"switchboard-client: error: cannot connect to {ws_url}: connection refused (address "
+        f"from --url; is the gateway running? set --url, SWITCHBOARD_URL or WS_PORT)"
     )
     code, out, err = await run_cli(None, "--api", api_url, "api", "status")
     assert code == 1
-    assert (
-        err == f"switchboard-client: error: cannot reach the API at {api_url}: connection refused\n"
+    assert err == (
+        f"switchboard-client: error: cannot reach the API at {api_url}: connection refused "
+        f"(address from --api; is the gateway running? set --api, SWITCHBOARD_API or API_PORT)\n"
     )
     no_traceback(out, err)
 
