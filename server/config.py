@@ -227,9 +227,9 @@ class Settings:
     def session_durability(self) -> str:
         """What a restart does to sessions (said at start-up and shutdown)."""
         if self.sessions_survive_restart:
-            return "kept in Redis: clients resume on any node, across restarts"
-        return ("kept in this process (BROKER_URL=memory://): a restart ends every session "
-                "and clients start new ones; set BROKER_URL=redis://... to keep them")
+            return "sessions live in Redis: clients resume on any node, across restarts"
+        return ("sessions live in this process (memory://): a restart ends them all; "
+                "BROKER_URL=redis://... keeps them")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None,

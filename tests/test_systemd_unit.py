@@ -23,7 +23,7 @@ from server.config import Settings
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "docs" / "systemd" / "switchboard.service"
 INSTALLED = "/opt/switchboard"
-#: systemd's exposure score, 0 (locked down) to 10 (exposed); 1.3 when written.
+#: systemd's exposure score, 0 (locked down) to 10 (exposed); 1.1 when written.
 MAX_EXPOSURE = 2.0
 
 
