@@ -89,15 +89,20 @@ def _shown(value: Any, secret: bool) -> str:
     return str(value)
 
 
+def _current(settings: Settings, env: str) -> str:
+    """A setting's effective value as ``--check`` shows it (secrets as set/unset)."""
+    spec = next(spec for spec in SETTINGS_DOC if spec.env == env)
+    if env == "API_HOST":
+        return settings.effective_api_host
+    secret = not next(f for f in fields(settings) if f.name == spec.attr).repr
+    return _shown(getattr(settings, spec.attr), secret) or spec.default
+
+
 def print_check(loaded: LoadedSettings) -> None:
     """``--check``: one ``NAME=value  (source)`` line per setting, warnings on stderr."""
-    settings = loaded.settings
-    secret = {f.name for f in fields(settings) if not f.repr}
     width = max(len(spec.env) for spec in SETTINGS_DOC)
     for spec in SETTINGS_DOC:
-        raw = settings.effective_api_host if spec.env == "API_HOST" else getattr(settings,
-                                                                                  spec.attr)
-        value = _shown(raw, spec.attr in secret) or spec.default
+        value = _current(loaded.settings, spec.env)
         source = loaded.sources.get(spec.env, "default")
         print(f"{spec.env:<{width}}  {value:<24} ({source})")
     for unknown in loaded.unknown:
@@ -111,9 +116,10 @@ def warn_unknown(loaded: LoadedSettings) -> None:
     log = structlog.get_logger("switchboard.config")
     for unknown in loaded.unknown:
         if unknown.did_you_mean:
+            current = _current(loaded.settings, unknown.did_you_mean)
             log.warning("unknown_setting", variable=unknown.name, where=unknown.where,
                         did_you_mean=unknown.did_you_mean,
-                        effect=f"ignored: {unknown.did_you_mean} keeps its value")
+                        effect=f"ignored; {unknown.did_you_mean} is {current}")
         else:
             log.warning("unknown_setting", variable=unknown.name, where=unknown.where,
                         effect="ignored")

@@ -2,8 +2,9 @@
 
 Every variable has a safe default. A bad value raises :class:`ConfigError` whose message is one
 line naming the variable (and, for a value read from a ``.env`` file, the file and line);
-``run_websocket_server.py`` prints it and exits with status 2. The README's configuration table
-and ``switchboard --help`` are generated from :data:`SETTINGS_DOC`.
+``run_websocket_server.py`` prints it and exits with status 2. ``switchboard --help`` is
+generated from :data:`SETTINGS_DOC`, and tests/test_readme.py holds the README's configuration
+table to it row by row.
 
 Misspelt names: a variable that is not a setting but is close to one's name (``BROKER_ULR``,
 ``WS_PROT``, ``api_token``) is reported by :meth:`Settings.load`: as a warning when it comes

@@ -68,7 +68,7 @@ def listen_sockets(host: str, port: int, *, reuse_port: bool = False) -> list[so
 
 def bind_error(exc: OSError, host: str, port: int, app: str) -> str:
     """One line for a failed bind, naming the variable to change (``app`` is WS or API)."""
-    where = f"{display_host(host)}:{port}"
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     why = (exc.strerror or str(exc)).lower()
     if isinstance(exc, socket.gaierror):
         return f"switchboard: cannot resolve {app}_HOST={host} ({why}); set {app}_HOST"

@@ -197,6 +197,8 @@ async def test_two_node_processes(tmp_path: Path, redis_url: str, nodes: list[No
     bob_seq = bob.frames[-1]["seq"]
     assert p2.stop() == 0, p2.output()
     assert await close_code(bob) == 1001
+    # ... as its start-up and shutdown lines promised (with memory:// they say the opposite)
+    assert p2.output().count("sessions live in Redis: clients resume on any node") == 2
     status, body = await post(http, f"{p1.api}/send_message",
                               {"client_id": "bob", "content": "while away"})
     assert status == 202 and body["seq"] == bob_seq + 1, body
