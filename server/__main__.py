@@ -23,7 +23,7 @@ import structlog
 
 from server.config import SETTINGS_DOC, LoadedSettings, Settings
 from server.errors import ConfigError
-from server.logging_setup import configure_logging
+from server.logging_setup import configure_logging, url_for_logs
 
 ENV_FILE = ".env"
 
@@ -86,6 +86,8 @@ def _shown(value: Any, secret: bool) -> str:
         return f"{value:g}"
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, str) and "://" in value:
+        return url_for_logs(value)  # never a password or a token from a URL
     return str(value)
 
 

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from server.app import create_apps
 from server.config import Settings
+from server.logging_setup import url_for_logs
 
 log = structlog.get_logger("switchboard")
 #: Listen backlog (aiohttp's default).
@@ -144,7 +145,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False,
     log.info("switchboard_started", **start_up_urls(settings),
              listening=f"{settings.ws_host}:{settings.ws_port} (WebSocket), "
                        f"{api_host}:{settings.api_port} (API)",
-             broker=settings.broker_url.split("@")[-1], api_auth=bool(settings.api_token),
+             broker=url_for_logs(settings.broker_url), api_auth=bool(settings.api_token),
              sessions=settings.session_durability)
     await stop.wait()
     log.info("switchboard_stopping", sessions=settings.session_durability)

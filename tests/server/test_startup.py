@@ -254,7 +254,8 @@ async def test_memory_broker_says_a_restart_ends_every_session(tmp_path: Path) -
 def test_check_shows_each_value_and_its_source_and_binds_nothing(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("LOG_LEVEL=debug\n", encoding="utf-8")
-    env = loopback_env(API_TOKEN=STRONG_TOKEN, WS_PROT="1")
+    env = loopback_env(API_TOKEN=STRONG_TOKEN, WS_PROT="1",
+                       BROKER_URL="redis://:hunter2@127.0.0.1:1/0")
     result = run_script(tmp_path, "--check", env=env, timeout=NO_START)
     assert result.returncode == 0, result
     lines = {line.split()[0]: line for line in result.stdout.splitlines()}
@@ -263,6 +264,7 @@ def test_check_shows_each_value_and_its_source_and_binds_nothing(tmp_path: Path)
     assert lines["LOG_LEVEL"].split()[1:] == ["debug", f"({env_file.resolve()}:1)"]
     assert lines["HISTORY_LIMIT"].split()[1:] == ["1000", "(default)"]
     assert lines["API_TOKEN"].split()[1] == "(set)" and STRONG_TOKEN not in result.stdout
+    assert lines["BROKER_URL"].split()[1] == "redis://127.0.0.1:1/0"  # no password
     assert "WS_PROT" in result.stderr and "WS_PORT?" in result.stderr
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", int(env["WS_PORT"])))
