@@ -23,11 +23,13 @@ log = structlog.get_logger("switchboard.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-#: Routes anyone may call without the token: liveness and readiness probes, the docs and the
-#: dashboard's page (which ask for the token themselves) and their static files. The one
+#: Routes anyone may call without the token: liveness and readiness probes, the docs, the
+#: WebSocket protocol (/asyncapi.json), the dashboard's page (which asks for the token itself),
+#: the browser client it imports (public code) and their static files. The one
 #: source for every list of public routes: the OpenAPI document and its /docs page are built
 #: from it, and a test holds the README and docs/SECURITY.md to :func:`public_routes_text`.
-PUBLIC_ROUTES = ("/health", "/healthz", "/ready", "/docs", "/openapi.json", "/dashboard", "/")
+PUBLIC_ROUTES = ("/health", "/healthz", "/ready", "/docs", "/openapi.json", "/asyncapi.json",
+                 "/dashboard", "/switchboard.js", "/switchboard.d.ts", "/frames.d.ts", "/")
 PUBLIC_PREFIXES = ("/static/",)
 PUBLIC_PATHS = frozenset(PUBLIC_ROUTES)
 

@@ -531,6 +531,24 @@ def build_paths() -> dict[str, Schema]:
             "This document", "docs",
             {"200": _json({"type": "object"}, "The OpenAPI 3 document.")},
             operation_id="openapi")},
+        "/asyncapi.json": {"get": _op(
+            "The WebSocket protocol (AsyncAPI 3.0)", "docs",
+            {"200": _json({"type": "object"}, "A JSON Schema for every client and server "
+                                              "frame.")},
+            operation_id="asyncapi")},
+        **{path: {"get": _op(
+            summary, "docs",
+            {"200": {"description": "The file, with an ETag and a day's cache.",
+                     "content": {ctype: {"schema": {"type": "string"}}}},
+             "304": {"description": "Not modified (If-None-Match)."}},
+            operation_id=operation_id)}
+           for path, summary, ctype, operation_id in (
+               ("/switchboard.js", "The browser client (ES module)", "text/javascript",
+                "clientModule"),
+               ("/switchboard.d.ts", "The browser client's TypeScript declarations",
+                "application/typescript", "clientTypes"),
+               ("/frames.d.ts", "TypeScript declarations of every frame",
+                "application/typescript", "frameTypes"))},
         "/docs": {"get": _op(
             "Interactive API docs (Swagger UI, served locally)", "docs",
             {"200": {"description": "HTML page.", "content": html}}, operation_id="docs")},

@@ -13,6 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from swagger_ui_bundle import swagger_ui_path
 
+from api.asyncapi import asyncapi_json
 from api.openapi import openapi_json
 from server.keys import SECURITY
 
@@ -97,8 +98,9 @@ async def swagger_file(request: web.Request) -> web.FileResponse:
 
 
 def setup_ui(app: web.Application) -> None:
-    """Register ``/openapi.json``, ``/docs``, ``/dashboard``, ``/`` and the static files."""
+    """Register ``/openapi.json``, ``/asyncapi.json``, ``/docs``, ``/dashboard``, ``/`` and the static files."""
     app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/asyncapi.json", asyncapi_json)
     app.router.add_get("/docs", docs)
     app.router.add_get("/dashboard", dashboard)
     app.router.add_get("/", root)

@@ -25,6 +25,7 @@ from handlers import build_router
 from server.broker import create_broker
 from server.channel_rules import load_channel_rules
 from server.channel_webhooks import ChannelWebhooks
+from server.client_js import add_client_routes
 from server.config import Settings
 from server.errors import CloseCode, Unavailable
 from server.events import EventEmitter
@@ -85,6 +86,7 @@ def create_apps(settings: Settings, gateway: Gateway | None = None,
         ws_app.router.add_get(path, websocket_handler)
     # First in, last out: events emitted while the rest shuts down are still posted.
     ws_app.cleanup_ctx.append(shared[EVENTS].lifespan)
+    add_client_routes(ws_app)  # /switchboard.js for pages that import the browser client
     ws_app.cleanup_ctx.append(_broker_ctx)
     ws_app.cleanup_ctx.append(_sweeper_ctx)
     ws_app.cleanup_ctx.append(_metrics_ctx)
@@ -100,6 +102,7 @@ def create_apps(settings: Settings, gateway: Gateway | None = None,
         api_app[key] = value
     api_app.add_routes(api_routes)
     setup_ui(api_app)
+    add_client_routes(api_app)  # the dashboard imports the client from its own origin
     api_app.add_routes(stream_routes)
     _setup_cors(api_app, settings)
     return ws_app, api_app

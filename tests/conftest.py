@@ -22,6 +22,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from api.asyncapi import server_frame_checker
 from server.app import create_apps
 from server.config import Settings
 from server.gateway import Gateway
@@ -33,6 +34,18 @@ pytest_plugins = ["tests.conftest_redis", "tests.backends"]
 
 API_TOKEN = "test-token"
 RECV_TIMEOUT = 5.0
+
+#: Every frame a test receives through :class:`WSClient` is checked against the AsyncAPI
+#: document the gateway publishes (/asyncapi.json): the schemas cannot drift from what the
+#: server really sends.
+check_server_frame = server_frame_checker()
+
+
+def assert_frame_fits_protocol(frame: dict[str, Any]) -> None:
+    problems = check_server_frame(frame)
+    if problems:
+        raise AssertionError(f"server frame does not fit /asyncapi.json: {problems}: "
+                             f"{str(frame)[:500]}")
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float = RECV_TIMEOUT,  # noqa: ASYNC109
@@ -78,6 +91,7 @@ class WSClient:
             raise AssertionError(f"expected a text frame, got {msg.type!r} {msg.data!r} "
                                  f"{msg.extra!r}")
         frame = orjson.loads(msg.data)
+        assert_frame_fits_protocol(frame)
         self.frames.append(frame)
         return frame
 
@@ -148,6 +162,7 @@ class LiveGateway:
         assert msg.type is aiohttp.WSMsgType.TEXT, msg
         hello = orjson.loads(msg.data)
         assert hello["type"] == "connection_established", hello
+        assert_frame_fits_protocol(hello)
         client = WSClient(ws, hello)
         self.clients.append(client)
         return client
