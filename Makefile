@@ -4,11 +4,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test lint bench browser clean help
+.PHONY: run test js-test lint bench browser clean help
 
 help:
 	@echo "make run     start the gateway (WebSocket :9004, HTTP API :9005)"
 	@echo "make test    run the whole test suite (installs test dependencies)"
+	@echo "make js-test the JS client's type check and node tests only"
 	@echo "make lint    ruff check"
 	@echo "make bench   run the benchmarks (see docs/BENCHMARKS.md)"
 	@echo "make browser install Debian's chromium for the dashboard browser test"
@@ -29,12 +30,27 @@ $(VENV)/.deps-bench: setup.cfg pyproject.toml | $(PY)
 	$(PIP) install -e '.[test,bench]'
 	@touch $@ $(VENV)/.deps-run $(VENV)/.deps-test
 
+# The JS client's dev tools (typescript), pinned by its lockfile; reinstalled when it changes.
+JS         := clients/js
+JS_DEPS    := $(JS)/node_modules/.installed
+
+$(JS_DEPS): $(JS)/package.json $(JS)/package-lock.json
+	cd $(JS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 run: $(VENV)/.deps-run
 	exec $(PY) run_websocket_server.py
 
-test: $(VENV)/.deps-test
+test: $(VENV)/.deps-test $(JS_DEPS)
 	$(PY) -m ruff check .
+	$(MAKE) --no-print-directory js-test
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Node 20's WHATWG WebSocket is behind --experimental-websocket (on by default from Node 22):
+# the tests then drive the same WebSocket API a browser gives the client.
+js-test: $(VENV)/.deps-test $(JS_DEPS)
+	cd $(JS) && ./node_modules/.bin/tsc --noEmit -p . && \
+	  SWITCHBOARD_PYTHON=$(abspath $(PY)) node --experimental-websocket --test --test-reporter=spec test/*.test.js
 
 lint: $(VENV)/.deps-test
 	$(PY) -m ruff check .
@@ -49,4 +65,4 @@ browser:
 	@chromium --version
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis $(JS)/node_modules

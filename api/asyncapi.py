@@ -257,7 +257,7 @@ def build_document() -> Schema:
         if replies:
             op["reply"] = {"channel": {"$ref": "#/channels/gateway"},
                            "messages": [{"$ref": f"#/channels/gateway/messages/{r}"}
-                                        for r in replies + ["server.error"]]}
+                                        for r in [*replies, "server.error"]]}
         receive[f"receive_{entry.type}"] = op
     for name, frame in [*SERVER_FRAMES.items(), ("*", BROADCAST)]:
         key = "server.broadcast" if name == "*" else f"server.{name}"

@@ -546,9 +546,10 @@ export class Switchboard {
       this.stats.resumes += 1;
       if (!recovered) lost = "history_gap";
     } else {
-      if (hadSession) lost = "session_lost";
+      if (hadSession || this._sessionLost) lost = "session_lost";
       this.lastSeq = 0; // a new session numbers its frames from 1 again
     }
+    this._sessionLost = false;
     if (typeof data.client_id === "string") this.clientId = data.client_id;
     if (typeof data.session_token === "string") this.sessionToken = data.session_token;
     this.connectionInfo = data;
@@ -630,10 +631,9 @@ export class Switchboard {
     if (!willReconnect) { this._fail(code, reason); return; }
     if (action === CloseAction.FRESH_SESSION) {
       this.forgetSession();
-      this._nextAction = action;
-    } else {
-      this._nextAction = action;
+      this._sessionLost = true; // told once the new session is up (recovery_failed)
     }
+    this._nextAction = action;
     this._retry(code, reason);
   }
 

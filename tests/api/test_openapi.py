@@ -154,7 +154,8 @@ async def test_every_answer_fits_the_document(make_gateway: MakeGateway) -> None
     api = Driver(live, checker)
 
     # Public pages and liveness.
-    for template in ("/health", "/healthz", "/openapi.json", "/docs", "/dashboard"):
+    for template in ("/health", "/healthz", "/openapi.json", "/asyncapi.json", "/docs",
+                     "/dashboard", "/switchboard.js", "/switchboard.d.ts", "/frames.d.ts"):
         await api.call("GET", template, auth=False, expect=200)
     await api.call("GET", "/", auth=False, expect=302)
     await api.call("GET", "/static/{path}", path={"path": "dashboard.js"}, auth=False,
