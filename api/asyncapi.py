@@ -59,8 +59,12 @@ def data(required: Mapping[str, Schema] | None = None,
 TOOL_RESULT = data({"type": enum("text", "structured", "error"), "content": ANY,
                     "raw_data": ANY, "success": BOOL})
 TOOL_LIFECYCLE = {"call_id": STRING, "tool_name": STRING, "parameters": ANY,
-                  "risk_level": enum("low", "medium", "high"), "start_time": DATETIME,
-                  "status": STRING}
+                  "start_time": DATETIME, "status": STRING}
+#: Set on the gateway's own tools; absent on calls a third party made on a client.
+RISK = {"risk_level": enum("low", "medium", "high")}
+#: ``origin: "api"`` marks a ``POST /call_tool`` seen by tool_activity subscribers (the tool
+#: runs on ``client_id``).
+OBSERVED = {"client_id": STRING, "origin": enum("api")}
 STATUS = data({"status": enum("running", "shutting_down"), "connected_clients": NONNEG,
                "total_sessions": NONNEG, "total_messages_sent": NONNEG,
                "total_messages_received": NONNEG, "uptime": NUMBER, "server_time": DATETIME},
@@ -130,15 +134,17 @@ SERVER_FRAMES: dict[str, ServerFrame] = {
         data({"call_id": STRING, "tool_name": STRING, "success": BOOL, "result": ANY},
              {"error": ANY, "available_tools": STRINGS})),
     "mcp_tool_execution_start": ServerFrame(
-        "A tool started (seed 001). Also sent to tool_activity subscribers.",
-        data(TOOL_LIFECYCLE, {"client_id": STRING, "origin": STRING})),
+        "A tool started (seed 001). Also sent to tool_activity subscribers, with those of "
+        "POST /call_tool (origin: api).",
+        data(TOOL_LIFECYCLE, {**RISK, **OBSERVED})),
     "mcp_tool_waiting_permission": ServerFrame(
         "A high-risk tool waits for permission_response.",
-        data(TOOL_LIFECYCLE, {"client_id": STRING})),
+        data({**TOOL_LIFECYCLE, **RISK}, {"client_id": STRING})),
     "mcp_tool_execution_complete": ServerFrame(
-        "A tool finished (seed 001). Also sent to tool_activity subscribers.",
+        "A tool finished (seed 001). Also sent to tool_activity subscribers, with those of "
+        "POST /call_tool (origin: api).",
         data({**TOOL_LIFECYCLE, "end_time": DATETIME, "success": BOOL, "result": TOOL_RESULT},
-             {"duration_ms": NUMBER, "client_id": STRING, "origin": STRING})),
+             {"duration_ms": NUMBER, **RISK, **OBSERVED})),
     "tools_list": ServerFrame("The server-side tools.", data({"tools": {
         "type": "array", "items": data({"name": STRING, "description": STRING,
                                         "parameters": ANY,

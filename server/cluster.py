@@ -1114,7 +1114,7 @@ class ClusterGateway(Gateway):
 
     async def broadcast(self, message_type: str, data: dict[str, Any] | None = None, *,
                         channel: str | None = None, client_type: str | None = None,
-                        exclude: str | None = None) -> dict[str, Any]:
+                        exclude: str | None = None, counted: bool = True) -> dict[str, Any]:
         self.require_healthy()
         extra = {"channel": channel} if channel is not None else None
         frame = protocol.server_frame(message_type, data, extra=extra)
@@ -1128,7 +1128,8 @@ class ClusterGateway(Gateway):
         try:
             pushed, queued = self.registry.fan_out(
                 self._targets(channel, client_type, exclude), encoded)
-            self.registry.counters.total_broadcasts += 1
+            if counted:
+                self.registry.counters.total_broadcasts += 1
             for parked in self.parked_broadcasts.values():
                 parked.append(inflight)
             others, replies = await self._request(ALL_TOPIC, header, encoded,

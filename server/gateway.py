@@ -164,9 +164,10 @@ class Gateway:
 
     async def broadcast(self, message_type: str, data: dict[str, Any] | None = None, *,
                         channel: str | None = None, client_type: str | None = None,
-                        exclude: str | None = None) -> dict[str, Any]:
+                        exclude: str | None = None, counted: bool = True) -> dict[str, Any]:
         """Serialise once, then fan out to every matching session (live ones get it now,
-        offline ones keep it for resume). Returns counts and the frame's message_id."""
+        offline ones keep it for resume). Returns counts and the frame's message_id.
+        ``counted=False``: not in ``total_broadcasts`` (the gateway's own notices)."""
         extra = {"channel": channel} if channel is not None else None
         frame = protocol.server_frame(message_type, data, extra=extra)
         encoded = protocol.encode(frame)
@@ -174,7 +175,8 @@ class Gateway:
         if exclude is not None:
             targets = (s for s in targets if s.client_id != exclude)
         pushed, queued = self.registry.fan_out(targets, encoded)
-        self.registry.counters.total_broadcasts += 1
+        if counted:  # tool_activity notices are not the operator's broadcasts
+            self.registry.counters.total_broadcasts += 1
         HOT.frames_out_queued += queued
         log.debug("broadcast", message_id=frame["message_id"], type=message_type,
                   channel=channel, client_type=client_type, recipients=pushed, queued=queued)
@@ -198,6 +200,11 @@ class Gateway:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.pending_calls[call_id] = PendingCall(client_id, tool_name, future, wait_for_client)
         started = time.perf_counter()
+        base = {"call_id": call_id, "tool_name": tool_name, "parameters": redact(params),
+                "start_time": protocol.now_iso(), "client_id": client_id, "origin": "api"}
+        observed = self._observe("mcp_tool_execution_start", {**base, "status": "executing"})
+        answer: dict[str, Any] | None = None
+        failure = "the call was cancelled"
         try:
             self.emit(session, "tool_call",
                       {"call_id": call_id, "tool_name": tool_name, "params": params})
@@ -208,8 +215,25 @@ class Gateway:
                 raise CallTimeout(
                     f"client {client_id!r} did not answer tool_call {call_id} within "
                     f"{timeout:g}s", details={"call_id": call_id}) from None
+        except SwitchboardError as exc:
+            failure = exc.message
+            raise
         finally:
             self.pending_calls.pop(call_id, None)
+            success = answer is not None and bool(answer["success"])
+            if answer is None:
+                result = error_result(failure)
+            elif success:
+                result = shape_result(answer.get("result"))
+            else:
+                result = error_result(str(answer.get("error") or "the client reported a "
+                                                                  "failure"), answer)
+            self._observe("mcp_tool_execution_complete", {
+                **base, "end_time": protocol.now_iso(),
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "success": success, "result": result,
+                "status": "completed" if success else "failed"}, after=observed)
+        assert answer is not None
         log.info("tool_call_answered", client_id=client_id, call_id=call_id, tool=tool_name,
                  success=answer["success"], ms=round((time.perf_counter() - started) * 1000, 2))
         return answer
@@ -328,6 +352,21 @@ class Gateway:
                  call_id=call_id, success=success, ms=duration_ms)
         return response
 
+    def _observe(self, frame_type: str, data: dict[str, Any], *,
+                 after: asyncio.Task[Any] | None = None) -> asyncio.Task[Any]:
+        """Tell ``tool_activity`` subscribers about a ``POST /call_tool`` (on every node: a
+        channel broadcast), off the call's path; ``after`` keeps start before complete."""
+
+        async def publish() -> None:
+            if after is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(after)
+            with contextlib.suppress(SwitchboardError):  # observers are best effort
+                await self.broadcast(frame_type, data, channel=TOOL_ACTIVITY_CHANNEL,
+                                     counted=False)
+
+        return self.spawn(publish(), name=f"observe-{frame_type}")
+
     def _lifecycle(self, session: Session, frame_type: str, data: dict[str, Any],
                    reply_to: str | None) -> None:
         frame = protocol.server_frame(frame_type, data, reply_to=reply_to)
@@ -417,12 +456,14 @@ class Gateway:
 
     # --- background work ----------------------------------------------------------------------
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None
+              ) -> asyncio.Task[Any]:
         """Run work that must not block a connection's reader (tool runs, webhooks); it is
         tracked and cancelled at shutdown."""
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self.tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)

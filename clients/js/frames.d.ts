@@ -113,16 +113,16 @@ export interface ServerFrameData {
     available_tools?: Array<string>;
     [key: string]: unknown;
   };
-  /** A tool started (seed 001). Also sent to tool_activity subscribers. */
+  /** A tool started (seed 001). Also sent to tool_activity subscribers, with those of POST /call_tool (origin: api). */
   mcp_tool_execution_start: {
     call_id: string;
     tool_name: string;
     parameters: unknown;
-    risk_level: "low" | "medium" | "high";
     start_time: string;
     status: string;
+    risk_level?: "low" | "medium" | "high";
     client_id?: string;
-    origin?: string;
+    origin?: "api";
     [key: string]: unknown;
   };
   /** A high-risk tool waits for permission_response. */
@@ -130,18 +130,17 @@ export interface ServerFrameData {
     call_id: string;
     tool_name: string;
     parameters: unknown;
-    risk_level: "low" | "medium" | "high";
     start_time: string;
     status: string;
+    risk_level: "low" | "medium" | "high";
     client_id?: string;
     [key: string]: unknown;
   };
-  /** A tool finished (seed 001). Also sent to tool_activity subscribers. */
+  /** A tool finished (seed 001). Also sent to tool_activity subscribers, with those of POST /call_tool (origin: api). */
   mcp_tool_execution_complete: {
     call_id: string;
     tool_name: string;
     parameters: unknown;
-    risk_level: "low" | "medium" | "high";
     start_time: string;
     status: string;
     end_time: string;
@@ -154,8 +153,9 @@ export interface ServerFrameData {
       [key: string]: unknown;
     };
     duration_ms?: number;
+    risk_level?: "low" | "medium" | "high";
     client_id?: string;
-    origin?: string;
+    origin?: "api";
     [key: string]: unknown;
   };
   /** The server-side tools. */

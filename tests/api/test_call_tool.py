@@ -232,3 +232,51 @@ async def test_wait_for_client_fails_at_once_when_the_session_ends_on_disconnect
     status, body = await request
     assert status == 502, body
     assert live.gateway.registry.get("ephemeral") is None
+
+
+async def observed_api_tool_calls(api_node: LiveGateway, client_node: LiveGateway) -> None:
+    """``POST /call_tool`` shows up on ``tool_activity`` (the dashboard's stream): a start and a
+    complete (or failed) frame, parameters redacted, not counted as broadcasts. The observer
+    is on the API's node, the client on ``client_node``."""
+    observer = await api_node.connect(client_type="dashboard")
+    await observer.send("subscribe", {"channel": "tool_activity"})
+    await observer.recv_type("subscribed")
+    worker = await client_node.connect(client_id="observed-worker")
+    await wait_for(lambda: True)
+    broadcasts = (await api_node.api("GET", "/status"))[1]["total_broadcasts"]
+
+    async def answer() -> None:
+        call = await worker.recv_type("tool_call")
+        await worker.send("tool_result", {"call_id": call["data"]["call_id"], "result": "done"})
+
+    task = asyncio.ensure_future(answer())
+    status, body = await api_node.api("POST", "/call_tool", {
+        "client_id": "observed-worker", "tool_name": "deploy",
+        "params": {"env": "prod", "api_key": "sk-secret"}, "timeout": 5})
+    await task
+    assert status == 200, body
+    start = await observer.recv_type("mcp_tool_execution_start")
+    complete = await observer.recv_type("mcp_tool_execution_complete")
+    for frame in (start, complete):
+        assert frame["channel"] == "tool_activity"
+        assert frame["data"]["origin"] == "api"
+        assert frame["data"]["client_id"] == "observed-worker"
+        assert frame["data"]["call_id"] == body["call_id"]
+        assert frame["data"]["parameters"] == {"env": "prod", "api_key": "***"}
+    assert complete["data"]["status"] == "completed" and complete["data"]["success"] is True
+    assert complete["data"]["result"]["content"] == "done"
+
+    # A call nobody answers is reported failed, with the reason.
+    status, body = await api_node.api("POST", "/call_tool", {
+        "client_id": "observed-worker", "tool_name": "slow", "timeout": 0.2})
+    assert status == 504
+    failed = await observer.recv_type("mcp_tool_execution_complete")
+    assert failed["data"]["tool_name"] == "slow"
+    assert failed["data"]["status"] == "failed" and failed["data"]["success"] is False
+    assert "did not answer" in failed["data"]["result"]["content"]
+    status, after = await api_node.api("GET", "/status")
+    assert after["total_broadcasts"] == broadcasts
+
+
+async def test_api_tool_calls_are_seen_on_tool_activity(live_gateway: LiveGateway) -> None:
+    await observed_api_tool_calls(live_gateway, live_gateway)

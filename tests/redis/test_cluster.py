@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.api.test_call_tool import observed_api_tool_calls
 from tests.conftest import LiveGateway, MakeGateway, WSClient, wait_for
 
 pytestmark = pytest.mark.redis
@@ -423,3 +424,9 @@ async def test_sends_racing_a_resume_on_the_same_node_reach_the_resumed_connecti
             last_seq = frame["seq"]
         held = other.gateway.registry.get("racer")
         assert held is not None and held.outbox is not None, "session copy without socket"
+
+
+async def test_api_tool_calls_are_seen_on_tool_activity_across_nodes(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    await observed_api_tool_calls(a, b)
