@@ -102,7 +102,7 @@ def create_apps(settings: Settings, gateway: Gateway | None = None,
         api_app[key] = value
     api_app.add_routes(api_routes)
     setup_ui(api_app)
-    add_client_routes(api_app)  # the dashboard imports the client from its own origin
+    add_client_routes(api_app, any_origin=False)  # the dashboard imports it same-origin
     api_app.add_routes(stream_routes)
     _setup_cors(api_app, settings)
     return ws_app, api_app

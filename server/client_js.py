@@ -52,12 +52,14 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     return "*" in candidates or etag in candidates
 
 
-def asset_handler(assets: dict[str, Asset]
+def asset_handler(assets: dict[str, Asset], *, any_origin: bool
                   ) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def serve(request: web.Request) -> web.Response:
         asset = assets[request.path]
         headers = {"ETag": asset.etag, "Cache-Control": CACHE_CONTROL,
-                   "Access-Control-Allow-Origin": "*", "X-Content-Type-Options": "nosniff"}
+                   "X-Content-Type-Options": "nosniff"}
+        if any_origin:
+            headers["Access-Control-Allow-Origin"] = "*"
         if _matches(request.headers.get("If-None-Match"), asset.etag):
             return web.Response(status=304, headers=headers)
         return web.Response(body=asset.body, content_type=asset.content_type,
@@ -66,8 +68,9 @@ def asset_handler(assets: dict[str, Asset]
     return serve
 
 
-def add_client_routes(app: web.Application) -> None:
-    """Serve the client's files on ``app`` (GET and HEAD)."""
-    handler = asset_handler(load_assets())
+def add_client_routes(app: web.Application, *, any_origin: bool = True) -> None:
+    """Serve the client's files on ``app`` (GET and HEAD). ``any_origin=False`` where the app's
+    own CORS set-up answers cross-origin requests (the API port: ALLOWED_ORIGINS)."""
+    handler = asset_handler(load_assets(), any_origin=any_origin)
     for path in CLIENT_FILES:
         app.router.add_get(path, handler)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import quote
@@ -20,7 +21,8 @@ from urllib.parse import quote
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.conftest import API_TOKEN, LiveGateway, MakeGateway, WSClient
+from tests.conftest import API_TOKEN, LiveGateway, MakeGateway, WSClient, wait_for
+from tests.redis.test_cluster import close_code
 
 pytestmark = pytest.mark.browser
 
@@ -99,6 +101,9 @@ async def dashboard_end_to_end(live: LiveGateway, browser: Browser) -> None:
     # Send a message through the form: the client receives it.
     await row.click()
     await expect(page.locator("#send-client")).to_have_value("agent-coder")
+    await expect(page.locator("#drawer")).to_be_visible()  # the client drawer opens too
+    await page.keyboard.press("Escape")
+    await expect(page.locator("#drawer")).to_be_hidden()
     await page.fill("#send-content", "hello from the dashboard")
     await page.click("#send-submit")
     frame = await agent.recv_type("message")
@@ -128,12 +133,19 @@ async def dashboard_end_to_end(live: LiveGateway, browser: Browser) -> None:
     assert call["tool_name"] == "get_weather" and call["params"] == {"city": "Paris"}
     await expect(page.locator("#tool-result")).to_contain_text('"forecast": "sunny"')
     await expect(page.locator("#tool-result")).to_have_class("result result-ok")
+    # ... and the call shows in the live stream (tool_activity), green, with its outcome.
+    observed = page.locator('#stream li.family-tool[data-type="mcp_tool_execution_complete"]')
+    await expect(observed).to_have_count(1)
+    await expect(observed).to_contain_text("sunny")
+    await expect(page.locator(
+        '#stream li.family-tool[data-type="mcp_tool_execution_start"]')).to_contain_text(
+        "get_weather")
 
     # A tool run by the gateway streams its lifecycle to tool_activity: green frames.
     await agent.send("tool_call", {"tool_name": "echo", "params": {"text": "hi"}})
     await agent.recv_type("tool_response")
     await expect(page.locator(
-        '#stream li.family-tool[data-type="mcp_tool_execution_complete"]')).to_have_count(1)
+        '#stream li.family-tool[data-type="mcp_tool_execution_complete"]')).to_have_count(2)
     # Seed 000's other families: handoff orange, errors red.
     for message_type, data in (("handoff_call", {"service_name": "agent_coder",
                                                  "status": "started"}),
@@ -163,6 +175,9 @@ async def dashboard_end_to_end(live: LiveGateway, browser: Browser) -> None:
         SCREENSHOT.parent.mkdir(exist_ok=True)
         SCREENSHOT.write_bytes(png)
 
+    await client_drawer(page, live, agent)
+    await one_session_per_tab(page, live)
+
     # Untrusted text stays text: in the table and in the stream.
     await live.connect(client_id="intruder", client_type=XSS)
     status, _ = await live.api("POST", "/broadcast",
@@ -175,6 +190,68 @@ async def dashboard_end_to_end(live: LiveGateway, browser: Browser) -> None:
     assert await page.evaluate("window.__pwned") is None
     assert not crashes, crashes
     await page.close()
+
+
+async def client_drawer(page: Page, live: LiveGateway, agent: WSClient) -> None:
+    """A click on a client opens its drawer: details, history paged from
+    /clients/{id}/messages, and "end session"."""
+    for n in range(60):
+        status, _ = await live.api("POST", "/send_message",
+                                   {"client_id": "agent-coder", "content": f"note {n}"})
+        assert status == 200
+    await page.locator('#clients tbody tr[data-client-id="agent-coder"]').click()
+    drawer = page.locator("#drawer")
+    await expect(drawer).to_be_visible()
+    await expect(page.locator("#drawer-client")).to_have_text("agent-coder")
+    await expect(page.locator("#drawer-info")).to_contain_text("agent")
+    history = page.locator("#drawer-history li")
+    await expect(history).to_have_count(50)  # the newest page
+    await expect(history.last).to_contain_text("note 59")
+    await expect(page.locator("#drawer-older")).to_be_enabled()
+    await page.click("#drawer-older")
+    await expect(history.first).to_contain_text("hello from the dashboard")
+    await expect(page.locator("#drawer-history li[data-seq='1']")).to_have_count(1)
+    await page.click("#drawer-newest")
+    await expect(history.last).to_contain_text("note 59")
+
+    # End the session: two clicks, the client is closed with 4001 and leaves the table.
+    await page.click("#drawer-end")
+    await page.click("#drawer-end-confirm")
+    await expect(page.locator("#drawer-end-result")).to_contain_text("session ended")
+    assert await close_code(agent) == 4001
+    await expect(page.locator('#clients tbody tr[data-client-id="agent-coder"]')).to_have_count(0)
+    await page.click("#drawer-close")
+    await expect(drawer).to_be_hidden()
+
+    # Throughput sparklines are drawn from the counters' deltas.
+    await expect(page.locator("#spark-out")).to_have_attribute("data-points", re.compile(r"[1-9]"))
+    assert float(await page.locator("#rate-out").text_content() or "x") >= 0
+
+
+async def dashboard_sessions(live: LiveGateway) -> list[dict[str, object]]:
+    status, body = await live.api("GET", "/clients?client_type=dashboard")
+    assert status == 200
+    return body["clients"]
+
+
+async def one_session_per_tab(page: Page, live: LiveGateway) -> None:
+    """A reload resumes the dashboard's session (none is left behind per page load);
+    "Disconnect" ends it."""
+    [before] = await dashboard_sessions(live)
+    for _ in range(2):
+        await page.reload()
+        await expect(page.locator("#ws-state")).to_have_text("connected (resumed)")
+    [after] = await dashboard_sessions(live)
+    assert after["client_id"] == before["client_id"] and after["connected"] is True
+    await page.click("#ws-connect")  # Disconnect
+    await expect(page.locator("#ws-connect")).to_have_text("Connect")
+    # The session is ended, not left behind for SESSION_TTL.
+    await wait_for(lambda: not any(s.client_type == "dashboard"
+                                   for s in live.gateway.registry.sessions.values()),
+                   what="the dashboard's session to end")
+    assert await dashboard_sessions(live) == []
+    await page.click("#ws-connect")  # and a new session again
+    await expect(page.locator("#ws-state")).to_have_text("connected")
 
 
 async def test_docs_page_renders_the_spec_with_bearer_auth(live_gateway: LiveGateway) -> None:
