@@ -61,8 +61,11 @@ class Node:
             raise AssertionError(f"process did not exit on SIGTERM:\n{self.output()}") from None
 
 
-def spawn(tmp_path: Path, name: str, **env: str) -> Node:
-    ws_port, api_port = free_port(), free_port()
+def spawn(tmp_path: Path, name: str, *, ports: tuple[int, int] | None = None, **env: str
+          ) -> Node:
+    """Start ``run_websocket_server.py`` configured by ``env``, on free ports or ``ports``
+    (WebSocket, API: a restarted node keeps its addresses)."""
+    ws_port, api_port = ports or (free_port(), free_port())
     log = tmp_path / f"{name}.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("WS_", "API_"))}
     full_env.update({"WS_HOST": "127.0.0.1", "WS_PORT": str(ws_port), "API_PORT": str(api_port),
