@@ -715,13 +715,17 @@ export class Switchboard {
     if (typeof this.options.getToken !== "function") return;
     const exp = tokenExpiry(this._token);
     if (exp === null) return;
-    const wait = exp * 1000 - Date.now() - this.refreshBefore;
+    const remaining = exp * 1000 - Date.now();
+    if (remaining <= 0) return; // already expired: the server closes with 4010 (then getToken)
+    // refreshBefore ahead of exp, but never sooner than half the token's remaining life: a
+    // token shorter-lived than refreshBefore must not make the client reconnect in a loop.
+    const wait = Math.max(remaining - this.refreshBefore, remaining / 2);
     const ws = this._ws;
     this._refreshTimer = setTimeout(() => {
       if (ws !== this._ws) return;
       this._refreshing = true;
       this._lost(ws, CloseCode.GOING_AWAY, "refreshing the auth token");
-    }, Math.max(0, Math.min(wait, 2 ** 31 - 1)));
+    }, Math.min(wait, 2 ** 31 - 1));
   }
 
   // --- sending ----------------------------------------------------------------------------
