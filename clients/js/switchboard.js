@@ -423,7 +423,7 @@ export class Switchboard {
     });
     this._firstConnect.catch(() => {});
     if (signal) {
-      if (signal.aborted) { this._finish(null, "aborted", false); return this._firstConnect; }
+      if (signal.aborted) { this._finish(null, "aborted", true); return this._firstConnect; }
       signal.addEventListener("abort", () => {
         if (this.state !== "connected") this.close(1000, String(signal.reason || "aborted"));
       }, { once: true });
