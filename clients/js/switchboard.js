@@ -804,6 +804,10 @@ export class Switchboard {
       const done = (fn) => (value) => {
         this._pending.delete(id);
         cleanup();
+        // A request that timed out or was aborted while its frame waited for a connection
+        // is not sent later: nobody waits for its answer any more.
+        const queued = this._queue.findIndex((item) => item.frame === frame);
+        if (queued >= 0) this._queue.splice(queued, 1);
         fn(value);
       };
       const cleanup = this._guard(signal, timeout, `no reply to ${type} within ${timeout} ms`,

@@ -203,6 +203,9 @@ describe("one gateway, memory broker", () => {
     const down = sb.once("disconnected");
     proxy.cut();
     await down;
+    const gone = sb.chat("never sent", { timeout: 20 });
+    await assert.rejects(gone, (err) => err.name === "TimeoutError");
+    assert.equal(sb.queued, 0); // a request that timed out is not sent later
     const replies = [sb.chat("one"), sb.chat("two"), sb.chat("three")];
     assert.equal(sb.queued, 3);
     assert.throws(() => sb.send("ping"), QueueFull);
