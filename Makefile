@@ -12,7 +12,7 @@ help:
 	@echo "make js-test the JS client's type check and node tests only"
 	@echo "make lint    ruff check"
 	@echo "make bench   run the benchmarks (see docs/BENCHMARKS.md)"
-	@echo "make browser install Debian's chromium for the dashboard browser test"
+	@echo "make browser install Debian's chromium for the browser tests"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,8 @@ $(VENV)/.deps-bench: setup.cfg pyproject.toml | $(PY)
 	$(PIP) install -e '.[test,bench]'
 	@touch $@ $(VENV)/.deps-run $(VENV)/.deps-test
 
-# The JS client's dev tools (typescript), pinned by its lockfile; reinstalled when it changes.
+# The JS client's dev tools (typescript; @asyncapi/specs, the schema /asyncapi.json is checked
+# against), pinned by its lockfile; reinstalled when it changes.
 JS         := clients/js
 JS_DEPS    := $(JS)/node_modules/.installed
 

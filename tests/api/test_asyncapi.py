@@ -8,6 +8,7 @@ client from ``clients/js`` (ETag, 304, CORS).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,10 @@ from tests.conftest import LiveGateway
 
 ROOT = Path(__file__).resolve().parents[2]
 JS = ROOT / "clients" / "js"
+#: The AsyncAPI Initiative's JSON Schema of AsyncAPI 3.0 documents, from the JS client's dev
+#: dependencies (``@asyncapi/specs``, pinned by clients/js/package-lock.json; ``make test``
+#: installs it before running pytest).
+ASYNCAPI_3_SCHEMA = JS / "node_modules" / "@asyncapi" / "specs" / "schemas" / "3.0.0-without-$id.json"
 
 
 def resolve(ref: str) -> Any:
@@ -43,6 +48,19 @@ def refs(node: Any) -> list[str]:
     if isinstance(node, list):
         return [r for v in node for r in refs(v)]
     return []
+
+
+def test_the_document_is_valid_asyncapi_3() -> None:
+    if not ASYNCAPI_3_SCHEMA.exists():
+        pytest.fail("the AsyncAPI 3.0 schema is missing: run `make test` (npm ci in clients/js)",
+                    pytrace=False)
+    validator = Draft7Validator(json.loads(ASYNCAPI_3_SCHEMA.read_text(encoding="utf-8")))
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+              for e in validator.iter_errors(DOCUMENT)]
+    assert errors == []
+    broken = {**DOCUMENT, "operations": {"x": {"action": "publish",
+                                                "channel": {"$ref": "#/channels/gateway"}}}}
+    assert list(validator.iter_errors(broken))  # the schema does check what it is given
 
 
 def test_the_document_is_asyncapi_3_with_every_reference_resolving() -> None:
