@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from switchboard_client import (
     Backoff,
@@ -20,7 +23,7 @@ from switchboard_client import (
 from switchboard_client.cli import amain
 from switchboard_client.testing import FrameRecorder
 from tests.client.conftest import WAIT, within
-from tests.conftest import LiveGateway, MakeGateway, wait_for
+from tests.conftest import LiveGateway, MakeGateway, check_server_frame, wait_for
 
 FAST = Backoff(initial=0.005, maximum=0.05, rate_limited=0.01)
 
@@ -47,7 +50,21 @@ class Gate:
 
 def make_client(live: LiveGateway, **kwargs: Any) -> SwitchboardClient:
     kwargs.setdefault("backoff", FAST)
-    return SwitchboardClient(live.ws_url, **kwargs)
+    client = SwitchboardClient(live.ws_url, **kwargs)
+    # What the Python client receives is checked against /asyncapi.json too; handler errors
+    # are only logged, so misfits are collected and the fixture below fails the test.
+    client.on("*", lambda frame: MISFITS.extend(check_server_frame(frame.to_dict())))
+    return client
+
+
+MISFITS: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def frames_fit_the_protocol() -> Iterator[None]:
+    MISFITS.clear()
+    yield
+    assert MISFITS == [], f"frames that do not fit /asyncapi.json: {MISFITS[:5]}"
 
 
 async def offline(live: LiveGateway, client_id: str) -> None:
