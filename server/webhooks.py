@@ -183,7 +183,7 @@ class Webhooks:
         history = conversation_history(ctx.session, frame, conversation_id)
         if history:
             body["history"] = history
-        relay = _ChatRelay(ctx, conversation_id)
+        relay = ChatRelay(ctx, conversation_id)
         started = time.perf_counter()
         try:
             async with self._post(url, body, ctx.session.client_id, frame.message_id) as resp:
@@ -313,7 +313,7 @@ class Webhooks:
                                    code=BACKEND_INVALID_RESPONSE)
             yield line.rstrip(b"\r\n")
 
-    async def _ndjson_pieces(self, resp: aiohttp.ClientResponse) -> AsyncIterator[_Piece]:
+    async def _ndjson_pieces(self, resp: aiohttp.ClientResponse) -> AsyncIterator[Piece]:
         number = 0
         async for line in self._lines(resp):
             number += 1
@@ -330,7 +330,7 @@ class Webhooks:
                 if piece.done:
                     return
 
-    async def _sse_pieces(self, resp: aiohttp.ClientResponse) -> AsyncIterator[_Piece]:
+    async def _sse_pieces(self, resp: aiohttp.ClientResponse) -> AsyncIterator[Piece]:
         data: list[bytes] = []
         event = 0
         async for line in self._lines(resp):
@@ -356,7 +356,7 @@ class Webhooks:
 
 
 @dataclass(slots=True)
-class _Piece:
+class Piece:
     """One piece of a streamed reply: text to relay, and/or the model, and/or the end."""
 
     content: str = ""
@@ -364,18 +364,18 @@ class _Piece:
     done: bool = False
 
 
-def _sse_piece(payload: bytes, event: int) -> _Piece | None:
+def _sse_piece(payload: bytes, event: int) -> Piece | None:
     if payload.strip() == b"[DONE]":
-        return _Piece(done=True)
+        return Piece(done=True)
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError:
         # Plain-text SSE data is a chunk of text as it stands.
-        return _Piece(content=payload.decode("utf-8", "replace"))
+        return Piece(content=payload.decode("utf-8", "replace"))
     return _piece(obj, f"event {event}")
 
 
-def _piece(obj: Any, where: str) -> _Piece | None:
+def _piece(obj: Any, where: str) -> Piece | None:
     """Read one streamed object: {"content"} / {"delta"} (a string or OpenAI's
     {"content": …}), OpenAI's {"choices": [{"delta": {"content"}}]}, {"done": true},
     {"error": …} (→ backend_error)."""
@@ -402,7 +402,7 @@ def _piece(obj: Any, where: str) -> _Piece | None:
     done = obj.get("done") is True
     if not text and model is None and not done:
         return None
-    return _Piece(text or "", model, done)
+    return Piece(text or "", model, done)
 
 
 def _chat_reply(reply: Any) -> tuple[str, str | None]:
@@ -441,12 +441,16 @@ def _tool_reply(reply: Any) -> Any:
                        code=BACKEND_INVALID_RESPONSE)
 
 
-class _ChatRelay:
-    """Turns a backend's answer into frames for one chat frame (all ``reply_to`` it)."""
+class ChatRelay:
+    """Turns a chat backend's answer into frames for one chat frame (all ``reply_to`` it): a
+    whole answer as ``chat_response``, a streamed one as ``stream_start`` / ``stream_chunk`` /
+    ``stream_end``. Used for webhook backends and for the default echo alike."""
 
-    def __init__(self, ctx: HandlerContext, conversation_id: str | None) -> None:
+    def __init__(self, ctx: HandlerContext, conversation_id: str | None,
+                 default_model: str = "backend") -> None:
         self.ctx = ctx
         self.conversation_id = conversation_id
+        self.default_model = default_model
         self.stream_id: str | None = None
         self.index = 0
         self.parts: list[str] = []
@@ -459,10 +463,10 @@ class _ChatRelay:
 
     def complete(self, content: str, model: str | None) -> None:
         self.ctx.reply("chat_response", self._with_conversation({
-            "content": content, "status": "completed", "model": model or "backend",
+            "content": content, "status": "completed", "model": model or self.default_model,
             "role": "assistant"}))
 
-    async def stream(self, pieces: AsyncIterator[_Piece]) -> None:
+    async def stream(self, pieces: AsyncIterator[Piece]) -> None:
         self.stream_id = new_stream_id()
         self.ctx.reply("stream_start", self._with_conversation({"stream_id": self.stream_id}))
         async for piece in pieces:
@@ -475,7 +479,8 @@ class _ChatRelay:
                 self.parts.append(piece.content)
         self.ctx.reply("stream_end", self._with_conversation({
             "stream_id": self.stream_id, "full_content": "".join(self.parts),
-            "chunks": self.index, "model": self.model or "backend", "status": "completed",
+            "chunks": self.index, "model": self.model or self.default_model,
+            "status": "completed",
             "role": "assistant"}))
 
     def fail(self, exc: BackendError) -> None:
