@@ -117,10 +117,7 @@ def gw(request: web.Request) -> Gateway:
 @routes.get("/status")
 @routes.get("/ws/status")
 async def get_status(request: web.Request) -> web.Response:
-    gateway = gw(request)
-    if gateway.broker.distributed:  # the whole cluster
-        return json_response(await gateway.cluster_status())
-    return json_response(gateway.status())
+    return json_response(await gw(request).cluster_status())  # a cluster's: all of it
 
 
 @routes.get("/clients")
@@ -287,8 +284,7 @@ async def channels(request: web.Request) -> web.Response:
 @routes.get("/handlers")
 @routes.get("/ws/handlers")
 async def handlers(request: web.Request) -> web.Response:
-    router = request.app[ROUTER]
-    return json_response({"handlers": router.describe(), "types": router.types()})
+    return json_response(request.app[ROUTER].listing())
 
 
 @routes.get("/tools")

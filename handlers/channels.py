@@ -1,10 +1,11 @@
 """Channel frames (seed 003): ``subscribe`` / ``unsubscribe`` {channel}, also in the legacy
 ``{"action": "subscribe", "channel": …}`` spelling. With a ``CHANNELS`` allow-list, other
-channels get an ``error`` listing ``available_channels``."""
+channels get an ``error`` ``invalid_channel`` whose ``message`` and ``available_channels`` (the
+configured channels) are also at the frame's top level, as seed 003's clients read them."""
 
 from __future__ import annotations
 
-from server.errors import ValidationError
+from server.errors import InvalidChannel
 from server.protocol import ClientFrame, Field
 from server.router import HandlerContext
 
@@ -15,9 +16,9 @@ async def handle_subscribe(ctx: HandlerContext, frame: ClientFrame) -> None:
     channel = frame.data["channel"]
     registry = ctx.gateway.registry
     if not registry.channel_allowed(channel):
-        raise ValidationError(f"invalid channel: {channel}", code="invalid_channel",
-                              details={"channel": channel,
-                                       "available_channels": registry.available_channels()})
+        raise InvalidChannel(f"Invalid channel: {channel}",
+                             details={"channel": channel,
+                                      "available_channels": registry.available_channels()})
     registry.join(ctx.session, channel)
     ctx.reply("subscribed", {"channel": channel, "channels": sorted(ctx.session.channels),
                              "subscribers": len(registry.channels.get(channel, ()))})

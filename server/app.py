@@ -36,6 +36,7 @@ from server.keys import (
     CONNECTIONS,
     EVENTS,
     GATEWAY,
+    PUBLIC_STATUS,
     ROUTER,
     SECURITY,
 )
@@ -45,7 +46,14 @@ from server.security import Security
 from server.sessions import SessionRegistry
 from server.tools import default_tools
 from server.webhooks import webhooks_ctx
-from server.ws import WS_PATHS, close_all, websocket_handler
+from server.ws import (
+    WS_PATHS,
+    PublicStatus,
+    close_all,
+    websocket_handler,
+    ws_handlers,
+    ws_status,
+)
 
 log = structlog.get_logger("switchboard.app")
 
@@ -59,9 +67,10 @@ def create_gateway(settings: Settings) -> Gateway:
         from server.cluster import create_cluster_gateway
 
         return create_cluster_gateway(settings, broker)  # type: ignore[arg-type]
-    allow_list = (*settings.channels, *SYSTEM_CHANNELS) if settings.channels else ()
     registry = SessionRegistry(history_limit=settings.history_limit,
-                               session_ttl=settings.session_ttl, channel_allow_list=allow_list)
+                               session_ttl=settings.session_ttl,
+                               channel_allow_list=settings.channels,
+                               system_channels=SYSTEM_CHANNELS)
     return Gateway(settings=settings, registry=registry, broker=broker,
                    tools=default_tools.copy())
 
@@ -82,8 +91,11 @@ def create_apps(settings: Settings, gateway: Gateway | None = None,
     ws_app[CONNECTIONS] = set()
     for key, value in shared.items():
         ws_app[key] = value
+    ws_app[PUBLIC_STATUS] = PublicStatus()
     for path in WS_PATHS:
         ws_app.router.add_get(path, websocket_handler)
+    ws_app.router.add_get("/ws/status", ws_status)
+    ws_app.router.add_get("/ws/handlers", ws_handlers)
     # First in, last out: events emitted while the rest shuts down are still posted.
     ws_app.cleanup_ctx.append(shared[EVENTS].lifespan)
     add_client_routes(ws_app)  # /switchboard.js for pages that import the browser client

@@ -395,9 +395,10 @@ class ClusterRegistry(SessionRegistry):
     """The local registry of the sessions this node owns, writing changes behind to Redis."""
 
     def __init__(self, *, history_limit: int, session_ttl: float,
-                 channel_allow_list: Iterable[str] = ()) -> None:
+                 channel_allow_list: Iterable[str] = (),
+                 system_channels: Iterable[str] = ()) -> None:
         super().__init__(history_limit=history_limit, session_ttl=session_ttl,
-                         channel_allow_list=channel_allow_list)
+                         channel_allow_list=channel_allow_list, system_channels=system_channels)
         self.writer = WriteBehind()
 
     # lifecycle
@@ -1018,7 +1019,9 @@ class ClusterGateway(Gateway):
                     wait_for_client=bool(header.get("wait_for_client")))
                 answer = {"status": "ok", "answer": result}
             elif op == "disconnect":
-                result = await Gateway.disconnect(self, client_id)
+                code = CloseCode(header.get("code", CloseCode.SESSION_ENDED))
+                result = await Gateway.disconnect(
+                    self, client_id, code=code, reason=header.get("reason") or code.explanation)
                 await self.flush_now()  # gone cluster-wide before the caller hears so
                 answer = {"status": "ok", "answer": result}
             else:  # takeover
@@ -1188,7 +1191,8 @@ class ClusterGateway(Gateway):
         if self.stopping:
             self.require_healthy()
         if self.registry.get(client_id) is None or client_id in self.releasing:
-            target = await self._local_or_route(client_id, {"op": "disconnect"}, b"")
+            target = await self._local_or_route(
+                client_id, {"op": "disconnect", "code": int(code), "reason": reason}, b"")
             if not isinstance(target, Session):
                 return dict(target["answer"])
         answer = await super().disconnect(client_id, code=code, reason=reason)
@@ -1420,9 +1424,10 @@ class ClusterGateway(Gateway):
 
 def create_cluster_gateway(settings: Settings, broker: RedisBroker,
                            tools: ToolRegistry | None = None) -> ClusterGateway:
-    allow_list = (*settings.channels, *SYSTEM_CHANNELS) if settings.channels else ()
     registry = ClusterRegistry(history_limit=settings.history_limit,
-                               session_ttl=settings.session_ttl, channel_allow_list=allow_list)
+                               session_ttl=settings.session_ttl,
+                               channel_allow_list=settings.channels,
+                               system_channels=SYSTEM_CHANNELS)
     gateway = ClusterGateway(settings=settings, registry=registry, broker=broker,
                              tools=tools or default_tools.copy())
     gateway.install()

@@ -19,6 +19,9 @@ class SwitchboardError(Exception):
 
     code: str = "internal_error"
     http_status: int = 500
+    #: Fields of the error's body that an ``error`` frame also carries at its top level (for
+    #: seed clients that read them there); the body stays whole in ``data``.
+    top_level: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -61,6 +64,14 @@ class ValidationError(SwitchboardError):
 
     code = "validation_error"
     http_status = 422
+
+
+class InvalidChannel(ValidationError):
+    """A subscribe to a channel outside the ``CHANNELS`` allow-list."""
+
+    code = "invalid_channel"
+    #: Seed 003's clients read ``message`` and ``available_channels`` at the top level.
+    top_level = ("message", "available_channels")
 
 
 class UnknownTypeError(ProtocolError):

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from server.gateway import Gateway
     from server.router import MessageRouter
     from server.security import Security
-    from server.ws import Connection
+    from server.ws import Connection, PublicStatus
 
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
 ROUTER: web.AppKey[MessageRouter] = web.AppKey("router")
@@ -24,3 +24,4 @@ CONNECTIONS: web.AppKey[set[Connection]] = web.AppKey("connections")
 CHANNEL_RULES: web.AppKey[ChannelRules] = web.AppKey("channel_rules")
 CHANNEL_WEBHOOKS: web.AppKey[ChannelWebhooks] = web.AppKey("channel_webhooks")
 EVENTS: web.AppKey[EventEmitter] = web.AppKey("events")
+PUBLIC_STATUS: web.AppKey[PublicStatus] = web.AppKey("public_status")

@@ -273,3 +273,48 @@ def with_seq(encoded: bytes, seq: int) -> bytes:
 def decode(encoded: bytes | str) -> dict[str, Any]:
     """Decode a frame the server encoded (history replay, the history API)."""
     return orjson.loads(encoded)
+
+
+# --- the flat profile (seed 004) -------------------------------------------------------------
+
+#: Seed 004's own names for frames the gateway calls otherwise.
+FLAT_NAMES = {"processing": "processing_start"}
+
+
+def is_flat_form(raw: Mapping[str, Any]) -> bool:
+    """Whether a decoded client frame is written in seed 004's flat form: a ``type`` with no
+    ``data``, and either payload fields beside it or seed 004's numeric ``timestamp``.
+
+    ``{"type": "ping"}`` alone is not flat (``data`` is optional in the envelope), nor is
+    seed 003's ``{"action": …}`` (its clients read the envelope).
+    """
+    if "type" not in raw or "data" in raw:
+        return False
+    stamp = raw.get("timestamp")
+    if type(stamp) in (int, float):
+        return True
+    return not raw.keys() <= ENVELOPE_KEYS
+
+
+def to_flat(encoded: bytes, client_id: str) -> bytes:
+    """Re-encode a server frame for a flat-profile connection (seed 004's clients).
+
+    The envelope is kept whole; the recipient's ``client_id`` and every ``data`` field are
+    added at the top level unless a key of that name is already there (the envelope's own
+    keys — ``type``, ``seq``, ``timestamp``, ``reply_to``, ``channel`` … — are never
+    overwritten), and the frame takes seed 004's name where it differs (``processing`` →
+    ``processing_start``). History keeps the canonical frame; only the bytes sent change.
+    """
+    frame = orjson.loads(encoded)
+    if type(frame) is not dict:
+        return encoded
+    frame.setdefault("client_id", client_id)
+    data = frame.get("data")
+    if type(data) is dict:
+        for key, value in data.items():
+            if key not in frame:
+                frame[key] = value
+    renamed = FLAT_NAMES.get(frame.get("type", ""))
+    if renamed is not None:
+        frame["type"] = renamed
+    return orjson.dumps(frame)

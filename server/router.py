@@ -95,6 +95,10 @@ class MessageRouter:
     def describe(self) -> list[dict[str, Any]]:
         return [route.describe() for route in sorted(self._primary, key=lambda r: r.type)]
 
+    def listing(self) -> dict[str, Any]:
+        """``GET /handlers`` (both ports): every handler, and every type accepted."""
+        return {"handlers": self.describe(), "types": self.types()}
+
     def route_for(self, frame_type: str) -> Route:
         route = self._routes.get(frame_type)
         if route is None:

@@ -170,10 +170,15 @@ class SessionRegistry:
     """
 
     def __init__(self, *, history_limit: int, session_ttl: float,
-                 channel_allow_list: Iterable[str] = ()) -> None:
+                 channel_allow_list: Iterable[str] = (),
+                 system_channels: Iterable[str] = ()) -> None:
         self.history_limit = history_limit
         self.session_ttl = session_ttl
+        #: ``CHANNELS``: when set, the only channels besides the system ones.
         self.channel_allow_list = frozenset(channel_allow_list)
+        #: The gateway's own channels (``tool_activity``): always open to subscribe, never
+        #: listed as available.
+        self.system_channels = frozenset(system_channels)
         self.sessions: dict[str, Session] = {}
         self.channels: dict[str, set[Session]] = {}
         self.counters = Counters()
@@ -212,7 +217,8 @@ class SessionRegistry:
         if session.outbox is outbox:
             session.outbox = None
             session.disconnected_at = time.time()
-            if self.session_ttl <= 0:
+            # Only this session: its id may already name a new one (ended, then taken over).
+            if self.session_ttl <= 0 and self.sessions.get(session.client_id) is session:
                 self.end(session.client_id)
 
     def end(self, client_id: str) -> Session | None:
@@ -320,10 +326,15 @@ class SessionRegistry:
     # --- channels -----------------------------------------------------------------------------
 
     def channel_allowed(self, channel: str) -> bool:
-        return not self.channel_allow_list or channel in self.channel_allow_list
+        allow = self.channel_allow_list
+        return not allow or channel in allow or channel in self.system_channels
 
     def available_channels(self) -> list[str]:
-        return sorted(self.channel_allow_list or self.channels)
+        """The configured channels (``CHANNELS``), or without one the channels in use; never
+        the system channels."""
+        if self.channel_allow_list:
+            return sorted(self.channel_allow_list)
+        return sorted(c for c in self.channels if c not in self.system_channels)
 
     def join(self, session: Session, channel: str) -> bool:
         """Subscribe; returns False if it was already subscribed."""

@@ -7,6 +7,13 @@ client that stops reading delays nobody else. When its queue overflows (``SEND_Q
 
 Connect with ``?client_id=&client_type=``; resume with ``client_id``, ``session_token`` and
 ``last_seq``. The first frame is always ``connection_established``.
+
+Compatibility with the seed servers (PRODUCT.md section 10) is decided here, per connection:
+``/ws/mcplog`` defaults ``client_type`` to ``MCPLog``; ``/agent_backend/ws/{session_id}`` makes
+the path's ``session_id`` the ``client_id``; and a connection in the *flat profile* (path
+``/ws/chat``, ``?format=flat``, or a first frame in seed 004's flat form) gets every frame
+re-encoded by :func:`server.protocol.to_flat` as it is sent — the one place that does it.
+History keeps the canonical envelope, so a replay is re-encoded the same way.
 """
 
 from __future__ import annotations
@@ -22,9 +29,15 @@ from aiohttp import WSMsgType, web
 from aiohttp._websocket.writer import WebSocketWriter
 
 from server import protocol
-from server.errors import CloseCode, ProtocolError, SwitchboardError
+from server.errors import (
+    ClientNotFound,
+    CloseCode,
+    ForbiddenError,
+    ProtocolError,
+    SwitchboardError,
+)
 from server.gateway import Gateway
-from server.keys import CONNECTIONS, GATEWAY, ROUTER, SECURITY
+from server.keys import CONNECTIONS, GATEWAY, PUBLIC_STATUS, ROUTER, SECURITY
 from server.metrics import (
     CONNECTS_NEW,
     CONNECTS_RESUMED,
@@ -43,11 +56,17 @@ from server.metrics import (
     disconnect_counter,
 )
 from server.router import HandlerContext, MessageRouter
-from server.sessions import Session
+from server.sessions import Session, valid_client_id
 
 log = structlog.get_logger("switchboard.ws")
 
-WS_PATHS = ("/", "/ws", "/ws/chat", "/ws/mcplog")
+#: Socket paths: the gateway's own, then seed 004's, seed 000's and seed 001's.
+WS_PATHS = ("/", "/ws", "/ws/chat", "/ws/mcplog", "/agent_backend/ws/{session_id}")
+#: Paths whose connections are in the flat profile unless ``?format=envelope``.
+FLAT_PATHS = frozenset({"/ws/chat"})
+#: ``client_type`` when the query names none, per path (seed 000's viewer connects bare).
+DEFAULT_CLIENT_TYPES = {"/ws/mcplog": "MCPLog"}
+FORMATS = ("envelope", "flat")
 CLIENT_TYPE_MAX = 64
 #: How long a closing handshake may take before the transport is aborted (slow consumers).
 CLOSE_GRACE = 5.0
@@ -74,6 +93,7 @@ class Connection:
         "closed",
         "closing",
         "expiry",
+        "flat",
         "max_bytes",
         "max_frames",
         "peer",
@@ -86,7 +106,7 @@ class Connection:
     )
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, session: Session,
-                 max_frames: int, max_bytes: int, peer: str) -> None:
+                 max_frames: int, max_bytes: int, peer: str, flat: bool = False) -> None:
         self.ws = ws
         self.request = request
         self.session = session
@@ -108,6 +128,9 @@ class Connection:
         self.closing: asyncio.Task[None] | None = None
         #: Closes the socket with 4010 when the client's JWT expires (cancelled on close).
         self.expiry: asyncio.TimerHandle | None = None
+        #: The flat profile (seed 004): every frame is re-encoded by ``protocol.to_flat`` as
+        #: it is sent. A broadcast is still encoded once for everyone else.
+        self.flat = flat
 
     @property
     def queued_frames(self) -> int:
@@ -120,6 +143,8 @@ class Connection:
         """Send or queue an encoded frame; never blocks. False when closing or full."""
         if self.close_code is not None or self.closed:
             return False
+        if self.flat:
+            data = protocol.to_flat(data, self.session.client_id)
         HOT.frames_out_sent += 1
         if self.writer is None and not self.queue and not self.backlog and self._write_now(
                 data):
@@ -164,7 +189,8 @@ class Connection:
 
     def preload(self, data: bytes) -> None:
         """Add a frame to the backlog (before :meth:`start`: greeting, replay)."""
-        self.backlog.append(data)
+        self.backlog.append(protocol.to_flat(data, self.session.client_id) if self.flat
+                            else data)
 
     def close_soon(self, code: int, reason: str) -> None:
         """Close with ``code`` as soon as possible (queued frames stay in history)."""
@@ -327,13 +353,15 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
     security = app[SECURITY]
     try:
         last_seq = _int_param(request, "last_seq")
-    except ProtocolError as exc:
+        client_id, addressed = _requested_client_id(request, identity)
+        flat = _wants_flat(request)
+    except SwitchboardError as exc:
         REFUSED_BAD_REQUEST.inc()
-        return _bad_request(exc.message)
+        return _bad_request(exc.message, exc.code, exc.http_status)
 
     query = request.query
-    client_id = identity.subject if identity is not None else query.get("client_id") or None
-    client_type = (query.get("client_type") or "default")[:CLIENT_TYPE_MAX]
+    client_type = (query.get("client_type") or DEFAULT_CLIENT_TYPES.get(request.path)
+                   or "default")[:CLIENT_TYPE_MAX]
     token = query.get("session_token")
 
     await ws.prepare(request)
@@ -347,12 +375,13 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
             except SwitchboardError as exc:
                 await _refuse(ws, CloseCode.INTERNAL_ERROR,
                               f"cannot resume right now ({exc.message}); reconnect with "
-                              f"backoff and resume")
+                              f"backoff and resume", flat)
                 return ws
         if candidate is None or not candidate.token_matches(token):
             await _refuse(ws, CloseCode.INVALID_SESSION,
                           "invalid session: unknown client_id, expired session or wrong "
-                          "session_token; connect without session_token to start a new session")
+                          "session_token; connect without session_token to start a new session",
+                          flat)
             RESUME_REFUSED.inc()
             log.info("resume_refused", client_id=client_id, peer=peer)
             return ws
@@ -362,19 +391,22 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
         session = registry.get(client_id)
     resumed = session is not None
     if session is None:
-        if client_id and gateway.broker.distributed:
-            try:  # a requested id must be free cluster-wide
+        try:
+            if addressed and client_id:
+                await _take_over(gateway, client_id, peer)
+            if client_id and gateway.broker.distributed:
+                # a requested id must be free cluster-wide
                 client_id = await gateway.claim_client_id(client_id)
-            except SwitchboardError as exc:
-                await _refuse(ws, CloseCode.INTERNAL_ERROR,
-                              f"cannot open a session right now ({exc.message}); reconnect "
-                              f"with backoff")
-                return ws
+        except SwitchboardError as exc:
+            await _refuse(ws, CloseCode.INTERNAL_ERROR,
+                          f"cannot open a session right now ({exc.message}); reconnect "
+                          f"with backoff", flat)
+            return ws
         session = registry.create(client_id, client_type,
                                   meta={"remote": peer,
                                         "user_agent": request.headers.get("User-Agent", "")})
     conn = Connection(ws, request, session, settings.send_queue_frames, settings.send_queue_bytes,
-                      peer)
+                      peer, flat)
     replay: list[bytes] = []
     recovered = False
     if resumed:
@@ -449,6 +481,54 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
     return ws
 
 
+def _requested_client_id(request: web.Request, identity: Any) -> tuple[str | None, bool]:
+    """The client_id this connection asks for, and whether its path addresses it.
+
+    ``?client_id=`` asks for an id (another is picked when it is taken). Seed 001's
+    ``/agent_backend/ws/{session_id}`` *addresses* one: the session_id is the client_id, so it
+    must be a valid one (else 400). A verified identity (JWT ``sub``) is the client_id, and a
+    path naming another is refused (403).
+    """
+    path_id = request.match_info.get("session_id")
+    if path_id is not None and not valid_client_id(path_id):
+        raise ProtocolError("the session_id in /agent_backend/ws/{session_id} must be 1-128 "
+                            "letters, digits or -_.:@", code="invalid_request")
+    if identity is not None and identity.verified:
+        if path_id is not None and path_id != identity.subject:
+            raise ForbiddenError("the session_id in the path is not the one your token is for",
+                                 code="forbidden")
+        return identity.subject, False
+    if path_id is not None:
+        return path_id, True
+    return request.query.get("client_id") or None, False
+
+
+def _wants_flat(request: web.Request) -> bool:
+    """The connection's profile: ``?format=flat|envelope``, else flat on seed 004's path."""
+    fmt = request.query.get("format")
+    if not fmt:
+        return request.path in FLAT_PATHS
+    if fmt not in FORMATS:
+        raise ProtocolError(f"format must be one of {', '.join(FORMATS)}",
+                            code="invalid_request")
+    return fmt == "flat"
+
+
+async def _take_over(gateway: Gateway, client_id: str, peer: str) -> None:
+    """Seed 001's front ends are addressed by the session_id in their path, and reconnect to
+    it (a page reload) without a session_token: the new connection takes the id over, as the
+    seed server did. The session it replaces is ended (its socket, if any, is closed with 4000)
+    and its history dropped: only a session_token resumes a session with its history."""
+    try:
+        await gateway.disconnect(client_id, code=CloseCode.REPLACED,
+                                 reason=CloseCode.REPLACED.explanation)
+    except SwitchboardError as exc:  # another node's "not found" comes back by its code
+        if exc.code == ClientNotFound.code:
+            return
+        raise
+    log.info("session_taken_over", client_id=client_id, peer=peer)
+
+
 def _close_at_expiry(conn: Connection, expires_at: float) -> asyncio.TimerHandle:
     """One loop timer per authenticated connection: at the token's ``exp`` (wall clock,
     converted to the loop's clock) the socket is closed with 4010; the client reconnects with a
@@ -459,10 +539,14 @@ def _close_at_expiry(conn: Connection, expires_at: float) -> asyncio.TimerHandle
     return loop.call_at(when, conn.close_soon, int(code), code.explanation)
 
 
-async def _refuse(ws: web.WebSocketResponse, code: CloseCode, message: str) -> None:
-    frame = protocol.error_frame(code.name.lower(), message, close_code=int(code))
+async def _refuse(ws: web.WebSocketResponse, code: CloseCode, message: str,
+                  flat: bool = False) -> None:
+    encoded = protocol.encode(protocol.error_frame(code.name.lower(), message,
+                                                   close_code=int(code)))
+    if flat:
+        encoded = protocol.to_flat(encoded, "")
     with contextlib.suppress(ConnectionError, RuntimeError):
-        await ws.send_frame(protocol.encode(frame), WSMsgType.TEXT)
+        await ws.send_frame(encoded, WSMsgType.TEXT)
         await ws.close(code=int(code), message=code.explanation.encode())
 
 
@@ -471,6 +555,8 @@ async def _read_loop(conn: Connection, gateway: Gateway, router: MessageRouter,
     ws = conn.ws
     session = conn.session
     limiter = security.frame_limiter()
+    # The first text frame may choose the flat profile (seed 004 speaks flat from the start).
+    sniff = not conn.flat
     while True:
         try:
             msg = await ws.receive()
@@ -483,7 +569,8 @@ async def _read_loop(conn: Connection, gateway: Gateway, router: MessageRouter,
                 HOT.frame_in_special("rate_limited")
                 _rate_limited(conn, gateway, limiter)
                 continue
-            await _handle_text(conn, gateway, router, msg.data)
+            await _handle_text(conn, gateway, router, msg.data, sniff)
+            sniff = False
         elif kind is WSMsgType.BINARY:
             HOT.frame_in_special("binary")
             gateway.emit(session, "error", {
@@ -513,12 +600,14 @@ def _rate_limited(conn: Connection, gateway: Gateway, limiter: Any) -> None:
 
 
 async def _handle_text(conn: Connection, gateway: Gateway, router: MessageRouter,
-                       data: bytes) -> None:
+                       data: bytes, sniff: bool = False) -> None:
     session = conn.session
     reply_to: str | None = None
     frame: protocol.ClientFrame | None = None
     try:
         frame = protocol.decode_client_frame(data)
+        if sniff and protocol.is_flat_form(frame.raw):
+            conn.flat = True
         HOT.frame_in(frame.type, router)
         reply_to = frame.message_id
         if frame.type in _LIVENESS_TYPES:
@@ -533,13 +622,72 @@ async def _handle_text(conn: Connection, gateway: Gateway, router: MessageRouter
             HOT.frame_in_special("invalid")
         details = dict(exc.details)
         reply_to = details.pop("reply_to", reply_to)
-        gateway.emit(session, "error", {"code": exc.code, "message": exc.message, **details},
-                     reply_to=reply_to)
+        payload = {"code": exc.code, "message": exc.message, **details}
+        gateway.emit(session, "error", payload, reply_to=reply_to,
+                     extra={key: payload[key] for key in exc.top_level if key in payload})
     except Exception:
         log.exception("handler_crashed", client_id=session.client_id, message_id=reply_to)
         gateway.emit(session, "error", {"code": "internal_error",
                                         "message": "the server failed to handle this frame"},
                      reply_to=reply_to)
+
+
+# --- seed 004's read-only HTTP routes on the WebSocket port -------------------------------------
+
+#: How long the WebSocket port's ``/ws/status`` answer is reused: the port is public, and a
+#: cluster's status reads every session from Redis.
+STATUS_TTL = 1.0
+
+
+class PublicStatus:
+    """``/ws/status`` on the WebSocket port: the API's ``/status`` without the broker's
+    description (its URL names internal hosts), computed at most once per STATUS_TTL."""
+
+    __slots__ = ("at", "body", "lock")
+
+    def __init__(self) -> None:
+        self.at = -STATUS_TTL
+        self.body = b""
+        self.lock = asyncio.Lock()
+
+    async def get(self, gateway: Gateway) -> bytes:
+        async with self.lock:
+            if time.monotonic() - self.at >= STATUS_TTL:
+                status = await gateway.cluster_status()
+                status.pop("broker", None)
+                self.body = protocol.encode(status)
+                self.at = time.monotonic()
+        return self.body
+
+
+async def _client_refusal(request: web.Request) -> web.StreamResponse | None:
+    """The socket's own rules for a plain request on its port: origin (403), then client
+    authentication (401)."""
+    security = request.app[SECURITY]
+    refusal = security.check_handshake(request)
+    if refusal is None:
+        identity = await security.authenticate_client(request)
+        if isinstance(identity, web.StreamResponse):
+            refusal = identity
+    return refusal
+
+
+async def ws_status(request: web.Request) -> web.StreamResponse:
+    """``GET /ws/status`` on the WebSocket port (seed 004 served it beside its socket)."""
+    refusal = await _client_refusal(request)
+    if refusal is not None:
+        return refusal
+    body = await request.app[PUBLIC_STATUS].get(request.app[GATEWAY])
+    return web.Response(body=body, content_type="application/json")
+
+
+async def ws_handlers(request: web.Request) -> web.StreamResponse:
+    """``GET /ws/handlers`` on the WebSocket port: the registered frame types."""
+    refusal = await _client_refusal(request)
+    if refusal is not None:
+        return refusal
+    return web.Response(body=protocol.encode(request.app[ROUTER].listing()),
+                        content_type="application/json")
 
 
 async def close_all(connections: set[Connection], code: CloseCode,

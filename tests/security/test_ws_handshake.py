@@ -131,6 +131,19 @@ async def test_jwt_sub_becomes_the_client_id(make_gateway: MakeGateway) -> None:
     assert status == 200 and body["connected"], body
 
 
+async def test_a_jwt_must_be_for_the_session_id_in_the_agent_backend_path(
+        make_gateway: MakeGateway) -> None:
+    """Seed 001's path names the session; with WS_AUTH=jwt the token's sub must be it (no
+    takeover of someone else's id)."""
+    live = await jwt_gateway(make_gateway)
+    status, body = await _refused(live, path="/agent_backend/ws/bob", token=make_jwt("alice"))
+    assert status == 403, body
+    assert "session_id" in body["error"]["message"]
+    assert len(live.gateway.registry) == 0
+    client = await live.connect("/agent_backend/ws/alice", token=make_jwt("alice"))
+    assert client.client_id == "alice"
+
+
 @pytest.mark.parametrize(("token", "code"), [
     (None, "unauthorized"),
     ("not-a-jwt", "unauthorized"),

@@ -168,3 +168,43 @@ def test_with_seq_stamps_without_reserialising() -> None:
 def test_encode_is_utf8_json() -> None:
     encoded = protocol.encode({"type": "x", "data": {"s": "é"}})
     assert encoded == '{"type":"x","data":{"s":"é"}}'.encode()
+
+
+# --- the flat profile (seed 004) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("raw", "flat"), [
+    ({"type": "text_message", "content": "hi"}, True),
+    ({"type": "heartbeat", "timestamp": 1234567890.123}, True),  # seed 004's numeric time
+    ({"type": "get_status", "timestamp": 1234567890}, True),
+    ({"type": "ping"}, False),  # data is optional in the envelope
+    ({"type": "ping", "timestamp": "2026-01-01T00:00:00.000Z", "message_id": "m"}, False),
+    ({"type": "chat_message", "data": {"content": "hi"}}, False),
+    ({"type": "text_message", "data": None, "content": "hi"}, False),
+    ({"action": "subscribe", "channel": "alerts"}, False),  # seed 003 reads the envelope
+])
+def test_is_flat_form(raw: dict[str, Any], flat: bool) -> None:
+    assert protocol.is_flat_form(raw) is flat
+
+
+def test_to_flat_adds_data_fields_and_the_recipient_without_touching_the_envelope() -> None:
+    frame = protocol.server_frame("message", {"content": "hi", "type": "inner", "seq": -1,
+                                              "timestamp": 0, "channel": "x", "n": [1]},
+                                  reply_to="r1", extra={"channel": "news"})
+    encoded = protocol.with_seq(protocol.encode(frame), 7)
+    flat = orjson.loads(protocol.to_flat(encoded, "alice"))
+    assert flat["data"] == frame["data"]  # the envelope stays whole
+    assert (flat["type"], flat["seq"], flat["reply_to"], flat["channel"]) == (
+        "message", 7, "r1", "news")
+    assert flat["timestamp"] == frame["timestamp"] and flat["message_id"] == frame["message_id"]
+    assert flat["content"] == "hi" and flat["n"] == [1]
+    assert flat["client_id"] == "alice"
+
+
+def test_to_flat_uses_the_seeds_names_and_keeps_the_recipient_first() -> None:
+    frame = protocol.server_frame("processing", {"status": "processing", "client_id": "bob"})
+    flat = orjson.loads(protocol.to_flat(protocol.encode(frame), "alice"))
+    assert flat["type"] == "processing_start"
+    assert flat["client_id"] == "alice" and flat["data"]["client_id"] == "bob"
+    other = protocol.server_frame("chat_response", {"content": "x"})
+    assert orjson.loads(protocol.to_flat(protocol.encode(other), "a"))["type"] == "chat_response"

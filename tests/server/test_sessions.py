@@ -183,9 +183,31 @@ def test_channels_join_leave_and_cleanup() -> None:
 
 
 def test_channel_allow_list() -> None:
-    reg = registry(channel_allow_list=["news"])
+    reg = registry(channel_allow_list=["news"], system_channels=["tool_activity"])
     assert reg.channel_allowed("news") and not reg.channel_allowed("other")
+    assert reg.channel_allowed("tool_activity")  # the gateway's own, always open
+    assert reg.available_channels() == ["news"]  # and never listed as available
+
+
+def test_system_channels_are_not_listed_without_an_allow_list() -> None:
+    reg = registry(system_channels=["tool_activity"])
+    session = reg.create("a", "web")
+    reg.join(session, "tool_activity")
+    reg.join(session, "news")
+    assert reg.channel_allowed("anything")
     assert reg.available_channels() == ["news"]
+
+
+def test_a_detached_connection_never_ends_a_newer_session_with_its_id() -> None:
+    reg = registry(session_ttl=0)
+    old = reg.create("same", "web")
+    reg.attach(old, object())  # type: ignore[arg-type]
+    outbox = old.outbox
+    reg.end("same")  # taken over: ended, and the id given to a new session
+    new = reg.create("same", "web")
+    assert new is not old
+    reg.detach(old, outbox)  # type: ignore[arg-type]
+    assert reg.get("same") is new
 
 
 def test_select_filters() -> None:

@@ -25,6 +25,53 @@ async def assert_still_open(client: WSClient) -> None:
 # --- greeting -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("path", "expected_type"), [("/ws/mcplog", "MCPLog"),
+                                                     ("/ws/chat", "default"), ("/", "default")])
+async def test_client_type_defaults_by_path_and_the_query_wins(
+        live_gateway: LiveGateway, path: str, expected_type: str) -> None:
+    bare = await live_gateway.connect(path, format="envelope")
+    assert bare.hello["data"]["client_type"] == expected_type
+    named = await live_gateway.connect(path, client_type="MCPClient", format="envelope")
+    assert named.hello["data"]["client_type"] == "MCPClient"
+
+
+# --- the flat profile (seed 004) ---------------------------------------------------------------
+
+
+async def test_envelope_clients_keep_the_envelope(live_gateway: LiveGateway) -> None:
+    """A first frame with no data (``{"type": "ping"}``) is not flat form, and ?format=envelope
+    keeps even seed 004's path in the envelope."""
+    for client in (await live_gateway.connect(),
+                   await live_gateway.connect("/ws/chat", format="envelope")):
+        await client.send_raw('{"type": "ping"}')
+        pong = await client.recv()
+        assert pong["type"] == "pong" and "client_id" not in pong
+        await client.send_raw('{"type": "text_message", "content": "hi"}')
+        assert (await client.recv())["type"] == "processing"
+        answer = await client.recv()
+        assert answer["data"]["content"] == "Echo: hi" and "content" not in answer
+
+
+async def test_a_bad_format_is_refused_before_the_upgrade(live_gateway: LiveGateway) -> None:
+    async with live_gateway.http.get(live_gateway.ws_server.make_url("/"), params={
+            "format": "xml"}, headers={
+            "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}) as resp:
+        assert resp.status == 400
+        body = await resp.json()
+    assert body["error"]["code"] == "invalid_request"
+    assert "envelope" in body["error"]["message"] and "flat" in body["error"]["message"]
+    assert len(live_gateway.gateway.registry) == 0
+
+
+async def test_a_refused_resume_on_the_flat_path_is_flat(live_gateway: LiveGateway) -> None:
+    ws = await live_gateway.http.ws_connect(live_gateway.ws_server.make_url("/ws/chat"), params={
+        "client_id": "nobody", "session_token": "forged"})
+    error = orjson.loads((await ws.receive(timeout=5)).data)
+    assert error["type"] == "error" and error["code"] == "invalid_session"
+    assert (await ws.receive(timeout=5)).data == CloseCode.INVALID_SESSION
+
+
 async def test_connection_established_is_first_with_the_chosen_client_id(
         live_gateway: LiveGateway) -> None:
     client = await live_gateway.connect(client_id="alice", client_type="browser")
