@@ -1,11 +1,113 @@
-"""Seeds 003, 000 and 004: channels (legacy form, allow-list, cleanup, counters), client-type
-broadcast, the seed WebSocket paths and the router's listing endpoints."""
+"""Seed 003: the channel subscriber (``Channels`` with six core channels).
+
+Its TypeScript client connects to ``ws://host/ws?client_id=my_client``, subscribes with the
+legacy ``{action: 'subscribe', channel}`` form and routes every frame by ``data.channel`` to
+``showErrorNotification(data.data)`` / ``updatePoolChart(data.data)``. The server side is
+``notify_channel(channel, type, data)`` / ``manager.broadcast(channel, {type, data})`` — here
+``POST /broadcast`` with ``channel`` — and an unknown channel is refused with
+``{"type": "error", "message": "Invalid channel: …", "available_channels": [...]}``.
+The seed's own setting: its six channels, ``CHANNELS=error_firewall,vector_search,...``.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
+import aiohttp
 import orjson
 
-from tests.conftest import LiveGateway, MakeGateway, WSClient
+from tests.conftest import RECV_TIMEOUT, LiveGateway, WSClient
+from tests.seeds.conftest import SeedFactory, on_message
+
+CHANNELS = ("error_firewall", "vector_search", "db_pool_stats", "ai_analysis",
+            "memory_updates", "system_alerts")
+
+
+class Dashboard:
+    """The seed's ``ws.onmessage``: route by ``data.channel``."""
+
+    def __init__(self) -> None:
+        self.error_notifications: list[Any] = []
+        self.pool_chart: list[Any] = []
+
+    def onmessage(self, data: dict[str, Any]) -> None:
+        if data.get("channel") == "error_firewall":
+            self.error_notifications.append(data["data"])
+        elif data.get("channel") == "db_pool_stats":
+            self.pool_chart.append(data["data"])
+
+
+async def test_the_typescript_client_gets_its_channels_notifications(
+        seed_gateway: SeedFactory) -> None:
+    seed = await seed_gateway(channels=CHANNELS)
+    ws = await seed.client.http.ws_connect(seed.url("/ws?client_id=my_client"))
+    dashboard = Dashboard()
+    for channel in ("error_firewall", "db_pool_stats"):  # ws.onopen
+        await ws.send_str(orjson.dumps({"action": "subscribe", "channel": channel}).decode())
+    for _ in range(2):
+        dashboard.onmessage(await on_message(ws, "subscribed"))
+    await seed.visible("my_client")
+    blocked = {"error_id": "ios_build_no_device_iphone15_17.0",
+               "solution": "使用可用设备: iPhone 15 Pro (iOS 17.2)",
+               "timestamp": "2025-11-20T14:30:00"}
+    status, body = await seed.call("POST", "/broadcast", {
+        "message_type": "error_blocked", "channel": "error_firewall", "data": blocked})
+    assert status == 200 and body["recipients"] == 1, body
+    resized = {"old_size": 20, "new_size": 30, "reason": "高负载扩容"}
+    status, body = await seed.call("POST", "/broadcast", {
+        "message_type": "pool_resized", "channel": "db_pool_stats", "data": resized})
+    assert body["recipients"] == 1, body  # count = await manager.broadcast(...)
+    frames = [await on_message(ws, "error_blocked"), await on_message(ws, "pool_resized")]
+    for frame in frames:
+        assert frame["timestamp"]
+        dashboard.onmessage(frame)
+    # The subscription confirmations were not mistaken for channel notifications.
+    assert dashboard.error_notifications == [blocked]
+    assert dashboard.pool_chart == [resized]
+    await ws.close()
+
+
+async def test_an_invalid_channel_is_refused_the_seeds_way(seed_gateway: SeedFactory) -> None:
+    seed = await seed_gateway(channels=CHANNELS)
+    async with seed.client.http.ws_connect(seed.url("/ws?client_id=my_client")) as ws:
+        await ws.send_json({"action": "subscribe", "channel": "not_a_channel",
+                            "message_id": "bad"})
+        data = await on_message(ws, "error")
+        assert data["message"] == "Invalid channel: not_a_channel"
+        assert sorted(data["available_channels"]) == sorted(CHANNELS)  # not tool_activity
+        # ... and the envelope as for every error: code and all in data, reply_to
+        assert data["data"]["code"] == "invalid_channel"
+        assert data["data"]["available_channels"] == data["available_channels"]
+        assert data["reply_to"] == "bad"
+        # the connection carries on: a real channel works
+        await ws.send_json({"action": "subscribe", "channel": "system_alerts"})
+        assert (await on_message(ws, "subscribed"))["data"]["channel"] == "system_alerts"
+    status, body = await seed.call("GET", "/channels")
+    assert status == 200 and sorted(body["available_channels"]) == sorted(CHANNELS)
+
+
+async def test_the_python_client_receives_what_it_subscribed_to(
+        seed_gateway: SeedFactory) -> None:
+    seed = await seed_gateway(channels=CHANNELS)
+    async with seed.client.http.ws_connect(seed.url("/ws?client_id=my_client")) as ws:
+        await ws.send_json({"action": "subscribe", "channel": "system_alerts"})
+        await on_message(ws, "subscribed")
+        await seed.visible("my_client")
+        status, body = await seed.call("POST", "/broadcast", {
+            "message_type": "alert", "channel": "system_alerts", "data": {"level": "high"}})
+        assert status == 200 and body["recipients"] == 1, body
+        async with asyncio.timeout(RECV_TIMEOUT):
+            async for msg in ws:  # the seed's loop
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    data = msg.json()
+                    if data["type"] == "alert":
+                        break
+        assert data["channel"] == "system_alerts"
+        assert data["data"] == {"level": "high"}
+
+
+# --- channels, counters and cleanup (moved from tests/handlers/test_channels_seed003.py) -------
 
 
 async def next_is(client: WSClient, live: LiveGateway, content: str = "marker") -> None:
@@ -37,28 +139,6 @@ async def test_subscribe_and_unsubscribe_in_envelope_and_legacy_forms(
     assert frame["type"] == "unsubscribed"
     assert frame["data"]["was_subscribed"] is True
     assert frame["data"]["channels"] == ["db_pool_stats"]
-
-
-async def test_allow_list_refuses_other_channels_listing_the_available_ones(
-        make_gateway: MakeGateway) -> None:
-    live = await make_gateway(channels=("error_firewall", "system_alerts"))
-    client = await live.connect()
-    await client.send_raw(orjson.dumps({"action": "subscribe", "channel": "nope",
-                                        "message_id": "bad"}).decode())
-    frame = await client.recv()
-    assert frame["type"] == "error"
-    assert frame["reply_to"] == "bad"
-    assert frame["data"]["code"] == "invalid_channel"
-    assert "nope" in frame["data"]["message"]
-    available = frame["data"]["available_channels"]
-    assert {"error_firewall", "system_alerts"} <= set(available)
-    assert "nope" not in available
-    # The connection stays open and allowed channels work.
-    await client.send("subscribe", {"channel": "system_alerts"})
-    assert (await client.recv())["type"] == "subscribed"
-    status, body = await live.api("GET", "/channels")
-    assert status == 200
-    assert set(body["available_channels"]) >= {"error_firewall", "system_alerts"}
 
 
 async def test_empty_channels_are_cleaned_up(live_gateway: LiveGateway) -> None:
@@ -147,72 +227,3 @@ async def test_seed_003_counters_in_status_and_get_status(live_gateway: LiveGate
     _, body = await live_gateway.api("GET", "/status")
     assert body["total_connections_ever"] == 3
     assert c.client_id
-
-
-async def test_ws_status_is_an_alias_of_status(live_gateway: LiveGateway) -> None:
-    await live_gateway.connect()
-    status, body = await live_gateway.api("GET", "/ws/status")
-    assert status == 200
-    assert body["total_clients"] == 1
-    assert body["status"] == "running"
-
-
-async def test_broadcast_by_client_type(live_gateway: LiveGateway) -> None:
-    log_viewer = await live_gateway.connect("/ws/mcplog", client_type="MCPLog")
-    await log_viewer.recv_type("connection_ack")
-    app = await live_gateway.connect(client_type="MCPClient")
-    status, body = await live_gateway.api("POST", "/broadcast", {
-        "message_type": "tool_execution", "client_type": "MCPLog",
-        "data": {"service_name": "agent_coder", "tool_name": "generate_code",
-                 "status": "started"}})
-    assert status == 200
-    assert body["recipients"] == 1
-    frame = await log_viewer.recv()
-    assert frame["type"] == "tool_execution"
-    assert frame["data"]["tool_name"] == "generate_code"
-    await next_is(app, live_gateway)
-    _, clients = await live_gateway.api("GET", "/clients?client_type=MCPLog")
-    assert [c["client_id"] for c in clients["clients"]] == [log_viewer.client_id]
-
-
-async def test_mcplog_path_sends_connection_ack_after_connection_established(
-        live_gateway: LiveGateway) -> None:
-    client = await live_gateway.connect("/ws/mcplog")
-    assert client.hello["type"] == "connection_established"
-    ack = await client.recv()
-    assert ack["type"] == "connection_ack"
-    assert ack["message"]
-    assert ack["timestamp"].endswith("Z")
-
-
-async def test_ws_chat_path_is_accepted_and_answers_chat(live_gateway: LiveGateway) -> None:
-    client = await live_gateway.connect("/ws/chat")
-    # Seed 004's flat form: fields beside `type`.
-    await client.send_raw(orjson.dumps({"type": "text_message", "content": "Hello",
-                                        "message_id": "t1"}).decode())
-    processing = await client.recv()
-    assert processing["type"] == "processing"
-    answer = await client.recv()
-    assert answer["type"] == "chat_response"
-    assert answer["reply_to"] == "t1"
-    assert answer["data"]["content"] == "Echo: Hello"
-    assert answer["data"]["status"] == "completed"
-    await client.send_raw(orjson.dumps({"type": "heartbeat", "timestamp": 1.5}).decode())
-    beat = await client.recv()
-    assert beat["type"] == "heartbeat_response"
-
-
-async def test_handlers_are_listed_on_both_paths(live_gateway: LiveGateway) -> None:
-    status, body = await live_gateway.api("GET", "/handlers")
-    assert status == 200
-    for frame_type in ("chat_message", "text_message", "tool_call", "tool_result",
-                       "permission_response", "ping", "heartbeat", "subscribe",
-                       "unsubscribe", "get_status"):
-        assert frame_type in body["types"], frame_type
-    chat = next(h for h in body["handlers"] if h["type"] == "chat_message")
-    assert chat["aliases"] == ["text_message"]
-    assert "stream_chunk" in chat["replies"]
-    assert chat["fields"]["content"]["required"] is True
-    status, alias = await live_gateway.api("GET", "/ws/handlers")
-    assert status == 200
-    assert alias == body
