@@ -296,11 +296,11 @@ def is_flat_form(raw: Mapping[str, Any]) -> bool:
     return not raw.keys() <= ENVELOPE_KEYS
 
 
-def to_flat(encoded: bytes, client_id: str) -> bytes:
+def to_flat(encoded: bytes, client_id: str | None) -> bytes:
     """Re-encode a server frame for a flat-profile connection (seed 004's clients).
 
-    The envelope is kept whole; the recipient's ``client_id`` and every ``data`` field are
-    added at the top level unless a key of that name is already there (the envelope's own
+    The envelope is kept whole; the recipient's ``client_id`` (when known) and every ``data``
+    field are added at the top level unless a key of that name is already there (the envelope's own
     keys — ``type``, ``seq``, ``timestamp``, ``reply_to``, ``channel`` … — are never
     overwritten), and the frame takes seed 004's name where it differs (``processing`` →
     ``processing_start``). History keeps the canonical frame; only the bytes sent change.
@@ -308,7 +308,8 @@ def to_flat(encoded: bytes, client_id: str) -> bytes:
     frame = orjson.loads(encoded)
     if type(frame) is not dict:
         return encoded
-    frame.setdefault("client_id", client_id)
+    if client_id is not None:
+        frame.setdefault("client_id", client_id)
     data = frame.get("data")
     if type(data) is dict:
         for key, value in data.items():

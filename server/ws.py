@@ -544,7 +544,7 @@ async def _refuse(ws: web.WebSocketResponse, code: CloseCode, message: str,
     encoded = protocol.encode(protocol.error_frame(code.name.lower(), message,
                                                    close_code=int(code)))
     if flat:
-        encoded = protocol.to_flat(encoded, "")
+        encoded = protocol.to_flat(encoded, None)  # no session, so no client_id
     with contextlib.suppress(ConnectionError, RuntimeError):
         await ws.send_frame(encoded, WSMsgType.TEXT)
         await ws.close(code=int(code), message=code.explanation.encode())
@@ -677,7 +677,10 @@ async def ws_status(request: web.Request) -> web.StreamResponse:
     refusal = await _client_refusal(request)
     if refusal is not None:
         return refusal
-    body = await request.app[PUBLIC_STATUS].get(request.app[GATEWAY])
+    try:
+        body = await request.app[PUBLIC_STATUS].get(request.app[GATEWAY])
+    except SwitchboardError as exc:  # a cluster without Redis: 503, as on the API port
+        return _bad_request(exc.message, exc.code, exc.http_status)
     return web.Response(body=body, content_type="application/json")
 
 
