@@ -11,9 +11,10 @@ Connect with ``?client_id=&client_type=``; resume with ``client_id``, ``session_
 Compatibility with the seed servers (PRODUCT.md section 10) is decided here, per connection:
 ``/ws/mcplog`` defaults ``client_type`` to ``MCPLog``; ``/agent_backend/ws/{session_id}`` makes
 the path's ``session_id`` the ``client_id``; and a connection in the *flat profile* (path
-``/ws/chat``, ``?format=flat``, or a first frame in seed 004's flat form) gets every frame
-re-encoded by :func:`server.protocol.to_flat` as it is sent — the one place that does it.
-History keeps the canonical envelope, so a replay is re-encoded the same way.
+``/ws/chat``, ``?format=flat``, or a first frame in seed 004's flat form) is a
+:class:`FlatConnection`, whose encoder re-encodes every frame with
+:func:`server.protocol.to_flat` as it is sent — the one place that does it. History keeps the
+canonical envelope, so a replay is re-encoded the same way.
 """
 
 from __future__ import annotations
@@ -93,7 +94,6 @@ class Connection:
         "closed",
         "closing",
         "expiry",
-        "flat",
         "max_bytes",
         "max_frames",
         "peer",
@@ -106,7 +106,7 @@ class Connection:
     )
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, session: Session,
-                 max_frames: int, max_bytes: int, peer: str, flat: bool = False) -> None:
+                 max_frames: int, max_bytes: int, peer: str) -> None:
         self.ws = ws
         self.request = request
         self.session = session
@@ -128,9 +128,6 @@ class Connection:
         self.closing: asyncio.Task[None] | None = None
         #: Closes the socket with 4010 when the client's JWT expires (cancelled on close).
         self.expiry: asyncio.TimerHandle | None = None
-        #: The flat profile (seed 004): every frame is re-encoded by ``protocol.to_flat`` as
-        #: it is sent. A broadcast is still encoded once for everyone else.
-        self.flat = flat
 
     @property
     def queued_frames(self) -> int:
@@ -143,8 +140,6 @@ class Connection:
         """Send or queue an encoded frame; never blocks. False when closing or full."""
         if self.close_code is not None or self.closed:
             return False
-        if self.flat:
-            data = protocol.to_flat(data, self.session.client_id)
         HOT.frames_out_sent += 1
         if self.writer is None and not self.queue and not self.backlog and self._write_now(
                 data):
@@ -189,8 +184,7 @@ class Connection:
 
     def preload(self, data: bytes) -> None:
         """Add a frame to the backlog (before :meth:`start`: greeting, replay)."""
-        self.backlog.append(protocol.to_flat(data, self.session.client_id) if self.flat
-                            else data)
+        self.backlog.append(data)
 
     def close_soon(self, code: int, reason: str) -> None:
         """Close with ``code`` as soon as possible (queued frames stay in history)."""
@@ -257,6 +251,28 @@ class Connection:
             transport = self.request.transport
             if transport is not None:
                 transport.abort()
+
+
+class FlatConnection(Connection):
+    """A connection in the flat profile (seed 004): the frame encoder for such clients.
+
+    Every frame, live or replayed, is re-encoded by :func:`server.protocol.to_flat` just
+    before it is sent (the ``data`` fields and ``client_id`` also at the top level, seed 004's
+    frame names). History and every other connection keep the envelope, and a broadcast is
+    still encoded once: only flat connections pay for the second encoding. A connection whose
+    first frame is flat becomes one (``conn.__class__ = FlatConnection``: same slots), so the
+    default :meth:`Connection.push` carries no test for the profile at all.
+    """
+
+    __slots__ = ()
+
+    def push(self, data: bytes) -> bool:
+        if self.close_code is not None or self.closed:
+            return False
+        return Connection.push(self, protocol.to_flat(data, self.session.client_id))
+
+    def preload(self, data: bytes) -> None:
+        Connection.preload(self, protocol.to_flat(data, self.session.client_id))
 
 
 def _receive_timeout(heartbeat: float, idle_timeout: float) -> float | None:
@@ -405,8 +421,8 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
         session = registry.create(client_id, client_type,
                                   meta={"remote": peer,
                                         "user_agent": request.headers.get("User-Agent", "")})
-    conn = Connection(ws, request, session, settings.send_queue_frames, settings.send_queue_bytes,
-                      peer, flat)
+    conn = (FlatConnection if flat else Connection)(
+        ws, request, session, settings.send_queue_frames, settings.send_queue_bytes, peer)
     replay: list[bytes] = []
     recovered = False
     if resumed:
@@ -556,7 +572,7 @@ async def _read_loop(conn: Connection, gateway: Gateway, router: MessageRouter,
     session = conn.session
     limiter = security.frame_limiter()
     # The first text frame may choose the flat profile (seed 004 speaks flat from the start).
-    sniff = not conn.flat
+    sniff = type(conn) is Connection
     while True:
         try:
             msg = await ws.receive()
@@ -607,7 +623,7 @@ async def _handle_text(conn: Connection, gateway: Gateway, router: MessageRouter
     try:
         frame = protocol.decode_client_frame(data)
         if sniff and protocol.is_flat_form(frame.raw):
-            conn.flat = True
+            conn.__class__ = FlatConnection
         HOT.frame_in(frame.type, router)
         reply_to = frame.message_id
         if frame.type in _LIVENESS_TYPES:
