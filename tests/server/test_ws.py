@@ -12,6 +12,7 @@ from handlers import HANDLER_TABLE, Registration, build_router
 from server.errors import CloseCode
 from server.protocol import ClientFrame
 from server.router import HandlerContext
+from server.ws import STATUS_TTL, PublicStatus
 from tests.conftest import LiveGateway, MakeGateway, WSClient, wait_for
 
 
@@ -306,3 +307,23 @@ async def test_an_idle_client_is_closed_with_4011(make_gateway: MakeGateway) -> 
     assert await idle.recv_close() == CloseCode.IDLE_TIMEOUT == 4011
     session = live.gateway.registry.get("idle")
     assert session is not None and not session.connected  # kept for resume
+
+
+async def test_the_public_status_is_computed_at_most_once_per_ttl() -> None:
+    """/ws/status on the public port: a flood of requests costs one status a second (a
+    cluster's reads every session from Redis), and the broker's description is left out."""
+    class CountingGateway:
+        calls = 0
+
+        async def cluster_status(self) -> dict[str, Any]:
+            self.calls += 1
+            return {"status": "running", "n": self.calls, "broker": {"url": "redis://internal"}}
+
+    gateway = CountingGateway()
+    public = PublicStatus()
+    first = await public.get(gateway)  # type: ignore[arg-type]
+    again = await public.get(gateway)  # type: ignore[arg-type]
+    assert first == again and gateway.calls == 1
+    assert orjson.loads(first) == {"status": "running", "n": 1}
+    public.at -= 2 * STATUS_TTL  # the TTL has passed
+    assert orjson.loads(await public.get(gateway))["n"] == 2  # type: ignore[arg-type]
