@@ -405,7 +405,8 @@ def _http_url(n: str, r: str) -> str:
 #: Every environment variable, its parser, default and one-line meaning (the README's table).
 SETTINGS_DOC: tuple[SettingSpec, ...] = (
     _spec("WS_HOST", _host, "0.0.0.0", "Interface the WebSocket app listens on."),
-    _spec("WS_PORT", _port, "9004", "WebSocket port (paths /, /ws, /ws/chat, /ws/mcplog)."),
+    _spec("WS_PORT", _port, "9004", "WebSocket port (paths /, /ws, /ws/chat, /ws/mcplog, "
+          "/agent_backend/ws/{session_id}; also GET /ws/status, /ws/handlers)."),
     _spec("API_HOST", _host, "WS_HOST if API_TOKEN set, else 127.0.0.1",
           "Interface of the HTTP API."),
     _spec("API_PORT", _port, "9005", "HTTP API port."),
