@@ -271,6 +271,10 @@ SCHEMAS: dict[str, Schema] = {
         }, ("name", "description", "parameters", "risk_level"))},
     }, ("tools",)),
     "Health": _obj({"status": {"type": "string", "enum": ["ok"]}}, ("status",)),
+    "ObserverTicket": _obj({
+        "ticket": STRING, "expires_at": DATETIME, "expires_in": INT,
+        "query_parameter": {"type": "string", "enum": ["observer_ticket"]},
+    }, ("ticket", "expires_at", "expires_in", "query_parameter")),
     "Ready": _obj({
         "status": {"type": "string", "enum": ["ready", "unavailable"]},
         "broker": ref("Broker"),
@@ -504,6 +508,15 @@ def build_paths() -> dict[str, Schema]:
         "/stream/{client_id}": {
             "parameters": [CLIENT_ID_PARAM],
             "post": _stream_op()},
+        "/observer_ticket": {"post": _op(
+            "A ticket to read system channels over WebSocket", "clients",
+            {"200": _json(ref("ObserverTicket"), "A ticket, valid for `expires_in` seconds.")},
+            operation_id="observerTicket",
+            description="Open a WebSocket with `?observer_ticket=<ticket>` (within its "
+                        "validity) and that connection may subscribe to system channels "
+                        "such as `tool_activity` (others get `forbidden_channel`). The "
+                        "dashboard does this; the API token never reaches the WebSocket "
+                        "port.")},
         "/channels": {"get": _op(
             "Channels and subscriber counts", "introspection",
             {"200": _json(ref("Channels"), "Channels with at least one subscriber.")},

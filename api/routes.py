@@ -10,10 +10,11 @@ from aiohttp import web
 
 from server.errors import ProtocolError, SwitchboardError, ValidationError
 from server.gateway import Gateway
-from server.keys import GATEWAY, ROUTER
-from server.metrics import TOOL_CALL, render
-from server.protocol import Field, validate_fields
-from server.sessions import entry_as_dict
+from server.keys import GATEWAY, ROUTER, SECURITY
+from server.metrics import HOT, TOOL_CALL, render
+from server.protocol import Field, json_too_deep_message, too_deep, validate_fields
+from server.security import OBSERVER_TICKET_TTL
+from server.sessions import entry_as_dict, iso_time
 
 MAX_PAGE = 1000
 JSON_TYPES = ("application/json",)
@@ -44,8 +45,19 @@ async def read_json(request: web.Request, spec: dict[str, Field]) -> dict[str, A
                             code="invalid_json") from None
     if not isinstance(body, dict):
         raise ProtocolError("request body must be a JSON object", code="invalid_json")
+    check_depth(request, body, raw, "request body")
     validate_fields(body, spec, prefix="")
     return body
+
+
+def check_depth(request: web.Request, value: Any, raw: bytes, what: str) -> None:
+    """422 ``json_too_deep`` when ``value`` (decoded from ``raw``) nests deeper than
+    MAX_JSON_DEPTH: nothing that could not be encoded again is stored or relayed."""
+    max_depth = gw(request).settings.max_json_depth
+    if too_deep(value, max_depth, raw):
+        HOT.limit_hit("json_depth")
+        raise ValidationError(json_too_deep_message(what, max_depth), code="json_too_deep",
+                              details={"max_depth": max_depth})
 
 
 def query_value(request: web.Request, name: str) -> str | None:
@@ -264,6 +276,17 @@ async def call_tool(request: web.Request) -> web.Response:
 #: ``switchboard_tool_calls_total{origin="api"}`` outcome of each call_tool error code.
 _TOOL_ERROR_OUTCOMES = {"client_not_found": "not_found", "client_offline": "client_offline",
                         "client_disconnected": "client_disconnected", "timeout": "timeout"}
+
+
+@routes.post("/observer_ticket")
+async def observer_ticket(request: web.Request) -> web.Response:
+    """A short-lived ticket for one WebSocket connection to read system channels
+    (``tool_activity``): the dashboard asks for one with the API token and presents it as
+    ``?observer_ticket=`` on the WebSocket port, where the token itself never goes."""
+    ticket, expires = request.app[SECURITY].issue_observer_ticket()
+    return json_response({"ticket": ticket, "expires_at": iso_time(expires),
+                          "expires_in": OBSERVER_TICKET_TTL,
+                          "query_parameter": "observer_ticket"})
 
 
 # --- introspection ----------------------------------------------------------------------------

@@ -67,10 +67,7 @@ def create_gateway(settings: Settings) -> Gateway:
         from server.cluster import create_cluster_gateway
 
         return create_cluster_gateway(settings, broker)  # type: ignore[arg-type]
-    registry = SessionRegistry(history_limit=settings.history_limit,
-                               session_ttl=settings.session_ttl,
-                               channel_allow_list=settings.channels,
-                               system_channels=SYSTEM_CHANNELS)
+    registry = SessionRegistry.from_settings(settings, SYSTEM_CHANNELS)
     return Gateway(settings=settings, registry=registry, broker=broker,
                    tools=default_tools.copy())
 

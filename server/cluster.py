@@ -179,7 +179,9 @@ while i <= #ARGV do
       for j = 1, n, 500 do
         redis.call('RPUSH', hk, unpack(items, j, math.min(j + 499, n)))
       end
-      redis.call('LTRIM', hk, -limit, -1)
+      -- Keep what the owner's registry keeps (HISTORY_LIMIT frames and HISTORY_BYTES bytes,
+      -- issue 11): its history_size, never more than the frame limit.
+      redis.call('LTRIM', hk, -math.min(limit, tonumber(ARGV[i + 5])), -1)
       if redis.call('TTL', hk) < 0 then redis.call('EXPIRE', hk, ttl) end
     end
   end
@@ -392,13 +394,14 @@ class WriteBehind:
 
 
 class ClusterRegistry(SessionRegistry):
-    """The local registry of the sessions this node owns, writing changes behind to Redis."""
+    """The local registry of the sessions this node owns, writing changes behind to Redis.
 
-    def __init__(self, *, history_limit: int, session_ttl: float,
-                 channel_allow_list: Iterable[str] = (),
-                 system_channels: Iterable[str] = ()) -> None:
-        super().__init__(history_limit=history_limit, session_ttl=session_ttl,
-                         channel_allow_list=channel_allow_list, system_channels=system_channels)
+    The caps (history bytes, MAX_SESSIONS, channels per session) are the base class's: an
+    evicted session is ended here, hence deleted from Redis too.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self.writer = WriteBehind()
 
     # lifecycle
@@ -431,11 +434,8 @@ class ClusterRegistry(SessionRegistry):
         """Drop a session locally only (it moved to another node)."""
         return SessionRegistry.end(self, client_id)
 
-    def adopt(self, session: Session) -> None:
-        """Hold a session loaded from Redis (resumed here, or taken from a dead node)."""
-        self.sessions[session.client_id] = session
-        for channel in session.channels:
-            self.channels.setdefault(channel, set()).add(session)
+    # adopt (hold a session loaded from Redis: resumed here, or taken from a dead node) is the
+    # base class's: it also applies this node's caps.
 
     # delivery
     def deliver(self, session: Session, encoded: bytes) -> tuple[int, bool]:
@@ -706,7 +706,10 @@ class ClusterGateway(Gateway):
                 continue
             node = overrides.get(client_id, self.me)
             fields = session_fields(session, node, len(session.history))
-            args: list[Any] = [self.me, ttl, limit, "1" if rewrite else "0",
+            # The list is trimmed to what the registry holds (its byte cap may keep fewer
+            # than HISTORY_LIMIT frames); never to 0 (LTRIM -0 would keep everything).
+            kept = str(max(1, len(session.history)))
+            args: list[Any] = [self.me, ttl, kept, "1" if rewrite else "0",
                     repr(session.connected_at), client_id, str(len(fields))]
             for name, value in fields.items():
                 args.append(name)
@@ -1424,10 +1427,7 @@ class ClusterGateway(Gateway):
 
 def create_cluster_gateway(settings: Settings, broker: RedisBroker,
                            tools: ToolRegistry | None = None) -> ClusterGateway:
-    registry = ClusterRegistry(history_limit=settings.history_limit,
-                               session_ttl=settings.session_ttl,
-                               channel_allow_list=settings.channels,
-                               system_channels=SYSTEM_CHANNELS)
+    registry = ClusterRegistry.from_settings(settings, SYSTEM_CHANNELS)
     gateway = ClusterGateway(settings=settings, registry=registry, broker=broker,
                              tools=tools or default_tools.copy())
     gateway.install()

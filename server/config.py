@@ -19,6 +19,7 @@ import difflib
 import ipaddress
 import os
 import re
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -165,7 +166,11 @@ class Settings:
     max_connections_per_ip: int = 0
     max_message_size: int = 1024 * 1024
     history_limit: int = 1000
+    history_bytes: int = 16 * 1024 * 1024  # twice send_queue_bytes: see HISTORY_BYTES
     session_ttl: float = 300.0
+    max_sessions: int = 20_000
+    max_channels_per_client: int = 100
+    max_json_depth: int = 64
     send_queue_frames: int = 256  # well below history_limit: see SEND_QUEUE_FRAMES
     send_queue_bytes: int = 8 * 1024 * 1024
     api_token: str = field(default="", repr=False)
@@ -210,6 +215,10 @@ class Settings:
     log_level: str = "info"
     log_format: str = "console"
     shutdown_timeout: float = 10.0
+    #: Signs observer tickets when no API_TOKEN is set: random per process group (workers get
+    #: the parent's settings, so they share it). Not an environment variable.
+    ticket_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False,
+                              compare=False)
 
     @property
     def effective_api_host(self) -> str:
@@ -325,6 +334,15 @@ class Settings:
             )
         if self.send_queue_bytes < self.max_message_size:
             raise ConfigError("SEND_QUEUE_BYTES: must be at least MAX_MESSAGE_SIZE")
+        if self.history_bytes < self.send_queue_bytes:
+            # A client closed with 4008 missed its whole send queue: below this it could
+            # never resume completely.
+            raise ConfigError(f"HISTORY_BYTES: must be at least SEND_QUEUE_BYTES "
+                              f"({self.send_queue_bytes}), or a slow consumer closed with 4008 "
+                              f"can never resume completely")
+        if self.max_sessions < self.max_connections:
+            raise ConfigError(f"MAX_SESSIONS: must be at least MAX_CONNECTIONS "
+                              f"({self.max_connections}): connected sessions are never evicted")
         self._check_channel_rules()
 
     def _check_jwt(self) -> None:
@@ -377,7 +395,7 @@ class Settings:
 
 _SECRETS = frozenset({"api_token", "ws_auth_token", "ws_jwt_secret", "webhook_secret",
                       # not secret, but a PEM is long: shown as set / unset
-                      "ws_jwt_public_key"})
+                      "ws_jwt_public_key", "ticket_key"})
 _EMPTY_ALLOWED = frozenset({"ALLOWED_ORIGINS", "CHANNELS"})
 
 
@@ -420,11 +438,27 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
     _spec("MAX_CONNECTIONS_PER_IP", lambda n, r: _int(n, r, 0, 10_000_000), "0",
           "Concurrent connections from one IP (0 = no limit); beyond it HTTP 429."),
     _spec("MAX_MESSAGE_SIZE", lambda n, r: _int(n, r, 256, 64 * 1024 * 1024), "1048576",
-          "Largest client frame in bytes; larger closes with 1009."),
+          "Largest client frame in bytes (that size is accepted); larger closes with 1009."),
     _spec("HISTORY_LIMIT", lambda n, r: _int(n, r, 1, 1_000_000), "1000",
           "Frames of history kept per session (both directions)."),
+    _spec("HISTORY_BYTES", lambda n, r: _int(n, r, 1024, 2**40), "16777216",
+          "Bytes of encoded frames kept in one session's history (both directions); the oldest "
+          "frames go first (the newest is always kept). At least SEND_QUEUE_BYTES; the "
+          "default, twice it, also covers what sat in TCP buffers when a slow consumer was "
+          "closed with 4008, so it can still resume completely."),
     _spec("SESSION_TTL", lambda n, r: _float(n, r, 0, 30 * 86400), "300",
           "Seconds a dropped session is kept for resume."),
+    _spec("MAX_SESSIONS", lambda n, r: _int(n, r, 1, 100_000_000), "20000",
+          "Sessions one node keeps (connected or waiting for resume). At the cap the session "
+          "offline longest is ended to make room (its resume then gets 4003); a connected one "
+          "never is. At least MAX_CONNECTIONS."),
+    _spec("MAX_CHANNELS_PER_CLIENT", lambda n, r: _int(n, r, 1, 1_000_000), "100",
+          "Channels one session may subscribe to; beyond it subscribe gets an error frame "
+          "too_many_channels (the connection stays open)."),
+    _spec("MAX_JSON_DEPTH", lambda n, r: _int(n, r, 2, 128), "64",
+          "Deepest JSON nesting accepted in client frames, API bodies, tool results and "
+          "webhook answers (error json_too_deep / HTTP 422 beyond); well below what the "
+          "encoder can write back (254 levels)."),
     _spec("SEND_QUEUE_FRAMES", lambda n, r: _int(n, r, 1, 10_000_000), "256",
           "Frames queued for one slow connection before it is closed with 4008. Keep it well "
           "below HISTORY_LIMIT: the client resumes completely only if everything it missed "
@@ -513,7 +547,8 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
           "Signs every webhook request (X-Switchboard-Signature: sha256=HMAC of "
           "timestamp.body) so backends can check it came from the gateway; 32+ bytes."),
     _spec("CALL_TOOL_TIMEOUT", lambda n, r: _float(n, r, 0.1, 3600), "30",
-          "Default seconds POST /call_tool waits for the client (504 beyond)."),
+          "Default seconds POST /call_tool waits for the client (504 beyond), and the longest "
+          "a server-side tool may run (a failed call beyond)."),
     _spec("PERMISSION_TIMEOUT", lambda n, r: _float(n, r, 0.1, 3600), "60",
           "Seconds a high-risk tool waits for permission_response."),
     _spec("IDEMPOTENCY_TTL", lambda n, r: _float(n, r, 1, 86400), "300",

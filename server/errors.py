@@ -166,6 +166,12 @@ class CloseCode(IntEnum):
     ``BROKER_URL=redis://`` the session outlives the process and nothing is lost; with the
     default ``memory://`` it ends with the process, so the resume is refused (4003) and the
     client starts a new session."""
+    PROTOCOL_ERROR = 1002
+    """The client broke RFC 6455 (an unmasked frame, a close code not allowed on the wire, bad
+    framing). Do not reconnect: fix the client."""
+    INVALID_DATA = 1007
+    """A text frame was not valid UTF-8 (RFC 6455 section 8.1). Do not reconnect: fix the
+    client."""
     MESSAGE_TOO_BIG = 1009
     """A frame exceeded MAX_MESSAGE_SIZE (or its decompressed size did). The frame was dropped;
     reconnect and resume, and send smaller frames."""
@@ -200,12 +206,15 @@ class CloseCode(IntEnum):
         return _EXPLANATIONS[self]
 
 
-_NO_RECONNECT = frozenset({CloseCode.NORMAL, CloseCode.REPLACED, CloseCode.SESSION_ENDED,
+_NO_RECONNECT = frozenset({CloseCode.NORMAL, CloseCode.PROTOCOL_ERROR, CloseCode.INVALID_DATA,
+                           CloseCode.REPLACED, CloseCode.SESSION_ENDED,
                            CloseCode.INVALID_SESSION})
 
 _EXPLANATIONS: dict[CloseCode, str] = {
     CloseCode.NORMAL: "normal closure",
     CloseCode.GOING_AWAY: "server shutting down; reconnect and resume",
+    CloseCode.PROTOCOL_ERROR: "WebSocket protocol error",
+    CloseCode.INVALID_DATA: "text frame is not valid UTF-8",
     CloseCode.MESSAGE_TOO_BIG: "frame larger than MAX_MESSAGE_SIZE",
     CloseCode.INTERNAL_ERROR: "internal server error; reconnect with backoff",
     CloseCode.REPLACED: "session resumed by another connection",

@@ -292,7 +292,11 @@ class Gateway:
 
     async def run_tool(self, session: Session, tool_name: str, params: dict[str, Any], *,
                        call_id: str | None, reply_to: str | None) -> dict[str, Any]:
-        """Run a server-side tool with the seed-001 lifecycle and answer with tool_response."""
+        """Run a server-side tool with the seed-001 lifecycle and answer with tool_response.
+
+        Every call that starts ends with ``mcp_tool_execution_complete`` and ``tool_response``
+        whatever the tool does: raises, returns what JSON cannot carry (a failed call saying
+        why), runs longer than CALL_TOOL_TIMEOUT, or is cancelled by a shutdown."""
         call_id = call_id or secrets.token_urlsafe(12)
         tool = self.tools.get(tool_name)
         if tool is None and self.tool_fallback is None:
@@ -323,19 +327,52 @@ class Gateway:
                               f"no permission_response within "
                               f"{self.settings.permission_timeout:g}s")
                     raise ToolError(reason, code="permission_denied")
-            if tool is not None:
-                raw = await invoke(tool, params, ctx)
-            else:
-                assert self.tool_fallback is not None
-                raw = await self.tool_fallback(tool_name, params, ctx)
+            async with asyncio.timeout(self.settings.call_tool_timeout):
+                if tool is not None:
+                    raw = await invoke(tool, params, ctx)
+                else:
+                    assert self.tool_fallback is not None
+                    raw = await self.tool_fallback(tool_name, params, ctx)
+            self._check_result(raw)
             result = shape_result(raw)
         except SwitchboardError as exc:
             result = error_result(exc.message)
             outcome = "permission_denied" if exc.code == "permission_denied" else "failure"
+            raw = None
+        except TimeoutError:
+            result = error_result(f"the tool did not finish within "
+                                  f"{self.settings.call_tool_timeout:g}s (CALL_TOOL_TIMEOUT)")
+        except asyncio.CancelledError:
+            # Shutdown: the client still learns how its call ended (on resume, from history).
+            self._tool_done(session, base, reply_to, started,
+                            error_result("the server stopped before the tool finished"),
+                            None, "failure")
+            raise
         except Exception as exc:  # a tool's own failure is a failed call, not a crash
             log.exception("tool_failed", client_id=session.client_id, tool=tool_name,
                           call_id=call_id)
             result = error_result(f"{type(exc).__name__}: {exc}")
+            raw = None
+        return self._tool_done(session, base, reply_to, started, result, raw, outcome)
+
+    def _check_result(self, raw: Any) -> None:
+        """Refuse (as a failed call) a result the frames could not carry: not JSON (a set,
+        an integer beyond 64 bits…) or nested deeper than MAX_JSON_DEPTH."""
+        max_depth = self.settings.max_json_depth
+        try:
+            deep = protocol.too_deep(raw, max_depth)
+        except TypeError as exc:  # orjson.JSONEncodeError is a TypeError
+            raise ToolError(f"the tool's result cannot be sent as JSON: {exc}",
+                            code="invalid_result") from None
+        if deep:
+            HOT.limit_hit("json_depth")
+            raise ToolError(protocol.json_too_deep_message("the tool's result", max_depth),
+                            code="invalid_result")
+
+    def _tool_done(self, session: Session, base: dict[str, Any], reply_to: str | None,
+                   started: float, result: dict[str, Any], raw: Any,
+                   outcome: str) -> dict[str, Any]:
+        """The end of a tool call: ``mcp_tool_execution_complete`` then ``tool_response``."""
         success = bool(result["success"])
         TOOL_CALL["client"]["success" if success else outcome].inc()
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -343,6 +380,7 @@ class Gateway:
             **base, "end_time": protocol.now_iso(), "duration_ms": duration_ms,
             "success": success, "result": result,
             "status": "completed" if success else "failed"}, reply_to)
+        call_id, tool_name = base["call_id"], base["tool_name"]
         response = {"call_id": call_id, "tool_name": tool_name, "success": success,
                     "result": raw if success else None}
         if not success:
@@ -445,13 +483,18 @@ class Gateway:
         for key in [k for k, e in self.idempotency.items() if e.expires <= now]:
             del self.idempotency[key]
         expired = self.registry.expire()
-        for client_id in expired:
+        # Sessions ended to make room at MAX_SESSIONS fail like expired ones.
+        evicted, self.registry.evicted = self.registry.evicted, []
+        for client_id in (*expired, *evicted):
             for pending in self.pending_calls.values():
                 if pending.client_id == client_id and not pending.future.done():
                     pending.future.set_exception(ClientNotFound(
                         f"session {client_id!r} expired before answering"))
         if expired:
             log.info("sessions_expired", count=len(expired))
+        if evicted:
+            log.warning("sessions_evicted", count=len(evicted),
+                        max_sessions=self.registry.max_sessions)
         return expired
 
     # --- background work ----------------------------------------------------------------------

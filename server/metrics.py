@@ -21,6 +21,7 @@ bounded: frame types are the registered ones (else ``unknown``), close codes the
 | ``switchboard_frames_in_total`` | type | client frames, by type (+ invalid, binary, unknown) |
 | ``switchboard_frames_out_total`` | kind | server frames: sent (to a socket), replayed (on resume), queued (kept for an offline session) |
 | ``switchboard_slow_clients_total`` | | clients closed for send-queue overflow (4008) |
+| ``switchboard_limit_hits_total`` | limit | a cap bit: ``history_bytes`` (frames dropped from a history over HISTORY_BYTES), ``max_sessions`` (sessions evicted), ``channels_per_client`` (subscribes refused), ``json_depth`` (frames, bodies or answers nested too deep), ``header_value`` (stored header values truncated) |
 | ``switchboard_resumes_total`` | outcome | resumes: recovered, partial, refused |
 | ``switchboard_tool_calls_total`` | origin, outcome | tool calls from the API (``api``) or clients (``client``) |
 | ``switchboard_api_requests_total`` | method, route, status | HTTP API requests |
@@ -161,6 +162,10 @@ class Routes(Protocol):
     def route_for(self, frame_type: str) -> object: ...
 
 
+#: The caps counted by ``switchboard_limit_hits_total`` (PRODUCT.md section 7).
+LIMITS = ("history_bytes", "max_sessions", "channels_per_client", "json_depth", "header_value")
+
+
 class HotCounters:
     """Per-frame counts as plain integers (an attribute increment costs a few ns; a labelled
     prometheus counter costs a lock and a lookup). Exported by :class:`HotCollector`.
@@ -169,13 +174,20 @@ class HotCounters:
     types a router knows, so a client cannot mint label values.
     """
 
-    __slots__ = ("frames_in", "frames_out_queued", "frames_out_replayed", "frames_out_sent")
+    __slots__ = ("frames_in", "frames_out_queued", "frames_out_replayed", "frames_out_sent",
+                 "limits")
 
     def __init__(self) -> None:
         self.frames_in: dict[str, int] = {}
         self.frames_out_sent = 0
         self.frames_out_replayed = 0
         self.frames_out_queued = 0
+        #: ``switchboard_limit_hits_total`` by limit (the names are fixed: :data:`LIMITS`).
+        self.limits = dict.fromkeys(LIMITS, 0)
+
+    def limit_hit(self, limit: str, count: int = 1) -> None:
+        """A cap bit ``count`` times (``limit`` is one of :data:`LIMITS`)."""
+        self.limits[limit] += count
 
     def frame_in(self, frame_type: str, routes: Routes) -> None:
         """Count a decoded client frame; a type ``routes`` does not know counts as
@@ -224,6 +236,12 @@ class HotCollector(Collector):
         frames_out.add_metric(["replayed"], hot.frames_out_replayed)
         frames_out.add_metric(["queued"], hot.frames_out_queued)
         yield frames_out
+        limits = CounterMetricFamily("switchboard_limit_hits",
+                                     "Times a cap bit (what was refused, dropped or evicted)",
+                                     labels=["limit"])
+        for limit, count in hot.limits.items():
+            limits.add_metric([limit], count)
+        yield limits
 
 
 REGISTRY.register(HotCollector(HOT))

@@ -34,6 +34,60 @@ ENVELOPE_KEYS = frozenset({"type", "action", "data", "message_id", "timestamp", 
                            "seq", "reply_to"})
 MAX_TYPE_LENGTH = 64
 MAX_MESSAGE_ID_LENGTH = 128
+#: Default of ``MAX_JSON_DEPTH``: the deepest nesting accepted from outside.
+MAX_JSON_DEPTH = 64
+
+
+def _encoder_depth() -> int:
+    """The deepest nesting orjson encodes (it decodes 1,024 levels but encodes only ~254):
+    found once, by trying, so a change of orjson cannot make the depth check lie."""
+    lo, hi = 1, 4096  # encodes lo levels; fails at hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        value: Any = []
+        for _ in range(mid - 1):
+            value = [value]
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError:
+            hi = mid
+        else:
+            lo = mid
+    return lo
+
+
+#: Nesting levels orjson can encode. Everything accepted is at most MAX_JSON_DEPTH deep, so
+#: the few levels the gateway wraps around a client's value (envelope, API answers) always
+#: encode again.
+ENCODER_DEPTH = _encoder_depth()
+
+
+def too_deep(value: Any, max_depth: int, raw: bytes | None = None) -> bool:
+    """Whether ``value`` nests more than ``max_depth`` arrays/objects (the outermost counts
+    as 1). ``raw``, the JSON text ``value`` was decoded from, makes the common case free: a
+    text with at most ``max_depth`` opening brackets cannot nest deeper (two byte counts in C).
+    Otherwise ``value`` is wrapped in ``ENCODER_DEPTH - max_depth`` lists and encoded: orjson
+    refuses exactly when ``value`` is deeper than ``max_depth`` (C speed, no Python walk)."""
+    if raw is not None and (len(raw) <= 2 * max_depth
+                            or raw.count(b"[") + raw.count(b"{") <= max_depth):
+        return False
+    wrapped = value
+    for _ in range(ENCODER_DEPTH - max_depth):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)
+    except orjson.JSONEncodeError as exc:
+        if "ecursion" in str(exc):
+            return True
+        raise
+    return False
+
+
+def valid_close_code(code: int) -> bool:
+    """Whether a peer may send ``code`` in a close frame (RFC 6455 section 7.4 and the IANA
+    registry): 1000-1003, 1007-1014, 3000-4999. 1004 is reserved; 1005, 1006 and 1015 only
+    ever describe a closure locally; the rest of 1000-2999 is reserved for the protocol."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
 
 
 #: [second, its formatted date and time, millisecond, the full string for it]
@@ -90,18 +144,22 @@ def _reply(message_id: str | None) -> dict[str, str]:
     return {} if message_id is None else {"reply_to": message_id}
 
 
-def decode_client_frame(payload: str | bytes) -> ClientFrame:
+def decode_client_frame(payload: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> ClientFrame:
     """Parse one client text frame.
 
-    Raises :class:`ProtocolError` with code ``invalid_json`` (not JSON), ``invalid_frame`` (not
-    an object), ``missing_type`` (no usable ``type``/``action``), or :class:`ValidationError`
-    (``invalid_field``) when an envelope field has the wrong type. The error's ``details``
-    carry ``reply_to`` when the frame had a usable ``message_id``.
+    Raises :class:`ProtocolError` with code ``invalid_json`` (not JSON), ``json_too_deep``
+    (nested deeper than ``max_depth``), ``invalid_frame`` (not an object), ``missing_type``
+    (no usable ``type``/``action``), or :class:`ValidationError` (``invalid_field``) when an
+    envelope field has the wrong type. The error's ``details`` carry ``reply_to`` when the
+    frame had a usable ``message_id``.
     """
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(f"frame is not valid JSON: {exc.msg}", code="invalid_json") from None
+    if len(payload) > 2 * max_depth and too_deep(
+            obj, max_depth, payload if type(payload) is bytes else payload.encode()):
+        raise ProtocolError(json_too_deep_message("frame", max_depth), code="json_too_deep")
     if type(obj) is not dict:
         raise ProtocolError(
             f"frame must be a JSON object, got {_json_kind(obj)}", code="invalid_frame"
@@ -203,6 +261,10 @@ def validate_fields(data: Mapping[str, Any], spec: Mapping[str, Field], *,
         if rule.kind == "string" and rule.required and value == "":
             raise ValidationError(f"{label} must not be empty", code="invalid_field",
                                   details={"field": label})
+
+
+def json_too_deep_message(what: str, max_depth: int) -> str:
+    return (f"{what} nests JSON deeper than {max_depth} levels (MAX_JSON_DEPTH); flatten it")
 
 
 def _article(kind: str) -> str:

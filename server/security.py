@@ -6,22 +6,47 @@
   frame, and a client that keeps flooding is closed with 4009.
 * HTTP API: bearer token / ``X-API-Key`` compared in constant time (401 missing, 403 wrong),
   per-caller rate limit (429 + ``Retry-After``).
+* Observers: system channels (``tool_activity``) are readable only by a connection opened with
+  an observer ticket (``?observer_ticket=``, from ``POST /observer_ticket`` on the API: HMAC
+  signed, valid OBSERVER_TICKET_TTL seconds, so the API token itself never travels to the
+  WebSocket port) or with a JWT whose ``roles`` include ``observer`` (server.auth).
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
+import secrets
 import time
 
 from aiohttp import web
 
-from server.auth import Identity, JwtVerifier
+from server.auth import OBSERVER_ROLE, Identity, JwtVerifier
 from server.config import Settings
 from server.errors import SwitchboardError
 
 __all__ = ["Identity", "Security"]
+
+#: Seconds an observer ticket is valid (it is only checked at the WebSocket handshake).
+OBSERVER_TICKET_TTL = 120
+_TICKET_PREFIX = "obs1"
+
+
+def observer_ticket_key(settings: Settings) -> bytes:
+    """The key observer tickets are signed with: derived from API_TOKEN when one is set (every
+    node of a cluster shares it, so any node accepts a ticket another issued), else the
+    process group's random key (workers share it)."""
+    if settings.api_token:
+        return hmac.new(settings.api_token.encode(), b"switchboard observer tickets",
+                        hashlib.sha256).digest()
+    return settings.ticket_key
+
+
+def _ticket_signature(key: bytes, payload: str) -> str:
+    mac = hmac.new(key, f"{_TICKET_PREFIX}.{payload}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
 def error_response(status: int, code: str, message: str,
@@ -155,7 +180,16 @@ class Security:
     async def authenticate_client(self, request: web.Request
                                   ) -> Identity | web.Response | None:
         """None when WS_AUTH=none; an Identity, or a 401 response (503 while a JWKS key set
-        cannot be fetched). See server.auth for what a JWT must hold."""
+        cannot be fetched). See server.auth for what a JWT must hold. A valid observer ticket
+        authenticates in any mode (only the API token's holder can get one)."""
+        ticket = request.query.get("observer_ticket")
+        if ticket is not None:
+            if not self.observer_ticket_valid(ticket):
+                return error_response(401, "invalid_observer_ticket",
+                                      "observer_ticket is invalid or expired; get a fresh one "
+                                      "from POST /observer_ticket on the API")
+            return Identity(subject=request.query.get("client_id") or None,
+                            roles=frozenset({OBSERVER_ROLE}))
         mode = self.settings.ws_auth
         if mode == "none":
             return None
@@ -173,6 +207,27 @@ class Security:
             return await self.jwt.verify(presented)
         except SwitchboardError as exc:
             return error_response(exc.http_status, exc.code, exc.message)
+
+    # --- observer tickets ---------------------------------------------------------------------
+
+    def issue_observer_ticket(self) -> tuple[str, int]:
+        """A ticket letting one WebSocket connection read system channels, and its expiry
+        (Unix seconds). Issued by ``POST /observer_ticket`` to the API token's holder."""
+        expires = int(time.time()) + OBSERVER_TICKET_TTL
+        payload = f"{expires}.{secrets.token_urlsafe(9)}"
+        signature = _ticket_signature(observer_ticket_key(self.settings), payload)
+        return f"{_TICKET_PREFIX}.{payload}.{signature}", expires
+
+    def observer_ticket_valid(self, ticket: str) -> bool:
+        prefix, _, rest = ticket.partition(".")
+        payload, _, signature = rest.rpartition(".")
+        if prefix != _TICKET_PREFIX or not payload or len(ticket) > 200:
+            return False
+        expected = _ticket_signature(observer_ticket_key(self.settings), payload)
+        if not hmac.compare_digest(signature.encode("utf-8", "replace"), expected.encode()):
+            return False
+        expires, _, _ = payload.partition(".")
+        return expires.isdigit() and int(expires) >= time.time()
 
     def admit_ip(self, ip: str) -> bool:
         cap = self.settings.max_connections_per_ip

@@ -24,9 +24,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from server import protocol
+from server.errors import ValidationError
+from server.metrics import HOT
 from server.protocol import now_iso
 
 CLIENT_ID_MAX = 128
+#: Default byte cap of one session's history (``HISTORY_BYTES``).
+HISTORY_BYTES = 16 * 1024 * 1024
 
 
 class Outbox(Protocol):
@@ -64,8 +68,8 @@ class Session:
     """One client's session. Mutated only through :class:`SessionRegistry`."""
 
     __slots__ = ("channels", "client_id", "client_type", "connected_at", "disconnected_at",
-                 "history", "history_limit", "last_activity", "messages_in", "messages_out",
-                 "meta", "outbox", "seq", "token")
+                 "history", "history_bytes", "history_limit", "last_activity", "messages_in",
+                 "messages_out", "meta", "observer", "outbox", "seq", "token")
 
     def __init__(self, client_id: str, client_type: str, history_limit: int,
                  meta: dict[str, Any] | None = None) -> None:
@@ -83,16 +87,49 @@ class Session:
         #: even when empty) is made by :meth:`remember` on the first frame.
         self.history: Sequence[HistoryEntry] = ()
         self.history_limit = history_limit
+        #: Bytes of the encoded frames in ``history`` (kept at most HISTORY_BYTES).
+        self.history_bytes = 0
         self.seq = 0
         self.outbox: Outbox | None = None
         self.meta: dict[str, Any] = meta or {}
+        #: Whether the live connection may read system channels (``tool_activity``): set on
+        #: every connect from its credential, never stored.
+        self.observer = False
 
-    def remember(self, entry: HistoryEntry) -> None:
-        """Append to history (the oldest entry falls out beyond ``history_limit``)."""
+    def remember(self, entry: HistoryEntry, max_bytes: int = HISTORY_BYTES) -> None:
+        """Append to history: beyond ``history_limit`` frames the oldest falls out, beyond
+        ``max_bytes`` the oldest ones go until it fits (the newest frame is always kept)."""
         history = self.history
         if not isinstance(history, deque):
             history = self.history = deque(history, maxlen=self.history_limit)
+        kept = self.history_bytes + len(entry[2])
+        if len(history) == history.maxlen:
+            kept -= len(history[0][2])
         history.append(entry)
+        self.history_bytes = kept
+        if kept > max_bytes:
+            self.trim_history(max_bytes)
+
+    def trim_history(self, max_bytes: int) -> None:
+        """Drop the oldest frames until history holds at most ``max_bytes`` (the newest frame
+        stays, however large: a resume must find the last frame sent)."""
+        history = self.history
+        if not isinstance(history, deque):
+            return
+        kept = self.history_bytes
+        dropped = 0
+        while kept > max_bytes and len(history) > 1:
+            kept -= len(history.popleft()[2])
+            dropped += 1
+        self.history_bytes = kept
+        HOT.limit_hit("history_bytes", dropped)
+
+    def recount_history(self, max_bytes: int) -> None:
+        """Recompute ``history_bytes`` (history loaded from elsewhere) and trim to
+        ``max_bytes``."""
+        self.history_bytes = sum(len(entry[2]) for entry in self.history)
+        if self.history_bytes > max_bytes:
+            self.trim_history(max_bytes)
 
     @property
     def connected(self) -> bool:
@@ -125,9 +162,9 @@ class Session:
             "client_id": self.client_id,
             "client_type": self.client_type,
             "connected": self.connected,
-            "connected_at": _iso(self.connected_at),
-            "last_activity": _iso(self.last_activity),
-            "disconnected_at": _iso(self.disconnected_at) if self.disconnected_at else None,
+            "connected_at": iso_time(self.connected_at),
+            "last_activity": iso_time(self.last_activity),
+            "disconnected_at": iso_time(self.disconnected_at) if self.disconnected_at else None,
             "message_count": self.messages_in + self.messages_out,
             "messages_in": self.messages_in,
             "messages_out": self.messages_out,
@@ -142,7 +179,8 @@ class Session:
         return out
 
 
-def _iso(ts: float) -> str:
+def iso_time(ts: float) -> str:
+    """Unix seconds as ISO-8601 UTC with milliseconds (``…Z``)."""
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
@@ -159,7 +197,15 @@ class Counters:
     total_broadcasts: int = 0
     total_resumes: int = 0
     total_sessions_expired: int = 0
+    total_sessions_evicted: int = 0
     total_slow_disconnects: int = 0
+
+
+class TooManyChannels(ValidationError):
+    """A subscribe beyond ``MAX_CHANNELS_PER_CLIENT`` (an ``error`` frame; the connection
+    stays open)."""
+
+    code = "too_many_channels"
 
 
 class SessionRegistry:
@@ -167,22 +213,47 @@ class SessionRegistry:
 
     Methods are synchronous and never await: the WebSocket endpoint, handlers and the API call
     them from the event loop and fan-out stays one tight loop.
+
+    Every resource a client can grow here is capped (PRODUCT.md section 7), on one node and in
+    a cluster alike (the cluster's registry is a subclass): history per session in frames
+    (``history_limit``) and bytes (``history_bytes``), sessions kept (``max_sessions``: the
+    one offline longest is ended to make room, a connected one never) and channels per session
+    (``max_channels``).
     """
 
     def __init__(self, *, history_limit: int, session_ttl: float,
                  channel_allow_list: Iterable[str] = (),
-                 system_channels: Iterable[str] = ()) -> None:
+                 system_channels: Iterable[str] = (), history_bytes: int = HISTORY_BYTES,
+                 max_sessions: int = 20_000, max_channels: int = 100) -> None:
         self.history_limit = history_limit
+        self.history_bytes = history_bytes
         self.session_ttl = session_ttl
+        self.max_sessions = max_sessions
+        self.max_channels = max_channels
         #: ``CHANNELS``: when set, the only channels besides the system ones.
         self.channel_allow_list = frozenset(channel_allow_list)
         #: The gateway's own channels (``tool_activity``): always open to subscribe, never
         #: listed as available.
         self.system_channels = frozenset(system_channels)
         self.sessions: dict[str, Session] = {}
+        #: Sessions without a connection, in the order they went offline here (oldest first):
+        #: the one to evict at MAX_SESSIONS is the first, found in O(1).
+        self.offline: dict[str, Session] = {}
+        #: Sessions ended to make room (drained by the gateway's sweep, which fails what
+        #: still waits for them).
+        self.evicted: list[str] = []
         self.channels: dict[str, set[Session]] = {}
         self.counters = Counters()
         self.started_at = time.time()
+
+    @classmethod
+    def from_settings(cls, settings: Any, system_channels: Iterable[str] = ()) -> Any:
+        """A registry with the channels and limits of ``settings`` (a
+        :class:`~server.config.Settings`)."""
+        return cls(history_limit=settings.history_limit, session_ttl=settings.session_ttl,
+                   channel_allow_list=settings.channels, system_channels=system_channels,
+                   history_bytes=settings.history_bytes, max_sessions=settings.max_sessions,
+                   max_channels=settings.max_channels_per_client)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -199,15 +270,41 @@ class SessionRegistry:
             client_id = generate_client_id()
             while client_id in self.sessions:  # pragma: no cover - 128 random bits
                 client_id = generate_client_id()
+        self.make_room()
         session = Session(client_id, client_type, self.history_limit, meta)
         self.sessions[client_id] = session
         return session
+
+    def adopt(self, session: Session) -> None:
+        """Hold a session built elsewhere (loaded from the cluster's store): its channels are
+        indexed, its history counted and trimmed to this registry's limits."""
+        if session.client_id not in self.sessions:
+            self.make_room()
+        self.sessions[session.client_id] = session
+        for channel in session.channels:
+            self.channels.setdefault(channel, set()).add(session)
+        session.recount_history(self.history_bytes)
+        if session.outbox is None:
+            self.offline[session.client_id] = session
+
+    def make_room(self) -> None:
+        """At ``max_sessions``, end the sessions offline longest until one more fits. A
+        connected session is never ended: MAX_SESSIONS >= MAX_CONNECTIONS guarantees there is
+        an offline one whenever the cap is reached."""
+        offline = self.offline
+        while len(self.sessions) >= self.max_sessions and offline:
+            client_id = next(iter(offline))
+            self.end(client_id)
+            self.evicted.append(client_id)
+            self.counters.total_sessions_evicted += 1
+            HOT.limit_hit("max_sessions")
 
     def attach(self, session: Session, outbox: Outbox) -> Outbox | None:
         """Bind a live connection to the session; returns the connection it replaces."""
         previous = session.outbox
         session.outbox = outbox
         session.disconnected_at = None
+        self.offline.pop(session.client_id, None)
         session.last_activity = time.time()
         self.counters.total_connections_ever += 1
         return previous
@@ -220,12 +317,15 @@ class SessionRegistry:
             # Only this session: its id may already name a new one (ended, then taken over).
             if self.session_ttl <= 0 and self.sessions.get(session.client_id) is session:
                 self.end(session.client_id)
+            elif self.sessions.get(session.client_id) is session:
+                self.offline[session.client_id] = session
 
     def end(self, client_id: str) -> Session | None:
         """Forget a session entirely (its history and subscriptions)."""
         session = self.sessions.pop(client_id, None)
         if session is None:
             return None
+        self.offline.pop(client_id, None)
         for channel in list(session.channels):
             self._leave(session, channel)
         return session
@@ -251,7 +351,7 @@ class SessionRegistry:
         session.seq += 1
         seq = session.seq
         data = protocol.with_seq(encoded, seq)
-        session.remember((seq, True, data, time.time()))
+        session.remember((seq, True, data, time.time()), self.history_bytes)
         session.messages_out += 1
         self.counters.total_messages_sent += 1
         outbox = session.outbox
@@ -271,6 +371,7 @@ class SessionRegistry:
         pushed = queued = 0
         now = time.time()
         counters = self.counters
+        max_bytes = self.history_bytes
         # protocol.with_seq, unrolled: the frame's tail is sliced once for every recipient.
         tail = encoded[1:]
         for session in sessions:
@@ -279,9 +380,15 @@ class SessionRegistry:
             data = b'{"seq":%d,%b' % (seq, tail)
             history = session.history
             if type(history) is deque:  # Session.remember, inlined for the common case
+                kept = session.history_bytes + len(data)
+                if len(history) == history.maxlen:
+                    kept -= len(history[0][2])
                 history.append((seq, True, data, now))
+                session.history_bytes = kept
+                if kept > max_bytes:
+                    session.trim_history(max_bytes)
             else:
-                session.remember((seq, True, data, now))
+                session.remember((seq, True, data, now), max_bytes)
             session.messages_out += 1
             outbox = session.outbox
             if outbox is not None and outbox.push(data):
@@ -293,7 +400,7 @@ class SessionRegistry:
 
     def record_inbound(self, session: Session, data: bytes) -> None:
         """Keep a client frame in history (at the position of the last server frame)."""
-        session.remember((session.seq, False, data, time.time()))
+        session.remember((session.seq, False, data, time.time()), self.history_bytes)
         session.messages_in += 1
         session.last_activity = time.time()
         self.counters.total_messages_received += 1
@@ -337,9 +444,16 @@ class SessionRegistry:
         return sorted(c for c in self.channels if c not in self.system_channels)
 
     def join(self, session: Session, channel: str) -> bool:
-        """Subscribe; returns False if it was already subscribed."""
+        """Subscribe; returns False if it was already subscribed. Raises
+        :class:`TooManyChannels` beyond ``max_channels`` subscriptions."""
         if channel in session.channels:
             return False
+        if len(session.channels) >= self.max_channels:
+            HOT.limit_hit("channels_per_client")
+            raise TooManyChannels(
+                f"this session is subscribed to {len(session.channels)} channels, the most "
+                f"MAX_CHANNELS_PER_CLIENT allows; unsubscribe from one first",
+                details={"channel": channel, "max_channels": self.max_channels})
         session.channels.add(channel)
         self.channels.setdefault(channel, set()).add(session)
         return True
@@ -386,6 +500,7 @@ class SessionRegistry:
             "total_broadcasts": c.total_broadcasts,
             "total_resumes": c.total_resumes,
             "total_sessions_expired": c.total_sessions_expired,
+            "total_sessions_evicted": c.total_sessions_evicted,
             "total_slow_disconnects": c.total_slow_disconnects,
             "uptime": round(time.time() - self.started_at, 3),
             "server_time": now_iso(),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import math
 import operator
 import re
 import time
@@ -48,6 +49,9 @@ SENSITIVE_KEY = re.compile(
 )
 REDACTED = "***"
 MAX_PARAM_CHARS = 200
+#: The largest integer ``calculate`` returns: 2**53 - 1, the last one every JSON reader (a
+#: browser's included) holds exactly.
+MAX_EXACT_INT = 2**53 - 1
 
 
 @dataclass(slots=True)
@@ -239,6 +243,15 @@ def _calculate(params: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
         value = _evaluate(tree)
     except ZeroDivisionError:
         raise ToolError("division by zero", code="invalid_params") from None
+    except OverflowError:
+        raise ToolError("result out of range", code="invalid_params") from None
+    if isinstance(value, complex):
+        raise ToolError("the result is not a real number", code="invalid_params")
+    if isinstance(value, int) and not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+        raise ToolError(f"the result has more digits than JSON carries exactly "
+                        f"(beyond ±{MAX_EXACT_INT})", code="invalid_params")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ToolError("the result is not a finite number", code="invalid_params")
     return {"expression": expression, "result": value}
 
 

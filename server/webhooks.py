@@ -70,6 +70,8 @@ from server import protocol
 from server.errors import UpstreamError
 from server.keys import CHANNEL_WEBHOOKS, GATEWAY
 from server.logging_setup import url_for_logs as _where
+from server.metrics import HOT
+from server.protocol import json_too_deep_message, too_deep
 
 if TYPE_CHECKING:
     from server.config import Settings
@@ -282,11 +284,17 @@ class Webhooks:
             raise BackendError(f"backend answer larger than {MAX_REPLY_BYTES} bytes",
                                code=BACKEND_INVALID_RESPONSE)
         try:
-            return orjson.loads(raw)
+            answer = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise BackendError(
                 f"backend answer is not JSON (Content-Type {resp.content_type or 'none'}, "
                 f"{len(raw)} bytes)", code=BACKEND_INVALID_RESPONSE) from None
+        max_depth = self.settings.max_json_depth
+        if too_deep(answer, max_depth, raw):
+            HOT.limit_hit("json_depth")
+            raise BackendError(json_too_deep_message("backend answer", max_depth),
+                               code=BACKEND_INVALID_RESPONSE)
+        return answer
 
     async def _read(self, read: Awaitable[_T]) -> _T:
         """Await one read from the backend within the timeout, mapping failures."""

@@ -26,8 +26,11 @@ from collections import deque
 from typing import Any
 
 import structlog
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp._websocket.models import WebSocketError
+from aiohttp._websocket.reader import WebSocketDataQueue
 from aiohttp._websocket.writer import WebSocketWriter
+from aiohttp.web_protocol import RequestHandler
 
 from server import protocol
 from server.errors import (
@@ -37,7 +40,7 @@ from server.errors import (
     ProtocolError,
     SwitchboardError,
 )
-from server.gateway import Gateway
+from server.gateway import SYSTEM_CHANNELS, Gateway
 from server.keys import CONNECTIONS, GATEWAY, PUBLIC_STATUS, ROUTER, SECURITY
 from server.metrics import (
     CONNECTS_NEW,
@@ -69,7 +72,10 @@ FLAT_PATHS = frozenset({"/ws/chat"})
 DEFAULT_CLIENT_TYPES = {"/ws/mcplog": "MCPLog"}
 FORMATS = ("envelope", "flat")
 CLIENT_TYPE_MAX = 64
-#: How long a closing handshake may take before the transport is aborted (slow consumers).
+#: Longest header value kept with a session (User-Agent): the rest is cut.
+HEADER_VALUE_MAX = 256
+#: How long a closing handshake may take before the transport is aborted (slow consumers),
+#: and how long after a connection ended its TCP connection may linger with unsent data.
 CLOSE_GRACE = 5.0
 
 
@@ -187,19 +193,44 @@ class Connection:
         self.backlog.append(data)
 
     def close_soon(self, code: int, reason: str) -> None:
-        """Close with ``code`` as soon as possible (queued frames stay in history)."""
+        """Close with ``code`` as soon as possible (queued frames stay in history): the close
+        frame follows the frame being written, and the transport is aborted when that cannot
+        happen within CLOSE_GRACE (a peer that stopped reading)."""
         if self.close_code is not None or self.closed:
             return
         code = int(code)  # a CloseCode arrives here too: logs and metrics want the number
         self.close_code = code
         self.close_reason = reason
+        self._drop_pending()
+        self.closing = asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    def answer_close(self, received: int) -> None:
+        """The peer sent a close frame with ``received`` (0: no code). Answer it, with 1002
+        when RFC 6455 section 7.4 forbids that code on the wire; the connection then ends
+        with the peer's code."""
+        if received and not protocol.valid_close_code(received):
+            code = CloseCode.PROTOCOL_ERROR
+            self.close_soon(code, f"close code {received} is not allowed on the wire")
+        else:
+            self.close_soon(CloseCode.NORMAL, "")
+            self.close_code = received
+
+    def finish(self) -> None:
+        """The reader loop ended: nothing more is written. The writer task ends after the
+        frame it is writing; if the peer does not take our last bytes (``transport.close()``
+        would wait for it forever, holding the socket and its buffers), the transport is
+        aborted CLOSE_GRACE seconds from now."""
+        self.closed = True
+        self._drop_pending()
+        if self.expiry is not None:
+            self.expiry.cancel()
+        asyncio.get_running_loop().call_later(CLOSE_GRACE, _abort, self.request)
+
+    def _drop_pending(self) -> None:
         if self.queue is not None:
             self.queue.clear()
         self.queued_bytes = 0
         self.backlog.clear()
-        if self.writer is not None:
-            self.writer.cancel()
-        self.closing = asyncio.get_running_loop().create_task(self._close(code, reason))
 
     # Writer ----------------------------------------------------------------------------------
 
@@ -222,7 +253,11 @@ class Connection:
     async def _write_loop(self) -> None:
         """Drain the backlog then the queue, awaiting the transport's drain, then end. No
         await separates the last emptiness check from ending, so nothing pushed meanwhile is
-        left behind."""
+        left behind.
+
+        This task is never cancelled (see :meth:`_close`): closing empties the backlog and
+        the queue, so it ends after the frame it is writing, or with ConnectionError when
+        the transport is aborted under it."""
         ws = self.ws
         backlog = self.backlog
         text = WSMsgType.TEXT
@@ -239,18 +274,159 @@ class Connection:
         except (ConnectionError, RuntimeError):
             # The peer went away mid-write; the reader sees the close and cleans up.
             self.closed = True
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            # Not our cancellation: aiohttp cancelled the drain future this write waited on
+            # (its heartbeat ping, cancelled while the socket closes, was waiting on it too).
+            # Nothing can be written any more; the close path ends the connection.
+            self.closed = True
         finally:
             if self.writer is asyncio.current_task():
                 self.writer = None
 
     async def _close(self, code: int, reason: str) -> None:
+        """Send the close frame after the writer's current frame, within CLOSE_GRACE, or abort
+        the transport.
+
+        aiohttp shares one drain future among every write waiting on a paused transport, so
+        cancelling one waiter cancels it for all, and every later write (the close frame
+        too) then raises CancelledError: that is how slow consumers used to stay connected
+        forever. So nothing here cancels a wait on the transport: the writer task is awaited
+        with ``asyncio.wait`` (which never cancels it), the close runs shielded, and when the
+        grace runs out the transport is aborted, which fails the drain future with
+        ConnectionError for everyone still waiting on it.
+        """
         try:
             async with asyncio.timeout(CLOSE_GRACE):
-                await self.ws.close(code=code, message=reason.encode()[:120])
+                writer = self.writer
+                if writer is not None:
+                    await asyncio.wait((writer,))
+                await asyncio.shield(self.ws.close(code=code, message=reason.encode()[:120]))
+            return
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                _abort(self.request)
+                raise
+            # The close itself was cancelled from inside aiohttp (see _write_loop): abort.
         except (TimeoutError, ConnectionError, RuntimeError):
-            transport = self.request.transport
-            if transport is not None:
-                transport.abort()
+            pass
+        _abort(self.request)
+
+
+def _abort(request: web.Request) -> None:
+    """Drop the TCP connection at once (unsent data and all), if it is still there."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+# --- RFC 6455 checks aiohttp leaves to the application ---------------------------------------
+
+#: The parser's answer when it gives up on the stream (aiohttp's own ``EMPTY_FRAME_ERROR``).
+_FAILED = (True, b"")
+
+
+class FrameGuard:
+    """RFC 6455 section 5.1: a server MUST close the connection (1002) when a client frame is
+    not masked. aiohttp's parser reads the mask bit and does not check it, so this sits in
+    front of it (see :class:`StrictWebSocketResponse`) and walks the frame headers of the
+    bytes it is fed: a few integer operations per frame, the payloads are skipped, not read.
+    """
+
+    __slots__ = ("failed", "header", "parser", "queue", "skip")
+
+    def __init__(self, parser: Any, queue: Any) -> None:
+        self.parser = parser
+        self.queue = queue
+        #: Payload bytes of the current frame still to come in later chunks.
+        self.skip = 0
+        #: The start of a frame header split across chunks.
+        self.header = b""
+        self.failed = False
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        if self.failed:
+            return _FAILED
+        buf = data
+        if self.header:
+            buf = self.header + data
+            self.header = b""
+        pos = self.skip
+        end = len(buf)
+        while pos < end:
+            if end - pos < 2:
+                self.header = buf[pos:]
+                pos = end
+                break
+            second = buf[pos + 1]
+            if not second & 0x80:
+                self.failed = True
+                self.queue.set_exception(WebSocketError(
+                    WSCloseCode.PROTOCOL_ERROR, "client frames must be masked (RFC 6455 5.1)"))
+                return _FAILED
+            length = second & 0x7F
+            if length < 126:
+                pos += 6 + length  # header, mask, payload
+            elif end - pos < (4 if length == 126 else 10):
+                self.header = buf[pos:]
+                pos = end
+                break
+            elif length == 126:
+                pos += 8 + int.from_bytes(buf[pos + 2:pos + 4])
+            else:
+                pos += 14 + int.from_bytes(buf[pos + 2:pos + 10])
+        self.skip = pos - end
+        return self.parser.feed_data(data)  # type: ignore[no-any-return]
+
+    def feed_eof(self) -> None:
+        self.parser.feed_eof()
+
+
+class StrictWebSocketResponse(web.WebSocketResponse):
+    """aiohttp's WebSocketResponse with its parser behind a :class:`FrameGuard`.
+
+    The one place that hooks aiohttp's internals (checked at import by
+    :func:`_check_aiohttp_internals`): ``_post_start`` installs the parser on the request
+    handler (``_payload_parser``), feeding it any bytes the client sent right behind its
+    handshake (``_message_tail``); those are held back and fed through the guard instead.
+    """
+
+    def _post_start(self, request: web.BaseRequest, protocol: str | None,
+                    writer: WebSocketWriter) -> None:
+        handler = request.protocol
+        tail = handler._message_tail
+        handler._message_tail = b""
+        super()._post_start(request, protocol, writer)
+        parser = handler._payload_parser
+        if parser is None or parser is not self._parser:
+            raise RuntimeError("aiohttp did not install the WebSocket parser where "
+                               "StrictWebSocketResponse expects it")
+        guard = FrameGuard(parser, self._reader)
+        handler._payload_parser = guard
+        if tail and guard.feed_data(tail)[0]:
+            handler.close()
+
+
+def _check_aiohttp_internals() -> None:
+    """Fail start-up loudly if the aiohttp internals the strict checks rely on changed."""
+    missing = [name for name, ok in (
+        ("WebSocketResponse._post_start", callable(getattr(web.WebSocketResponse,
+                                                            "_post_start", None))),
+        ("RequestHandler._payload_parser", "_payload_parser" in RequestHandler.__slots__),
+        ("RequestHandler._message_tail", "_message_tail" in RequestHandler.__slots__),
+        ("WebSocketDataQueue.set_exception", callable(getattr(WebSocketDataQueue,
+                                                               "set_exception", None))),
+    ) if not ok]
+    if missing:
+        raise RuntimeError(f"this aiohttp version lacks {', '.join(missing)}: server/ws.py "
+                           f"cannot enforce RFC 6455's masking rule; pin aiohttp to a tested "
+                           f"version (setup.cfg) or adapt StrictWebSocketResponse")
+
+
+_check_aiohttp_internals()
 
 
 class FlatConnection(Connection):
@@ -319,12 +495,17 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     security = app[SECURITY]
     peer = security.client_ip(request)  # X-Forwarded-For only from TRUSTED_PROXIES
 
-    ws = web.WebSocketResponse(
+    ws = StrictWebSocketResponse(
         heartbeat=settings.ws_heartbeat or None,
         receive_timeout=_receive_timeout(settings.ws_heartbeat, settings.ws_timeout),
-        max_msg_size=settings.max_message_size,
+        # aiohttp refuses a frame of exactly max_msg_size; MAX_MESSAGE_SIZE is the largest
+        # accepted (the reader loop checks decompressed frames, which aiohttp lets through
+        # one byte longer).
+        max_msg_size=settings.max_message_size + 1,
         compress=settings.ws_compression,
         decode_text=False,
+        # The reader loop answers close frames itself (RFC 6455 section 7.4 codes).
+        autoclose=False,
     )
     if not ws.can_prepare(request).ok:
         REFUSED_NOT_WEBSOCKET.inc()
@@ -418,9 +599,12 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
                           f"cannot open a session right now ({exc.message}); reconnect "
                           f"with backoff", flat)
             return ws
+        user_agent = request.headers.get("User-Agent", "")
+        if len(user_agent) > HEADER_VALUE_MAX:
+            user_agent = user_agent[:HEADER_VALUE_MAX]
+            HOT.limit_hit("header_value")
         session = registry.create(client_id, client_type,
-                                  meta={"remote": peer,
-                                        "user_agent": request.headers.get("User-Agent", "")})
+                                  meta={"remote": peer, "user_agent": user_agent})
     conn = (FlatConnection if flat else Connection)(
         ws, request, session, settings.send_queue_frames, settings.send_queue_bytes, peer)
     replay: list[bytes] = []
@@ -461,6 +645,12 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
     previous = registry.attach(session, conn)
     if previous is not None:
         previous.close_soon(CloseCode.REPLACED, CloseCode.REPLACED.explanation)
+    # Reading system channels takes an observer credential on every connect: a session that
+    # subscribed with one and resumes without it is taken off them.
+    session.observer = identity is not None and identity.observer
+    if not session.observer and not session.channels.isdisjoint(SYSTEM_CHANNELS):
+        for channel in SYSTEM_CHANNELS:
+            registry.leave(session, channel)
     connections.add(conn)
     conn.start()
     (CONNECTS_RESUMED if resumed else CONNECTS_NEW).inc()
@@ -474,11 +664,7 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
         await _read_loop(conn, gateway, app[ROUTER], security)
     finally:
         connections.discard(conn)
-        conn.closed = True
-        if conn.expiry is not None:
-            conn.expiry.cancel()
-        if conn.writer is not None:
-            conn.writer.cancel()
+        conn.finish()
         registry.detach(session, conn)
         if session.outbox is None:
             # SESSION_TTL=0 ends the session on detach: then even wait_for_client calls fail.
@@ -573,6 +759,8 @@ async def _read_loop(conn: Connection, gateway: Gateway, router: MessageRouter,
     limiter = security.frame_limiter()
     # The first text frame may choose the flat profile (seed 004 speaks flat from the start).
     sniff = type(conn) is Connection
+    # Only a decompressed frame can be one byte over (see websocket_handler).
+    max_size = gateway.settings.max_message_size if gateway.settings.ws_compression else 0
     while True:
         try:
             msg = await ws.receive()
@@ -580,9 +768,15 @@ async def _read_loop(conn: Connection, gateway: Gateway, router: MessageRouter,
             conn.close_soon(CloseCode.IDLE_TIMEOUT, CloseCode.IDLE_TIMEOUT.explanation)
             return
         kind = msg.type
+        if max_size and kind in _DATA_TYPES and len(msg.data) > max_size:
+            conn.close_soon(CloseCode.MESSAGE_TOO_BIG, CloseCode.MESSAGE_TOO_BIG.explanation)
+            return
         if kind is WSMsgType.TEXT:
             if limiter is not None and not limiter.allow():
                 HOT.frame_in_special("rate_limited")
+                if not _is_utf8(msg.data):  # dropped unread, but RFC 6455 still applies
+                    _invalid_utf8(conn)
+                    return
                 _rate_limited(conn, gateway, limiter)
                 continue
             await _handle_text(conn, gateway, router, msg.data, sniff)
@@ -592,7 +786,10 @@ async def _read_loop(conn: Connection, gateway: Gateway, router: MessageRouter,
             gateway.emit(session, "error", {
                 "code": "binary_not_supported",
                 "message": "binary frames are not supported; send JSON in text frames"})
-        elif kind in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+        elif kind is WSMsgType.CLOSE:
+            conn.answer_close(msg.data)
+            return
+        elif kind in (WSMsgType.CLOSING, WSMsgType.CLOSED):
             return
         elif kind is WSMsgType.ERROR:
             exc = ws.exception()
@@ -601,6 +798,23 @@ async def _read_loop(conn: Connection, gateway: Gateway, router: MessageRouter,
             return
         if conn.close_code is not None or conn.closed:
             return
+
+
+_DATA_TYPES = (WSMsgType.TEXT, WSMsgType.BINARY)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _invalid_utf8(conn: Connection) -> None:
+    """RFC 6455 section 8.1: a text frame that is not UTF-8 fails the connection (1007)."""
+    code = CloseCode.INVALID_DATA
+    conn.close_soon(code, code.explanation)
 
 
 def _rate_limited(conn: Connection, gateway: Gateway, limiter: Any) -> None:
@@ -621,7 +835,7 @@ async def _handle_text(conn: Connection, gateway: Gateway, router: MessageRouter
     reply_to: str | None = None
     frame: protocol.ClientFrame | None = None
     try:
-        frame = protocol.decode_client_frame(data)
+        frame = protocol.decode_client_frame(data, gateway.settings.max_json_depth)
         if sniff and protocol.is_flat_form(frame.raw):
             conn.__class__ = FlatConnection
         HOT.frame_in(frame.type, router)
@@ -631,11 +845,18 @@ async def _handle_text(conn: Connection, gateway: Gateway, router: MessageRouter
             # push real frames out of a chatty client's resume window).
             session.last_activity = time.time()
         else:
+            router.route_for(frame.type)  # a frame of unknown type is refused, not kept
             gateway.registry.record_inbound(session, data)
         await router.dispatch(HandlerContext(gateway, session, frame), frame)
     except SwitchboardError as exc:
         if frame is None:
             HOT.frame_in_special("invalid")
+            if exc.code == "invalid_json" and not _is_utf8(data):
+                # orjson validated the UTF-8 already: only a refused frame is checked again.
+                _invalid_utf8(conn)
+                return
+            if exc.code == "json_too_deep":
+                HOT.limit_hit("json_depth")
         details = dict(exc.details)
         reply_to = details.pop("reply_to", reply_to)
         payload = {"code": exc.code, "message": exc.message, **details}

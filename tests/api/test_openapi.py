@@ -273,6 +273,7 @@ async def test_every_answer_fits_the_document(make_gateway: MakeGateway) -> None
     live.gateway.accepting = False
     await api.call("GET", "/ready", expect=503)
     live.gateway.accepting = True
+    await api.call("POST", "/observer_ticket", expect=200)
 
     # Ending sessions.
     await api.call("DELETE", "/clients/{client_id}", path={"client_id": "alice"}, expect=200)
