@@ -217,14 +217,18 @@ class Connection:
 
     def finish(self) -> None:
         """The reader loop ended: nothing more is written. The writer task ends after the
-        frame it is writing; if the peer does not take our last bytes (``transport.close()``
-        would wait for it forever, holding the socket and its buffers), the transport is
-        aborted CLOSE_GRACE seconds from now."""
+        frame it is writing. If bytes are still waiting for the peer to take them
+        (``transport.close()`` would wait for that forever, holding the socket and its
+        buffers), the transport is aborted CLOSE_GRACE seconds from now unless it is gone by
+        then; a connection with nothing pending holds no timer."""
         self.closed = True
         self._drop_pending()
         if self.expiry is not None:
             self.expiry.cancel()
-        asyncio.get_running_loop().call_later(CLOSE_GRACE, _abort, self.request)
+        transport = self.request.transport
+        if transport is not None and (self.writer is not None
+                                      or transport.get_write_buffer_size()):
+            asyncio.get_running_loop().call_later(CLOSE_GRACE, transport.abort)
 
     def _drop_pending(self) -> None:
         if self.queue is not None:

@@ -30,7 +30,7 @@ from server.keys import CONNECTIONS, GATEWAY
 from server.router import MessageRouter
 from server.runner import runner_options
 
-pytest_plugins = ["tests.conftest_redis", "tests.backends"]
+pytest_plugins = ["tests.conftest_redis", "tests.backends", "tests.processes"]
 
 API_TOKEN = "test-token"
 RECV_TIMEOUT = 5.0

@@ -9,6 +9,8 @@ get the documented error, and never leave a session half-built (issue 5).
   answer proves the connection stayed open.
 * Arbitrary bodies to the write endpoints get a documented status (never 500) with a JSON
   error body, and the session registry is unchanged.
+* A live gateway *process* gets the same, plus raw frame headers (any opcode, reserved bits,
+  mask bit), invalid UTF-8 and deep nesting, on both ports (issue 11).
 
 The live tests drive one event loop of their own (hypothesis runs examples synchronously), with
 both apps started once per test as production runs them.
@@ -17,6 +19,7 @@ both apps started once per test as production runs them.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -32,6 +35,8 @@ from handlers import build_router
 from server.errors import SwitchboardError
 from server.protocol import decode_client_frame
 from tests.conftest import LiveGateway, start_gateway, stop_gateway
+from tests.processes import Node
+from tests.security.rawws import Closed, RawWebSocket, encode_frame
 
 T = TypeVar("T")
 
@@ -324,3 +329,125 @@ def test_bodies_for_a_live_client_never_half_build_a_session(
         assert not client.ws.closed
 
     check()
+
+
+# --- a live gateway process, attacked on both ports (issue 11) --------------------------------
+#
+# The same strategies, plus raw frame-level garbage and deep nesting, thrown at a real
+# ``run_websocket_server.py`` process (the ``edge`` fixture) through raw sockets and plain
+# HTTP: nothing gets a 5xx or an ``internal_error``, every close code is a documented one, the
+# log holds no traceback (checked by the fixture), and a connection is served afterwards.
+
+#: Close codes the gateway may answer garbage with (RFC 6455 ones and its own).
+GARBAGE_CLOSE_CODES = {1000, 1002, 1007, 1009}
+#: Each example costs a few milliseconds against a process: more of them.
+PROCESS_SETTINGS = settings(max_examples=200, deadline=None,
+                            suppress_health_check=[HealthCheck.too_slow])
+
+deep_texts = st.integers(min_value=1, max_value=1100).map(
+    lambda depth: '{"type":"chat_message","data":{"content":"x","d":' + "[" * depth
+    + "]" * depth + "}}")
+text_payloads = (frames.map(_wire) | deep_texts | st.text(max_size=200)).map(str.encode) | \
+    st.binary(max_size=200)
+raw_frames = st.builds(
+    lambda first, mask, payload: (first, mask, payload),
+    st.integers(min_value=0, max_value=255), st.booleans(), st.binary(max_size=140))
+
+
+def _served(node: Node) -> None:
+    """A fresh connection still gets its pong."""
+    client = RawWebSocket(node.ws_port)
+    client.recv()  # greeting
+    client.send_text('{"type":"ping","message_id":"sentinel"}')
+    assert orjson.loads(client.recv().payload)["reply_to"] == "sentinel"
+    client.close()
+
+
+def _frames_until_sentinel(client: RawWebSocket, sentinel: str) -> int | None:
+    """Frames up to the sentinel's pong, each well-formed; the close code if it closed."""
+    while True:
+        try:
+            frame = client.recv()
+        except Closed:
+            return 1006
+        if frame.opcode == 0x8:
+            return frame.close_code
+        decoded = orjson.loads(frame.payload)
+        _valid_server_frame(decoded)
+        if decoded.get("reply_to") == sentinel:
+            return None
+
+
+def test_a_live_process_survives_arbitrary_frames(edge: Node) -> None:
+    state = {"client": RawWebSocket(edge.ws_port)}
+    state["client"].recv()
+
+    @PROCESS_SETTINGS
+    @given(text_payloads, st.booleans())
+    def check(payload: bytes, binary: bool) -> None:
+        client = state["client"]
+        client.send(0x2 if binary else 0x1, payload)
+        sentinel = f"s-{uuid.uuid4().hex}"
+        client.send_text('{"type":"ping","message_id":"' + sentinel + '"}')
+        code = _frames_until_sentinel(client, sentinel)
+        if code is not None:  # only for frames RFC 6455 says to fail on
+            assert code in GARBAGE_CLOSE_CODES, (payload, code)
+            client.close()
+            state["client"] = RawWebSocket(edge.ws_port)
+            state["client"].recv()
+
+    check()
+    state["client"].close()
+    _served(edge)
+
+
+def test_a_live_process_survives_arbitrary_frame_headers(edge: Node) -> None:
+    @PROCESS_SETTINGS
+    @given(raw_frames)
+    def check(raw: tuple[int, bool, bytes]) -> None:
+        first, mask, payload = raw
+        client = RawWebSocket(edge.ws_port)
+        client.recv()
+        client.sock.sendall(bytes([first]) + encode_frame(0, payload, mask=mask)[1:])
+        client.send_text('{"type":"ping","message_id":"after"}')
+        code = _frames_until_sentinel(client, "after")
+        assert code is None or code in GARBAGE_CLOSE_CODES, (raw, code)
+        client.close()
+
+    check()
+    _served(edge)
+
+
+API_PATHS = ["/send_message", "/broadcast", "/call_tool", "/observer_ticket",
+             "/stream/fuzz-target"]
+
+
+def test_a_live_process_survives_arbitrary_api_bodies(edge: Node) -> None:
+    target = RawWebSocket(edge.ws_port, "/?client_id=fuzz-target")
+    target.recv()
+
+    @PROCESS_SETTINGS
+    @given(st.sampled_from(API_PATHS), body_values("/send_message") | body_values(
+        "/call_tool") | deep_texts | st.binary(max_size=200),
+           st.sampled_from(["application/json", "text/plain", "application/x-ndjson"]))
+    def check(path: str, body: Any, content_type: str) -> None:
+        if isinstance(body, str):
+            sent = body.encode()
+        elif isinstance(body, bytes):
+            sent = body
+        else:
+            if isinstance(body, dict) and path in ("/send_message", "/call_tool"):
+                body = {**body, "client_id": "fuzz-target", "timeout": 0.1}
+            sent = _wire(body).encode()
+        connection = http.client.HTTPConnection("127.0.0.1", edge.api_port, timeout=10)
+        try:
+            connection.request("POST", path, body=sent, headers={"Content-Type": content_type})
+            response = connection.getresponse()
+            answer = response.read()
+        finally:
+            connection.close()
+        assert response.status < 500, (path, sent[:200], response.status, answer[:300])
+
+    check()
+    target.close()
+    _served(edge)

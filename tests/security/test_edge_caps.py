@@ -1,0 +1,254 @@
+"""Every resource a client can grow is capped (issue 11, items 1-4), shown from outside: a
+real gateway process (``run_websocket_server.py`` configured through the environment), raw
+sockets that behave as attackers do, sizes that really fill buffers, and the server process's
+RSS measured while it happens.
+
+* Slow consumers that never read are closed (4008 when they finally read, else the TCP
+  connection is reset) within a bounded time, freeing their MAX_CONNECTIONS slots.
+* History is capped in bytes (HISTORY_BYTES); frames of unknown type are not kept.
+* Kept sessions are capped (MAX_SESSIONS), the longest offline evicted first, never a
+  connected one; an evicted session's resume gets 4003. Stored header values are cut.
+* Channels per connection are capped (MAX_CHANNELS_PER_CLIENT) and the replies stay O(1).
+
+Waits are bounded by deadlines on the event itself (never sleeps as synchronisation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from server.ws import CLOSE_GRACE, HEADER_VALUE_MAX
+from tests.conftest import WSClient
+from tests.processes import Node, connect, get, post, spawn_ready, until
+from tests.security.conftest import no_traceback
+from tests.security.rawws import RawWebSocket
+
+MIB = 1024 * 1024
+
+
+async def metric(http: aiohttp.ClientSession, node: Node, name: str, **labels: str) -> float:
+    """One sample of ``GET /metrics`` (0 when the series is absent)."""
+    async with http.get(f"{node.api}/metrics") as resp:
+        text = await resp.text()
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = rf"^{re.escape(name)}{re.escape('{' + wanted + '}') if wanted else ''} (\S+)$"
+    found = re.search(pattern, text, flags=re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+async def status(http: aiohttp.ClientSession, node: Node) -> dict[str, Any]:
+    code, body = await get(http, f"{node.api}/status")
+    assert code == 200, body
+    return body  # type: ignore[no-any-return]
+
+
+def last_seq(frames: list[Any]) -> int:
+    seqs = [orjson.loads(f.payload).get("seq") or 0 for f in frames if f.opcode == 1]
+    return max(seqs, default=0)
+
+
+# --- 1. slow consumers -------------------------------------------------------------------------
+
+SLOW = 20
+TICK = 10 * 1024
+
+
+async def test_slow_consumers_are_closed_in_bounded_time_and_free_their_slots(
+        tmp_path: Path, nodes: list[Node], http: aiohttp.ClientSession) -> None:
+    queue_bytes, history_bytes = MIB, 4 * MIB
+    node = spawn_ready(tmp_path, "slow", MAX_CONNECTIONS=str(SLOW + 5), MAX_MESSAGE_SIZE="65536",
+                       SEND_QUEUE_BYTES=str(queue_bytes), HISTORY_BYTES=str(history_bytes),
+                       HISTORY_LIMIT="400", LOG_FORMAT="json")
+    nodes.append(node)
+    baseline = node.rss()
+    # Clients with a 4 KiB receive window that never read: the server's send buffer and then
+    # its queue fill up. One of them ("late") starts reading once everyone has overflowed.
+    sleepers = await asyncio.gather(*(asyncio.to_thread(
+        RawWebSocket, node.ws_port, f"/?client_id=sleeper-{i}", rcvbuf=4096)
+        for i in range(SLOW)))
+    late = await asyncio.to_thread(RawWebSocket, node.ws_port, "/?client_id=late", rcvbuf=4096)
+    hello = orjson.loads((await asyncio.to_thread(late.recv)).payload)
+    assert hello["type"] == "connection_established", hello
+    assert (await status(http, node))["connected_clients"] == SLOW + 1
+
+    payload = "x" * TICK
+    peak = baseline
+    sent = 0
+    while await metric(http, node, "switchboard_slow_clients_total") < SLOW + 1:
+        assert sent < 3000, "the slow clients never overflowed"
+        for _ in range(25):
+            sent += 1
+            code, body = await post(http, f"{node.api}/broadcast",
+                                    {"message_type": "tick", "data": {"n": sent, "p": payload}})
+            assert code == 200, body
+        peak = max(peak, node.rss())
+
+    # The late reader reads what the kernel buffered, then finds the 4008 close frame.
+    frames, close = await asyncio.to_thread(late.recv_until_close)
+    assert close is not None and close.close_code == 4008, (len(frames), close)
+    late.close()
+    # Every connection is gone within the grace (plus scheduling slack on a shared machine):
+    # the never-readers' transports were aborted.
+    gone = await until(lambda: status(http, node), lambda s: s["connected_clients"] == 0, node,
+                       "slow consumers disconnected", timeout=CLOSE_GRACE + 20)
+    assert gone["total_slow_disconnects"] == SLOW + 1
+    assert await metric(http, node, "switchboard_connections") == 0
+    for sleeper in sleepers:
+        _, close = await asyncio.to_thread(sleeper.recv_until_close)
+        assert close is None or close.close_code == 4008, close  # a reset, or 4008 if it fit
+        sleeper.close()
+    # Memory stayed bounded by the caps: per client its queue, its history and a frame.
+    assert peak - baseline < (SLOW + 1) * (queue_bytes + history_bytes) + 64 * MIB, (
+        f"RSS grew {(peak - baseline) / MIB:.0f} MiB")
+
+    # The late reader resumes: everything it missed is still in history.
+    resumed = await connect(http, node, client_id="late", session_token=hello["data"][
+        "session_token"], last_seq=last_seq(frames))
+    assert resumed.hello["data"]["resumed"] and resumed.hello["data"]["recovered"]
+    assert (await resumed.recv())["seq"] == last_seq(frames) + 1
+    # Every MAX_CONNECTIONS slot is free again.
+    fresh = [await connect(http, node) for _ in range(SLOW + 4)]
+    assert (await status(http, node))["connected_clients"] == SLOW + 5
+    for client in (resumed, *fresh):
+        await client.close()
+    no_traceback(node)
+
+
+# --- 2. history bytes --------------------------------------------------------------------------
+
+async def test_history_is_capped_in_bytes_and_unknown_frames_are_not_kept(
+        tmp_path: Path, nodes: list[Node], http: aiohttp.ClientSession) -> None:
+    node = spawn_ready(tmp_path, "history", LOG_FORMAT="json")  # 1 MiB frames, 16 MiB history
+    nodes.append(node)
+    client = await connect(http, node, client_id="hoarder")
+    baseline = node.rss()
+    content = "x" * 900_000
+    # 100 chat frames of 900 KB, each echoed: 177 MB of history without the cap.
+    for n in range(100):
+        await client.send("chat_message", {"content": content}, message_id=f"c{n}")
+        answer = await client.recv_type("chat_response", timeout=30)
+        assert answer["reply_to"] == f"c{n}"
+    # Frames of a type nobody handles are refused and not kept.
+    for n in range(20):
+        await client.send("hoard", {"blob": content}, message_id=f"h{n}")
+        error = await client.recv_type("error", timeout=30)
+        assert error["data"]["code"] == "unknown_type" and error["reply_to"] == f"h{n}"
+    await client.close()
+    code, info = await get(http, f"{node.api}/clients/hoarder")
+    assert code == 200, info
+    code, page = await get(http, f"{node.api}/clients/hoarder/messages?limit=1000")
+    assert code == 200 and page["count"] == info["history_size"]
+    kept = sum(len(orjson.dumps(m["frame"])) for m in page["messages"])
+    assert 15 * MIB < kept <= 16 * MIB, kept  # HISTORY_BYTES, give or take one frame
+    assert not [m for m in page["messages"] if m["frame"]["type"] == "hoard"]
+    assert await metric(http, node, "switchboard_limit_hits_total", limit="history_bytes") > 0
+    # Without the cap the history alone held 177 MB; with it, 16 MiB and the allocator's
+    # churn from 240 frames of 900 KB decoded and encoded.
+    growth = node.rss() - baseline
+    assert growth < 64 * MIB, f"RSS grew {growth / MIB:.0f} MiB for a 16 MiB history"
+    no_traceback(node)
+
+
+# --- 3. kept sessions and header values -------------------------------------------------------
+
+CYCLES = 3000
+
+
+def _cycle(port: int, first: int, count: int, user_agent: str) -> None:
+    for n in range(first, first + count):
+        client = RawWebSocket(port, f"/?client_id=c{n}", headers={"User-Agent": user_agent})
+        assert client.status == 101
+        client.recv()  # the greeting: the session exists
+        client.close()
+
+
+async def test_kept_sessions_are_capped_longest_offline_first_and_headers_cut(
+        tmp_path: Path, nodes: list[Node], http: aiohttp.ClientSession) -> None:
+    node = spawn_ready(tmp_path, "sessions", MAX_SESSIONS="200", MAX_CONNECTIONS="100",
+                       LOG_FORMAT="json")
+    nodes.append(node)
+    keepers = [await connect(http, node, client_id=f"keep-{i}") for i in range(10)]
+    first = await connect(http, node, client_id="first-gone")
+    await first.close()
+    await until(lambda: get(http, f"{node.api}/clients/first-gone"),
+                lambda r: r[1].get("connected") is False, node, "first-gone offline")
+    baseline = node.rss()
+    # Connect/close cycles with fresh client_ids and an 8 KB User-Agent, 8 at a time.
+    agent = "A" * 8000
+    per_thread = CYCLES // 8
+    await asyncio.gather(*(asyncio.to_thread(_cycle, node.ws_port, t * per_thread, per_thread,
+                                             agent) for t in range(8)))
+    state = await until(lambda: status(http, node), lambda s: s["connected_clients"] == 10,
+                        node, "cycled clients gone")
+    assert state["total_sessions"] <= 200, state
+    assert state["total_sessions_evicted"] >= CYCLES + 11 - 200
+    growth = node.rss() - baseline
+    assert growth < 16 * MIB, f"RSS grew {growth / MIB:.0f} MiB with 200 sessions kept"
+    # Connected sessions were never evicted and are still served.
+    for keeper in keepers:
+        await keeper.send("ping", message_id="alive")
+        assert (await keeper.recv_type("pong"))["reply_to"] == "alive"
+    # The session offline longest went first: its resume is refused like an expired one.
+    ws = await http.ws_connect(node.ws, params={"client_id": "first-gone", "last_seq": "0",
+                                                "session_token": first.session_token})
+    refusal = orjson.loads((await ws.receive(timeout=5)).data)
+    assert refusal["data"]["close_code"] == 4003, refusal
+    assert (await ws.receive(timeout=5)).type in (aiohttp.WSMsgType.CLOSE,
+                                                  aiohttp.WSMsgType.CLOSED)
+    assert ws.close_code == 4003
+    # The newest ones are kept, with their User-Agent cut.
+    code, recent = await get(http, f"{node.api}/clients/c{CYCLES - 1}")
+    assert code == 200, recent
+    assert recent["user_agent"] == "A" * HEADER_VALUE_MAX
+    assert await metric(http, node, "switchboard_limit_hits_total", limit="max_sessions") > 0
+    assert await metric(http, node, "switchboard_limit_hits_total", limit="header_value") > 0
+    for keeper in keepers:
+        await keeper.close()
+    no_traceback(node)
+
+
+# --- 4. channels per connection ---------------------------------------------------------------
+
+async def test_channels_per_connection_are_capped_and_replies_stay_small(
+        tmp_path: Path, nodes: list[Node], http: aiohttp.ClientSession) -> None:
+    node = spawn_ready(tmp_path, "channels", LOG_FORMAT="json")  # 100 channels per client
+    nodes.append(node)
+    client = await connect(http, node, client_id="joiner")
+    sizes: list[int] = []
+    for n in range(150):
+        await client.send("subscribe", {"channel": f"room-{n:05d}"}, message_id=f"s{n}")
+        reply = await client.recv()
+        assert reply["reply_to"] == f"s{n}", reply
+        if n < 100:
+            assert reply["type"] == "subscribed" and reply["data"]["channel_count"] == n + 1
+            sizes.append(len(orjson.dumps(reply)))
+        else:
+            assert reply["type"] == "error", reply
+            assert reply["data"]["code"] == "too_many_channels"
+    # O(1) replies: the hundredth is as small as the first (give or take a few digits).
+    assert max(sizes) - min(sizes) < 16, (sizes[0], sizes[-1])
+    await _still_served(client)
+    # At the cap, a channel it already has is fine, and leaving one makes room.
+    await client.send("subscribe", {"channel": "room-00007"})
+    assert (await client.recv())["type"] == "subscribed"
+    await client.send("unsubscribe", {"channel": "room-00007"})
+    assert (await client.recv())["data"]["channel_count"] == 99
+    await client.send("subscribe", {"channel": "room-new"})
+    assert (await client.recv())["data"]["channel_count"] == 100
+    code, info = await get(http, f"{node.api}/clients/joiner")
+    assert code == 200 and len(info["channels"]) == 100
+    assert await metric(http, node, "switchboard_limit_hits_total",
+                        limit="channels_per_client") == 50
+    await client.close()
+    no_traceback(node)
+
+
+async def _still_served(client: WSClient) -> None:
+    await client.send("ping", message_id="still")
+    assert (await client.recv_type("pong"))["reply_to"] == "still"
