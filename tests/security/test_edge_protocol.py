@@ -263,7 +263,7 @@ def test_observer_tickets_expire_and_are_bound_to_the_key(monkeypatch: pytest.Mo
     assert not node_a.observer_ticket_valid(ticket)
 
 
-async def test_a_jwt_observer_claim_reads_tool_activity(make_gateway: MakeGateway) -> None:
+async def test_a_jwt_with_the_observer_role_reads_tool_activity(make_gateway: MakeGateway) -> None:
     secret = "s" * 32
     live = await make_gateway(ws_auth="jwt", ws_jwt_secret=secret)
 
@@ -271,9 +271,10 @@ async def test_a_jwt_observer_claim_reads_tool_activity(make_gateway: MakeGatewa
         return jwt.encode({"sub": sub, "exp": int(time.time()) + 60, **claims}, secret,
                           algorithm="HS256")
 
-    for sub, claims, allowed in (("ops", {"observer": True}, True),
-                                 ("ops2", {"roles": ["observer"]}, True),
-                                 ("user", {}, False), ("sneaky", {"observer": "yes"}, False)):
+    for sub, claims, allowed in (("ops", {"roles": ["observer"]}, True),
+                                 ("ops2", {"roles": "observer"}, True),
+                                 ("user", {}, False), ("admin", {"roles": ["admin"]}, False),
+                                 ("sneaky", {"observer": True}, False)):
         client = await live.connect(token=token(sub, **claims))
         await client.send("subscribe", {"channel": "tool_activity"})
         reply = await client.recv()

@@ -372,6 +372,8 @@ def _frames_until_sentinel(client: RawWebSocket, sentinel: str) -> int | None:
             return 1006
         if frame.opcode == 0x8:
             return frame.close_code
+        if frame.opcode != 0x1:  # a pong answering a ping it sent
+            continue
         decoded = orjson.loads(frame.payload)
         _valid_server_frame(decoded)
         if decoded.get("reply_to") == sentinel:
