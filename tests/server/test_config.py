@@ -32,6 +32,14 @@ def test_default_send_queue_leaves_history_room_for_a_slow_client_to_resume() ->
     # TCP buffers); with a queue as long as the history it could never resume completely.
     settings = Settings.from_env({})
     assert settings.send_queue_frames * 2 <= settings.history_limit
+    assert settings.send_queue_bytes * 2 <= settings.history_bytes
+
+
+def test_caps_have_safe_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.max_sessions >= settings.max_connections
+    assert 0 < settings.max_channels_per_client <= 1000
+    assert 16 <= settings.max_json_depth <= 128
 
 def test_values_are_read_from_the_environment() -> None:
     settings = Settings.from_env({
@@ -85,6 +93,11 @@ def test_values_are_read_from_the_environment() -> None:
     ({"API_HOST": "10.1.2.3", "API_TOKEN": "x" * 64}, "API_TOKEN"),
     ({"API_HOST": "10.1.2.3", "API_TOKEN": "passwordpasswordpasswordpassword"}, "API_TOKEN"),
     ({"MAX_MESSAGE_SIZE": "2000000", "SEND_QUEUE_BYTES": "1048576"}, "SEND_QUEUE_BYTES"),
+    ({"HISTORY_BYTES": "4194304"}, "HISTORY_BYTES"),  # below SEND_QUEUE_BYTES (8 MiB)
+    ({"HISTORY_BYTES": "1k"}, "HISTORY_BYTES"),
+    ({"MAX_SESSIONS": "5000"}, "MAX_SESSIONS"),  # below MAX_CONNECTIONS (10000)
+    ({"MAX_CHANNELS_PER_CLIENT": "0"}, "MAX_CHANNELS_PER_CLIENT"),
+    ({"MAX_JSON_DEPTH": "500"}, "MAX_JSON_DEPTH"),  # more than the encoder can write back
 ])
 def test_a_bad_value_names_the_variable_on_one_line(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError) as info:

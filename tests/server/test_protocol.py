@@ -208,3 +208,39 @@ def test_to_flat_uses_the_seeds_names_and_keeps_the_recipient_first() -> None:
     assert flat["client_id"] == "alice" and flat["data"]["client_id"] == "bob"
     other = protocol.server_frame("chat_response", {"content": "x"})
     assert orjson.loads(protocol.to_flat(protocol.encode(other), "a"))["type"] == "chat_response"
+
+
+# --- limits (issue 11) -------------------------------------------------------------------------
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"]" * depth
+
+
+def test_depth_limit_is_exact_and_below_what_the_encoder_writes_back() -> None:
+    assert protocol.ENCODER_DEPTH >= 2 * protocol.MAX_JSON_DEPTH
+    for depth in (1, 2, 63, 64, 65, 254, 1000):
+        raw = _nested(depth)
+        value = orjson.loads(raw)
+        assert protocol.too_deep(value, 64, raw) is (depth > 64), depth
+        assert protocol.too_deep(value, 64) is (depth > 64), depth  # without the raw text
+    # Brackets inside strings only cost the slow path; they are not nesting.
+    text = b'["' + b"[" * 500 + b'"]'
+    assert protocol.too_deep(orjson.loads(text), 64, text) is False
+
+
+def test_decoding_refuses_frames_nested_too_deep() -> None:
+    ok = b'{"type":"ping","data":{"x":' + _nested(62) + b"}}"  # 64 levels in all
+    assert protocol.decode_client_frame(ok).type == "ping"
+    deep = b'{"type":"ping","data":{"x":' + _nested(63) + b"}}"
+    with pytest.raises(ProtocolError) as refused:
+        protocol.decode_client_frame(deep)
+    assert refused.value.code == "json_too_deep"
+    assert protocol.decode_client_frame(deep, max_depth=65).type == "ping"
+
+
+@pytest.mark.parametrize(("code", "valid"), [
+    (1000, True), (1003, True), (1004, False), (1005, False), (1006, False), (1007, True),
+    (1014, True), (1015, False), (1016, False), (2999, False), (3000, True), (4999, True),
+    (5000, False), (0, False), (999, False)])
+def test_close_codes_allowed_on_the_wire(code: int, valid: bool) -> None:
+    assert protocol.valid_close_code(code) is valid

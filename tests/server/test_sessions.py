@@ -1,4 +1,4 @@
-"""SessionRegistry unit tests: seq, history, replay, channels, expiry. No sockets."""
+"""SessionRegistry unit tests: seq, history, replay, channels, expiry, caps. No sockets."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ import time
 import weakref
 
 import orjson
+import pytest
 
 from server import protocol
-from server.sessions import Session, SessionRegistry, entry_as_dict, valid_client_id
+from server.sessions import (
+    Session,
+    SessionRegistry,
+    TooManyChannels,
+    entry_as_dict,
+    valid_client_id,
+)
 
 
 class FakeOutbox:
@@ -283,3 +290,79 @@ def test_valid_client_id() -> None:
     assert not valid_client_id("a" * 129)
     assert not valid_client_id("has space")
     assert not valid_client_id("ü")
+
+
+# --- caps (issue 11) ---------------------------------------------------------------------------
+
+def test_history_is_capped_in_bytes_on_every_path_keeping_the_newest() -> None:
+    reg = registry(history_limit=1000, history_bytes=1000)
+    alice, bob = reg.create("alice", "t"), reg.create("bob", "t")
+    for n in range(30):
+        reg.deliver(alice, frame(f"{n:03d}" * 10))
+        reg.fan_out([alice, bob], frame(f"{n:03d}" * 10))
+        reg.record_inbound(alice, b'{"type":"chat_message","data":{"content":"' + b"x" * 50
+                           + b'"}}')
+    for session in (alice, bob):
+        sizes = [len(data) for _, _, data, _ in session.history]
+        assert session.history_bytes == sum(sizes) <= 1000 < sum(sizes) + 150
+    assert alice.history[-1][1] is False  # the newest (the inbound frame) is kept
+    assert bob.history[-1][0] == bob.seq
+    # The frame count cap still applies, and the byte count follows it.
+    small = registry(history_limit=3, history_bytes=10**6)
+    carol = small.create("carol", "t")
+    for n in range(10):
+        small.fan_out([carol], frame(str(n)))
+    assert len(carol.history) == 3
+    assert carol.history_bytes == sum(len(e[2]) for e in carol.history)
+    # A frame larger than the cap is kept alone: a resume must find the last frame.
+    huge = frame("y" * 5000)
+    reg.deliver(bob, huge)
+    assert len(bob.history) == 1 and bob.history_bytes > 1000
+
+
+def test_max_sessions_evicts_the_longest_offline_first_never_a_connected_one() -> None:
+    reg = registry(max_sessions=3)
+    live = reg.create("live", "t")
+    reg.attach(live, FakeOutbox())
+    first, second = reg.create("first", "t"), reg.create("second", "t")
+    for session in (second, first):  # second goes offline first
+        reg.attach(session, box := FakeOutbox())
+        reg.detach(session, box)
+    reg.create("third", "t")
+    assert sorted(reg.sessions) == ["first", "live", "third"]
+    assert reg.evicted == ["second"] and reg.counters.total_sessions_evicted == 1
+    # A session that came back is not offline any more: "first" is protected while connected.
+    reg.attach(first, box := FakeOutbox())
+    reg.create("fourth", "t")
+    assert "first" in reg.sessions and "live" in reg.sessions
+    # Only connected sessions left: nothing is evicted (MAX_SESSIONS >= MAX_CONNECTIONS keeps
+    # this from happening in a running gateway).
+    reg.attach(reg.sessions["fourth"], FakeOutbox())
+    reg.create("fifth", "t")
+    assert {"first", "live", "fourth", "fifth"} <= set(reg.sessions)
+
+
+def test_adopt_indexes_channels_applies_the_caps_and_counts_history() -> None:
+    reg = registry(max_sessions=1, history_bytes=500)
+    old = reg.create("old", "t")
+    reg.attach(old, box := FakeOutbox())
+    reg.detach(old, box)
+    moved = Session("moved", "t", 100)
+    moved.channels = {"news"}
+    for n in range(20):
+        moved.remember((n + 1, True, frame(str(n) * 20), 0.0))
+    reg.adopt(moved)
+    assert sorted(reg.sessions) == ["moved"]  # "old" made room
+    assert reg.channels["news"] == {moved}
+    assert moved.history_bytes == sum(len(e[2]) for e in moved.history) <= 500
+
+
+def test_channels_per_session_are_capped() -> None:
+    reg = registry(max_channels=2)
+    alice = reg.create("alice", "t")
+    assert reg.join(alice, "a") and reg.join(alice, "b")
+    assert reg.join(alice, "a") is False  # already subscribed: fine at the cap
+    with pytest.raises(TooManyChannels) as refused:
+        reg.join(alice, "c")
+    assert refused.value.code == "too_many_channels"
+    assert alice.channels == {"a", "b"} and "c" not in reg.channels
