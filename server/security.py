@@ -181,8 +181,15 @@ class Security:
                                   ) -> Identity | web.Response | None:
         """None when WS_AUTH=none; an Identity, or a 401 response (503 while a JWKS key set
         cannot be fetched). See server.auth for what a JWT must hold. A valid observer ticket
-        authenticates in any mode (only the API token's holder can get one)."""
+        authenticates in any mode (only the API token's holder can get one): as
+        ``?observer_ticket=``, or in the token's place (``?token=`` / Bearer, where a client
+        library's ``getToken`` puts it)."""
         ticket = request.query.get("observer_ticket")
+        if ticket is None:
+            presented = _bearer(request) or request.query.get("token") or ""
+            if presented.startswith(_TICKET_PREFIX + ".") and self.observer_ticket_valid(
+                    presented):
+                ticket = presented  # else it is judged as the token it claims to be
         if ticket is not None:
             if not self.observer_ticket_valid(ticket):
                 return error_response(401, "invalid_observer_ticket",

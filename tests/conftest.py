@@ -167,6 +167,13 @@ class LiveGateway:
         self.clients.append(client)
         return client
 
+    async def connect_observer(self, **query: Any) -> WSClient:
+        """A connection that may read system channels (``tool_activity``): opened with an
+        observer ticket from ``POST /observer_ticket``, as the dashboard does."""
+        status, ticket = await self.api("POST", "/observer_ticket")
+        assert status == 200, ticket
+        return await self.connect(observer_ticket=ticket["ticket"], **query)
+
     async def api(self, method: str, path: str, json: Any = None, *,
                   headers: dict[str, str] | None = None, data: Any = None,
                   auth: bool = True) -> tuple[int, Any]:

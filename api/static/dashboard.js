@@ -5,7 +5,10 @@
 //   as sparklines from the counters.
 // * The live stream is the bundled browser client (/switchboard.js, served by this port from
 //   clients/js: no second copy of the protocol logic). It subscribes to `tool_activity` and
-//   shows every frame it receives, colour-coded by family as in seed 000's table. Its session
+//   shows every frame it receives, colour-coded by family as in seed 000's table.
+//   tool_activity is a system channel: every connection attempt presents a short-lived
+//   observer ticket (POST /observer_ticket, with the API token) as its token, so the API
+//   token itself never goes to the WebSocket port. Its session
 //   is kept in sessionStorage, so a reload resumes it instead of leaving one behind;
 //   "Disconnect" ends it.
 // * A click on a client opens a drawer: its details, its history (paged) and "end session".
@@ -300,6 +303,16 @@ function streamLabel(text, state) {
   setPill($("ws-state"), state, text);
 }
 
+// The observer ticket for the next connection attempt (none without an API token: the stream
+// then shows everything but tool_activity).
+let observing = false;
+
+async function observerTicket() {
+  const answer = token ? await api("POST", "/observer_ticket").catch(() => null) : null;
+  observing = Boolean(answer && answer.ok);
+  return observing ? answer.body.ticket : null;
+}
+
 function openStream() {
   const base = $("ws-url").value.trim();
   let url;
@@ -312,14 +325,15 @@ function openStream() {
   }
   const clientType = url.searchParams.get("client_type") || "dashboard";
   url.searchParams.delete("client_type");
-  const sb = new Switchboard(url.toString(), { clientType, storageKey: `switchboard.dashboard:${url}` });
+  const sb = new Switchboard(url.toString(), { clientType, storageKey: `switchboard.dashboard:${url}`,
+                                              getToken: observerTicket });
   stream = sb;
   $("ws-connect").textContent = "Disconnect";
   sb.on("*", addFrame);
   sb.on("connecting", () => streamLabel("connecting…", "idle"));
   sb.on("connected", (e) => {
     streamLabel(e.resumed ? "connected (resumed)" : "connected", "ok");
-    if (!sb.channels.has("tool_activity")) {
+    if (observing && !sb.channels.has("tool_activity")) {
       sb.subscribe("tool_activity").catch((err) => addFrame({
         type: "error", data: { message: `cannot watch tool_activity: ${err.message}` } }));
     }
@@ -562,6 +576,7 @@ function onToken(event) {
   token = $("token").value.trim();
   storageSet(TOKEN_KEY, token);
   poll();
+  if (stream) stream.dropConnection();  // reconnect (and resume) with a ticket of the new token
 }
 
 // --- start ----------------------------------------------------------------------------------

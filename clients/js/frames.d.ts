@@ -46,6 +46,7 @@ export interface ServerFrameData {
     channel?: string;
     retry_after?: number;
     close_code?: number;
+    max_channels?: number;
     stream_id?: string;
     partial_content?: string;
     call_id?: string;
@@ -186,10 +187,10 @@ export interface ServerFrameData {
     broker?: Record<string, unknown>;
     [key: string]: unknown;
   };
-  /** Joined a channel. */
+  /** Joined a channel (channel_count: how many the session has; list_channels lists them). */
   subscribed: {
     channel: string;
-    channels: Array<string>;
+    channel_count: number;
     subscribers: number;
     [key: string]: unknown;
   };
@@ -197,7 +198,7 @@ export interface ServerFrameData {
   unsubscribed: {
     channel: string;
     was_subscribed: boolean;
-    channels: Array<string>;
+    channel_count: number;
     [key: string]: unknown;
   };
   /** Channels with subscriber counts. */

@@ -238,7 +238,7 @@ async def observed_api_tool_calls(api_node: LiveGateway, client_node: LiveGatewa
     """``POST /call_tool`` shows up on ``tool_activity`` (the dashboard's stream): a start and a
     complete (or failed) frame, parameters redacted, not counted as broadcasts. The observer
     is on the API's node, the client on ``client_node``."""
-    observer = await api_node.connect(client_type="dashboard")
+    observer = await api_node.connect_observer(client_type="dashboard")
     await observer.send("subscribe", {"channel": "tool_activity"})
     await observer.recv_type("subscribed")
     worker = await client_node.connect(client_id="observed-worker")

@@ -197,10 +197,7 @@ async def test_sensitive_parameters_are_redacted_and_long_ones_truncated(
 
 async def test_observers_on_tool_activity_get_copies_of_the_lifecycle(
         live_gateway: LiveGateway) -> None:
-    status, ticket = await live_gateway.api("POST", "/observer_ticket")
-    assert status == 200, ticket
-    observer = await live_gateway.connect(client_type="dashboard",
-                                          observer_ticket=ticket["ticket"])
+    observer = await live_gateway.connect_observer(client_type="dashboard")
     await observer.send("subscribe", {"channel": "tool_activity"})
     assert (await observer.recv())["type"] == "subscribed"
     caller = await live_gateway.connect(client_id="caller")

@@ -228,6 +228,12 @@ async def test_tool_activity_needs_an_observer_credential(edge: Node,
     observer = await connect(http, edge, observer_ticket=ticket["ticket"])
     await observer.send("subscribe", {"channel": "tool_activity"})
     assert (await observer.recv_type("subscribed"))["data"]["channel"] == "tool_activity"
+    # In the token's place (where a client library's getToken puts it) it works too.
+    code, again = await post(http, f"{edge.api}/observer_ticket", {})
+    by_token = await connect(http, edge, token=again["ticket"])
+    await by_token.send("subscribe", {"channel": "tool_activity"})
+    assert (await by_token.recv_type("subscribed"))["data"]["channel"] == "tool_activity"
+    await by_token.close()
     caller = await connect(http, edge, client_id="caller")
     await caller.send("tool_call", {"tool_name": "echo", "params": {"text": "seen"}})
     start = await observer.recv_type("mcp_tool_execution_start")

@@ -42,7 +42,8 @@ describe("one gateway, memory broker", () => {
     assert.equal(answer.type, "chat_response");
     assert.equal(answer.data.content, "Echo: hello");
     const joined = await sb.subscribe("news");
-    assert.deepEqual(joined.data.channels, ["news"]);
+    assert.equal(joined.data.channel, "news");
+    assert.equal(joined.data.channel_count, 1);
     const got = sb.once("deploy", { timeout: 5000 });
     const { status } = await gw.call("POST", "/broadcast",
                                      { message_type: "deploy", data: { v: 2 }, channel: "news" });
