@@ -36,7 +36,7 @@ const server: { [K in keyof ServerFrameData]: (frame: ServerFrame<K>) => unknown
                                        f.data.end_time],
   tools_list: (f) => f.data.tools.map((t) => `${t.name} (${t.risk_level})`),
   status_response: (f) => f.data.connected_clients + f.data.uptime,
-  subscribed: (f) => f.data.channels.includes(f.data.channel) && f.data.subscribers > 0,
+  subscribed: (f) => f.data.channel.length > 0 && f.data.channel_count > 0 && f.data.subscribers > 0,
   unsubscribed: (f) => f.data.was_subscribed,
   channels_list: (f) => Object.entries(f.data.channels).map(([name, n]) => name + n),
   message: (f) => f.data.content,
