@@ -796,9 +796,13 @@ async def _read_loop(conn: Connection, gateway: Gateway, router: MessageRouter,
         elif kind in (WSMsgType.CLOSING, WSMsgType.CLOSED):
             return
         elif kind is WSMsgType.ERROR:
-            exc = ws.exception()
+            exc = msg.data if isinstance(msg.data, BaseException) else ws.exception()
+            if isinstance(exc, WebSocketError) and conn.close_code is None:
+                # The code aiohttp closed with (1002, 1007, 1009): what the metrics count, not
+                # the 1006 left when the peer does not answer the close.
+                conn.close_code = int(exc.code)
             log.info("ws_protocol_error", client_id=session.client_id, error=str(exc),
-                     code=ws.close_code)
+                     code=conn.close_code if conn.close_code is not None else ws.close_code)
             return
         if conn.close_code is not None or conn.closed:
             return

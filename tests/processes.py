@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -121,6 +122,16 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, Any]:
     async with http.get(url) as resp:
         return resp.status, orjson.loads(await resp.read())
+
+
+async def metric(http: aiohttp.ClientSession, node: Node, name: str, **labels: str) -> float:
+    """One sample of the process's ``GET /metrics`` (0 when the series is absent)."""
+    async with http.get(f"{node.api}/metrics") as resp:
+        text = await resp.text()
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = rf"^{re.escape(name)}{re.escape('{' + wanted + '}') if wanted else ''} (\S+)$"
+    found = re.search(pattern, text, flags=re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
 
 
 async def post(http: aiohttp.ClientSession, url: str, body: dict[str, Any],

@@ -16,7 +16,6 @@ Waits are bounded by deadlines on the event itself (never sleeps as synchronisat
 from __future__ import annotations
 
 import asyncio
-import re
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +24,11 @@ import orjson
 
 from server.ws import CLOSE_GRACE, HEADER_VALUE_MAX
 from tests.conftest import WSClient
-from tests.processes import Node, connect, get, post, spawn_ready, until
+from tests.processes import Node, connect, get, metric, post, spawn_ready, until
 from tests.security.conftest import no_traceback
 from tests.security.rawws import RawWebSocket
 
 MIB = 1024 * 1024
-
-
-async def metric(http: aiohttp.ClientSession, node: Node, name: str, **labels: str) -> float:
-    """One sample of ``GET /metrics`` (0 when the series is absent)."""
-    async with http.get(f"{node.api}/metrics") as resp:
-        text = await resp.text()
-    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = rf"^{re.escape(name)}{re.escape('{' + wanted + '}') if wanted else ''} (\S+)$"
-    found = re.search(pattern, text, flags=re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
 
 
 async def status(http: aiohttp.ClientSession, node: Node) -> dict[str, Any]:

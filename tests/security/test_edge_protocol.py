@@ -30,7 +30,7 @@ from websockets.exceptions import ConnectionClosed
 
 from server.security import OBSERVER_TICKET_TTL, Security
 from tests.conftest import MakeGateway, WSClient
-from tests.processes import Node, connect, get, post, spawn_ready
+from tests.processes import Node, connect, get, metric, post, spawn_ready, until
 from tests.security.conftest import no_traceback
 from tests.security.rawws import CLOSE, PING, TEXT, RawWebSocket, close_payload, encode_frame
 
@@ -301,10 +301,15 @@ async def _raw(edge: Node, **options: Any) -> RawWebSocket:
     return client
 
 
-async def test_an_unmasked_frame_is_closed_with_1002(edge: Node) -> None:
+async def test_an_unmasked_frame_is_closed_with_1002(edge: Node,
+                                                     http: aiohttp.ClientSession) -> None:
+    before = await metric(http, edge, "switchboard_disconnects_total", code="1002")
     client = await _raw(edge)
     client.send(TEXT, b'{"type":"ping"}', mask=False)
     assert await asyncio.to_thread(_closed_with, client) == 1002
+    # Counted as what was sent (the peer never answering the close does not make it 1006).
+    await until(lambda: metric(http, edge, "switchboard_disconnects_total", code="1002"),
+                lambda n: n == before + 1, edge, "the 1002 disconnect counted")
 
 
 async def test_an_unmasked_frame_right_behind_the_handshake_is_closed_with_1002(
