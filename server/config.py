@@ -334,12 +334,12 @@ class Settings:
             )
         if self.send_queue_bytes < self.max_message_size:
             raise ConfigError("SEND_QUEUE_BYTES: must be at least MAX_MESSAGE_SIZE")
-        if self.history_bytes < self.send_queue_bytes:
-            # A client closed with 4008 missed its whole send queue: below this it could
-            # never resume completely.
-            raise ConfigError(f"HISTORY_BYTES: must be at least SEND_QUEUE_BYTES "
-                              f"({self.send_queue_bytes}), or a slow consumer closed with 4008 "
-                              f"can never resume completely")
+        if self.history_bytes - self.history_bytes // 8 < self.send_queue_bytes:
+            # A client closed with 4008 missed its whole send queue, and history keeps at
+            # least 7/8 of HISTORY_BYTES: below this it could never resume completely.
+            raise ConfigError(f"HISTORY_BYTES: must be at least 8/7 of SEND_QUEUE_BYTES "
+                              f"({-(-self.send_queue_bytes * 8 // 7)}), or a slow consumer "
+                              f"closed with 4008 can never resume completely")
         if self.max_sessions < self.max_connections:
             raise ConfigError(f"MAX_SESSIONS: must be at least MAX_CONNECTIONS "
                               f"({self.max_connections}): connected sessions are never evicted")
@@ -442,10 +442,11 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
     _spec("HISTORY_LIMIT", lambda n, r: _int(n, r, 1, 1_000_000), "1000",
           "Frames of history kept per session (both directions)."),
     _spec("HISTORY_BYTES", lambda n, r: _int(n, r, 1024, 2**40), "16777216",
-          "Bytes of encoded frames kept in one session's history (both directions); the oldest "
-          "frames go first (the newest is always kept). At least SEND_QUEUE_BYTES; the "
-          "default, twice it, also covers what sat in TCP buffers when a slow consumer was "
-          "closed with 4008, so it can still resume completely."),
+          "Bytes of encoded frames one session's history holds at most (both directions); "
+          "past it the oldest go, down to 7/8 of it (the newest is always kept). At least "
+          "8/7 of SEND_QUEUE_BYTES; the default, twice it, also covers what sat in TCP "
+          "buffers when a slow consumer was closed with 4008, so it can still resume "
+          "completely."),
     _spec("SESSION_TTL", lambda n, r: _float(n, r, 0, 30 * 86400), "300",
           "Seconds a dropped session is kept for resume."),
     _spec("MAX_SESSIONS", lambda n, r: _int(n, r, 1, 100_000_000), "20000",

@@ -87,7 +87,8 @@ class Session:
         #: even when empty) is made by :meth:`remember` on the first frame.
         self.history: Sequence[HistoryEntry] = ()
         self.history_limit = history_limit
-        #: Bytes of the encoded frames in ``history`` (kept at most HISTORY_BYTES).
+        #: At least the bytes of the encoded frames in ``history`` (an upper bound: see
+        #: :meth:`trim_history`); history never holds more than HISTORY_BYTES.
         self.history_bytes = 0
         self.seq = 0
         self.outbox: Outbox | None = None
@@ -97,36 +98,43 @@ class Session:
         self.observer = False
 
     def remember(self, entry: HistoryEntry, max_bytes: int = HISTORY_BYTES) -> None:
-        """Append to history: beyond ``history_limit`` frames the oldest falls out, beyond
-        ``max_bytes`` the oldest ones go until it fits (the newest frame is always kept)."""
+        """Append to history: beyond ``history_limit`` frames the oldest falls out; past
+        ``max_bytes`` bytes the oldest go (see :meth:`trim_history`)."""
         history = self.history
         if not isinstance(history, deque):
             history = self.history = deque(history, maxlen=self.history_limit)
-        kept = self.history_bytes + len(entry[2])
-        if len(history) == history.maxlen:
-            kept -= len(history[0][2])
         history.append(entry)
+        kept = self.history_bytes + len(entry[2])
         self.history_bytes = kept
         if kept > max_bytes:
             self.trim_history(max_bytes)
 
     def trim_history(self, max_bytes: int) -> None:
-        """Drop the oldest frames until history holds at most ``max_bytes`` (the newest frame
-        stays, however large: a resume must find the last frame sent)."""
+        """``history_bytes`` went past ``max_bytes``: count again and, beyond 7/8 of it, drop
+        the oldest frames down to 7/8 (the newest frame stays, however large: a resume must
+        find the last frame sent).
+
+        ``history_bytes`` is an upper bound, not a running total: frames that fall out by
+        count (``history_limit``) are not subtracted, because reading each one as it falls
+        out costs every delivery of a fan-out; a recount here costs one pass over history,
+        and the 1/8 of slack makes it happen at most once per ``max_bytes / 8`` bytes kept.
+        So history never holds more than ``max_bytes``, and after a trim at least 7/8 of it
+        (when there are frames enough)."""
         history = self.history
         if not isinstance(history, deque):
             return
-        kept = self.history_bytes
-        dropped = 0
-        while kept > max_bytes and len(history) > 1:
-            kept -= len(history.popleft()[2])
-            dropped += 1
+        kept = sum(len(entry[2]) for entry in history)
+        low = max_bytes - max_bytes // 8
+        if kept > low:
+            dropped = 0
+            while kept > low and len(history) > 1:
+                kept -= len(history.popleft()[2])
+                dropped += 1
+            HOT.limit_hit("history_bytes", dropped)
         self.history_bytes = kept
-        HOT.limit_hit("history_bytes", dropped)
 
     def recount_history(self, max_bytes: int) -> None:
-        """Recompute ``history_bytes`` (history loaded from elsewhere) and trim to
-        ``max_bytes``."""
+        """Count history again (loaded from elsewhere) and trim it to ``max_bytes``."""
         self.history_bytes = sum(len(entry[2]) for entry in self.history)
         if self.history_bytes > max_bytes:
             self.trim_history(max_bytes)
@@ -380,10 +388,8 @@ class SessionRegistry:
             data = b'{"seq":%d,%b' % (seq, tail)
             history = session.history
             if type(history) is deque:  # Session.remember, inlined for the common case
-                kept = session.history_bytes + len(data)
-                if len(history) == history.maxlen:
-                    kept -= len(history[0][2])
                 history.append((seq, True, data, now))
+                kept = session.history_bytes + len(data)
                 session.history_bytes = kept
                 if kept > max_bytes:
                     session.trim_history(max_bytes)

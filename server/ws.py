@@ -352,6 +352,14 @@ class FrameGuard:
         self.failed = False
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        # The common case first: a read that is exactly one small masked frame.
+        if not (self.skip or self.header or self.failed) and len(data) > 1:
+            second = data[1]
+            if second & 0x80 and (second & 0x7F) + 6 == len(data):
+                return self.parser.feed_data(data)  # type: ignore[no-any-return]
+        return self._check(data)
+
+    def _check(self, data: bytes) -> tuple[bool, bytes]:
         if self.failed:
             return _FAILED
         buf = data
