@@ -134,7 +134,8 @@ async def test_history_is_capped_in_bytes_and_unknown_frames_are_not_kept(
     code, page = await get(http, f"{node.api}/clients/hoarder/messages?limit=1000")
     assert code == 200 and page["count"] == info["history_size"]
     kept = sum(len(orjson.dumps(m["frame"])) for m in page["messages"])
-    assert 15 * MIB < kept <= 16 * MIB, kept  # HISTORY_BYTES, give or take one frame
+    # At most HISTORY_BYTES; at the cap the oldest go down to 7/8 of it (less one frame).
+    assert 14 * MIB - 1_000_000 < kept <= 16 * MIB, kept
     assert not [m for m in page["messages"] if m["frame"]["type"] == "hoard"]
     assert await metric(http, node, "switchboard_limit_hits_total", limit="history_bytes") > 0
     # Without the cap the history alone held 177 MB; with it, 16 MiB and the allocator's
