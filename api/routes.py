@@ -14,7 +14,7 @@ from server.keys import GATEWAY, ROUTER, SECURITY
 from server.metrics import HOT, TOOL_CALL, render
 from server.protocol import Field, json_too_deep_message, too_deep, validate_fields
 from server.security import OBSERVER_TICKET_TTL
-from server.sessions import entry_as_dict, iso_time
+from server.sessions import iso_time
 
 MAX_PAGE = 1000
 JSON_TYPES = ("application/json",)
@@ -129,7 +129,7 @@ def gw(request: web.Request) -> Gateway:
 @routes.get("/status")
 @routes.get("/ws/status")
 async def get_status(request: web.Request) -> web.Response:
-    return json_response(await gw(request).cluster_status())  # a cluster's: all of it
+    return json_response(await gw(request).status())
 
 
 @routes.get("/clients")
@@ -137,60 +137,25 @@ async def list_clients(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 100, 1, MAX_PAGE)
     offset = query_int(request, "offset", 0)
     connected = query_bool(request, "connected")
-    gateway = gw(request)
     assert limit is not None and offset is not None
-    if gateway.broker.distributed:  # every node's sessions, with the node each is on
-        everywhere = await gateway.list_clients(
-            channel=request.query.get("channel") or None,
-            client_type=request.query.get("client_type") or None, connected=connected)
-        everywhere.sort(key=lambda item: (item[0].connected_at, item[0].client_id))
-        return json_response({
-            "clients": [gateway.describe_session(s, node)
-                        for s, node in everywhere[offset:offset + limit]],
-            "total": len(everywhere), "limit": limit, "offset": offset})
-    selected = list(gateway.registry.select(
-        channel=request.query.get("channel") or None,
-        client_type=request.query.get("client_type") or None,
-        connected=connected))
-    selected.sort(key=lambda s: (s.connected_at, s.client_id))
-    page = selected[offset:offset + limit]
-    node = gateway.broker.node_id
-    return json_response({"clients": [s.describe(node) for s in page], "total": len(selected),
-                          "limit": limit, "offset": offset})
+    return json_response(await gw(request).list_clients(
+        limit=limit, offset=offset, channel=request.query.get("channel") or None,
+        client_type=request.query.get("client_type") or None, connected=connected))
 
 
 @routes.get("/clients/{client_id}")
 async def get_client(request: web.Request) -> web.Response:
-    gateway = gw(request)
-    session, node = await gateway.find_session(request.match_info["client_id"])
-    return json_response(gateway.describe_session(session, node))
+    return json_response(await gw(request).describe(request.match_info["client_id"]))
 
 
 @routes.get("/clients/{client_id}/messages")
 async def get_messages(request: web.Request) -> web.Response:
-    session, _ = await gw(request).find_session(request.match_info["client_id"])
     limit = query_int(request, "limit", 100, 1, MAX_PAGE)
     after = query_int(request, "after_seq", None)
     before = query_int(request, "before_seq", None)
     assert limit is not None
-    entries = list(session.history)
-    if after is not None:
-        # a client frame at position n came after server frame n: it belongs to "after n"
-        entries = [e for e in entries if (e[0] > after if e[1] else e[0] >= after)]
-    if before is not None:
-        entries = [e for e in entries if e[0] < before]
-    has_more = len(entries) > limit
-    # Paging backwards (before_seq only) returns the newest page before it; otherwise oldest.
-    page = entries[-limit:] if before is not None and after is None else entries[:limit]
-    oldest = session.oldest_outbound_seq()
-    return json_response({
-        "client_id": session.client_id,
-        "messages": [entry_as_dict(e) for e in page],
-        "count": len(page),
-        "has_more": has_more,
-        "last_seq": session.seq,
-        "oldest_seq": oldest,
-    })
+    return json_response(await gw(request).history(
+        request.match_info["client_id"], limit=limit, after_seq=after, before_seq=before))
 
 
 @routes.delete("/clients/{client_id}")
@@ -295,13 +260,11 @@ async def observer_ticket(request: web.Request) -> web.Response:
 @routes.get("/channels")
 async def channels(request: web.Request) -> web.Response:
     gateway = gw(request)
-    registry = gateway.registry
-    stats = (await gateway.cluster_channels() if gateway.broker.distributed
-             else registry.channel_stats())
+    stats = await gateway.channel_counts()
     return json_response({"channels": [{"channel": name, "subscribers": count}
                                        for name, count in stats.items()],
                           "total_channels": len(stats),
-                          "available_channels": registry.available_channels()})
+                          "available_channels": gateway.registry.available_channels(stats)})
 
 
 @routes.get("/handlers")
@@ -325,10 +288,10 @@ async def health(request: web.Request) -> web.Response:
 @routes.get("/ready")
 async def ready(request: web.Request) -> web.Response:
     gateway = gw(request)
-    broker_ok = gateway.broker.healthy
-    ok = broker_ok and gateway.accepting
+    backend = gateway.backend
+    ok = backend.healthy and gateway.accepting
     return json_response({"status": "ready" if ok else "unavailable",
-                          "broker": gateway.broker.describe(), "accepting": gateway.accepting},
+                          "broker": backend.describe(), "accepting": gateway.accepting},
                          status=200 if ok else 503)
 
 

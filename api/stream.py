@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import orjson
@@ -38,12 +38,11 @@ import structlog
 from aiohttp import web
 
 from api.middleware import streams_body
-from server import protocol
 from server.errors import ProtocolError, SwitchboardError, ValidationError
 from server.gateway import Gateway
 from server.keys import GATEWAY
-from server.sessions import Session
-from server.webhooks import NDJSON_TYPES, new_stream_id
+from server.streams import StreamRelay
+from server.webhooks import NDJSON_TYPES
 
 log = structlog.get_logger("switchboard.api.stream")
 
@@ -53,54 +52,24 @@ TEXT_TYPES = frozenset({"text/plain", "application/octet-stream"})
 MAX_ID = 128
 
 
-class _Relay:
-    """Delivers one stream's frames to a session, counting delivered and queued frames."""
+class _Upload:
+    """The upload's side of one relay: the model (an NDJSON line may name it) and the size."""
 
-    def __init__(self, gateway: Gateway, session: Session, stream_id: str,
-                 reply_to: str | None, model: str | None) -> None:
-        self.gateway = gateway
-        self.session = session
-        self.stream_id = stream_id
-        self.reply_to = reply_to
+    def __init__(self, relay: StreamRelay, limit: int, model: str | None) -> None:
+        self.relay = relay
+        self.limit = limit
         self.model = model
-        self.delivered = 0
-        self.queued = 0
-        self.index = 0
         self.size = 0
-        self.parts: list[str] = []
 
-    def send(self, frame_type: str, data: dict[str, Any]) -> None:
-        frame = protocol.server_frame(frame_type, data, reply_to=self.reply_to)
-        _, pushed = self.gateway.registry.deliver(self.session, protocol.encode(frame))
-        if pushed:
-            self.delivered += 1
-        else:
-            self.queued += 1
+    def count(self, size: int) -> None:
+        self.size += size
+        if self.size > self.limit:
+            raise SwitchboardError(f"stream larger than {self.limit} bytes (MAX_MESSAGE_SIZE: "
+                                   f"stream_end carries the whole content in one frame)",
+                                   code="payload_too_large", http_status=413)
 
-    def start(self) -> None:
-        data: dict[str, Any] = {"stream_id": self.stream_id, "source": "api"}
-        if self.model is not None:
-            data["model"] = self.model
-        self.send("stream_start", data)
-
-    def chunk(self, content: str) -> None:
-        if not content:
-            return
-        self.send("stream_chunk", {"stream_id": self.stream_id, "content": content,
-                                   "index": self.index})
-        self.index += 1
-        self.parts.append(content)
-
-    def end(self) -> None:
-        data: dict[str, Any] = {"stream_id": self.stream_id, "full_content": "".join(self.parts),
-                                "chunks": self.index, "status": "completed", "source": "api"}
-        if self.model is not None:
-            data["model"] = self.model
-        self.send("stream_end", data)
-
-    def abort(self, message: str) -> None:
-        self.send("error", {"code": "stream_aborted", "message": message,
-                            "stream_id": self.stream_id, "partial_content": "".join(self.parts)})
+    def model_field(self) -> dict[str, Any]:
+        return {"model": self.model} if self.model is not None else {}
 
 
 def _optional_query(request: web.Request, name: str) -> str | None:
@@ -123,19 +92,19 @@ async def _pieces(request: web.Request, idle: float) -> AsyncIterator[bytes]:
         yield data
 
 
-async def _relay_text(request: web.Request, relay: _Relay, limit: int, idle: float) -> None:
+async def _relay_text(request: web.Request, upload: _Upload, idle: float) -> None:
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     async for data in _pieces(request, idle):
-        _count(relay, len(data), limit)
-        relay.chunk(decoder.decode(data))
-    relay.chunk(decoder.decode(b"", final=True))
+        upload.count(len(data))
+        await upload.relay.chunk(decoder.decode(data))
+    await upload.relay.chunk(decoder.decode(b"", final=True))
 
 
-async def _relay_ndjson(request: web.Request, relay: _Relay, limit: int, idle: float) -> None:
+async def _relay_ndjson(request: web.Request, upload: _Upload, idle: float) -> None:
     buffer = b""
     number = 0
 
-    def line_out(line: bytes) -> None:
+    async def line_out(line: bytes) -> None:
         nonlocal number
         number += 1
         if not line.strip():
@@ -149,7 +118,7 @@ async def _relay_ndjson(request: web.Request, relay: _Relay, limit: int, idle: f
             raise ProtocolError(f"NDJSON line {number} is not a JSON object",
                                 code="invalid_json", details={"line": number})
         if isinstance(obj.get("model"), str):
-            relay.model = obj["model"]
+            upload.model = obj["model"]
         content = obj.get("content", obj.get("delta"))
         if content is None:
             return
@@ -157,23 +126,18 @@ async def _relay_ndjson(request: web.Request, relay: _Relay, limit: int, idle: f
             raise ValidationError(f"NDJSON line {number}: content must be a string",
                                   code="invalid_field", details={"line": number,
                                                                  "field": "content"})
-        relay.chunk(content)
+        await upload.relay.chunk(content)
 
     async for data in _pieces(request, idle):
-        _count(relay, len(data), limit)
+        upload.count(len(data))
         buffer += data
         *lines, buffer = buffer.split(b"\n")
         for line in lines:
-            line_out(line)
-    line_out(buffer)
+            await line_out(line)
+    await line_out(buffer)
 
 
-def _count(relay: _Relay, size: int, limit: int) -> None:
-    relay.size += size
-    if relay.size > limit:
-        raise SwitchboardError(f"stream larger than {limit} bytes (MAX_MESSAGE_SIZE: "
-                               f"stream_end carries the whole content in one frame)",
-                               code="payload_too_large", http_status=413)
+RelayBody = Callable[[web.Request, _Upload, float], Coroutine[Any, Any, None]]
 
 
 @routes.post("/stream/{client_id}")
@@ -181,8 +145,10 @@ def _count(relay: _Relay, size: int, limit: int) -> None:
 async def stream_to_client(request: web.Request) -> web.Response:
     """Relay a chunked request body to a client as stream frames (see the module doc)."""
     gateway: Gateway = request.app[GATEWAY]
-    session = gateway.require(request.match_info["client_id"])
+    client_id = request.match_info["client_id"]
+    await gateway.require(client_id)
     ctype = request.content_type  # application/octet-stream when none was sent
+    relay_body: RelayBody
     if ctype in NDJSON_TYPES:
         relay_body = _relay_ndjson
     elif ctype in TEXT_TYPES:
@@ -191,22 +157,24 @@ async def stream_to_client(request: web.Request) -> web.Response:
         raise SwitchboardError(
             f"expected Content-Type text/plain or application/x-ndjson, got {ctype}",
             code="unsupported_media_type", http_status=415)
-    stream_id = _optional_query(request, "stream_id") or new_stream_id()
-    relay = _Relay(gateway, session, stream_id, _optional_query(request, "reply_to"),
-                   _optional_query(request, "model"))
+    relay = StreamRelay(gateway, client_id, reply_to=_optional_query(request, "reply_to"),
+                        stream_id=_optional_query(request, "stream_id"),
+                        tags={"source": "api"})
+    stream_id = relay.stream_id
     settings = gateway.settings
+    upload = _Upload(relay, settings.max_message_size, _optional_query(request, "model"))
     idle = settings.request_body_timeout
-    relay.start()
+    await relay.start(**upload.model_field())
     try:
-        await relay_body(request, relay, settings.max_message_size, idle)
+        await relay_body(request, upload, idle)
     except SwitchboardError as exc:
-        relay.abort(f"the upload failed: {exc.message}")
-        log.info("api_stream_aborted", client_id=session.client_id, stream_id=stream_id,
+        await relay.fail("stream_aborted", f"the upload failed: {exc.message}")
+        log.info("api_stream_aborted", client_id=client_id, stream_id=stream_id,
                  code=exc.code, chunks=relay.index)
         exc.details.setdefault("stream_id", stream_id)
         raise
     except TimeoutError:
-        relay.abort(f"the upload went silent for {idle:g}s")
+        await relay.fail("stream_aborted", f"the upload went silent for {idle:g}s")
         response = web.Response(body=orjson.dumps({"error": {
             "code": "request_timeout", "message": f"no data for {idle:g}s",
             "stream_id": stream_id}}), status=408, content_type="application/json")
@@ -215,23 +183,23 @@ async def stream_to_client(request: web.Request) -> web.Response:
     except asyncio.CancelledError:
         # The caller hung up and the server cancels handlers of lost connections
         # (handler_cancellation), or the server is stopping: the client's stream still ends.
-        relay.abort("the upload was interrupted")
-        log.info("api_stream_interrupted", client_id=session.client_id, stream_id=stream_id,
+        await asyncio.shield(relay.fail("stream_aborted", "the upload was interrupted"))
+        log.info("api_stream_interrupted", client_id=client_id, stream_id=stream_id,
                  error="cancelled", chunks=relay.index)
         raise
     except Exception as exc:
         # The caller went away or the body was cut short (aiohttp's payload errors).
-        relay.abort("the upload was interrupted")
-        log.info("api_stream_interrupted", client_id=session.client_id, stream_id=stream_id,
+        await relay.fail("stream_aborted", "the upload was interrupted")
+        log.info("api_stream_interrupted", client_id=client_id, stream_id=stream_id,
                  error=type(exc).__name__, chunks=relay.index)
         raise SwitchboardError("the upload was interrupted", code="upload_interrupted",
                                http_status=400, details={"stream_id": stream_id}) from None
-    relay.end()
+    await relay.end(**upload.model_field())
     status = "queued" if relay.queued else "delivered"
-    log.info("api_stream_relayed", client_id=session.client_id, stream_id=stream_id,
-             chunks=relay.index, bytes=relay.size, status=status)
-    body = {"stream_id": stream_id, "client_id": session.client_id, "chunks": relay.index,
-            "bytes": relay.size, "status": status, "delivered": relay.delivered,
+    log.info("api_stream_relayed", client_id=client_id, stream_id=stream_id,
+             chunks=relay.index, bytes=upload.size, status=status)
+    body = {"stream_id": stream_id, "client_id": client_id, "chunks": relay.index,
+            "bytes": upload.size, "status": status, "delivered": relay.delivered,
             "queued": relay.queued}
     return web.Response(body=orjson.dumps(body), status=200 if status == "delivered" else 202,
                         content_type="application/json")

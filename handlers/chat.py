@@ -44,7 +44,7 @@ async def echo(ctx: HandlerContext, frame: ClientFrame) -> None:
     if frame.data.get("stream") is True:
         await relay.stream(_pieces(echo_chunks(answer)))
     else:
-        relay.complete(answer, None)
+        await relay.complete(answer, None)
 
 
 def echo_chunks(text: str, parts: int = ECHO_CHUNKS) -> list[str]:

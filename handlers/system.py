@@ -17,6 +17,7 @@ async def handle_ping(ctx: HandlerContext, frame: ClientFrame) -> None:
 
 
 async def handle_get_status(ctx: HandlerContext, frame: ClientFrame) -> None:
-    """``get_status`` → ``status_response`` with the server's counters."""
-    stats = ctx.gateway.status()
+    """``get_status`` → ``status_response`` with this node's counters (``GET /status`` has the
+    whole cluster's; a frame a client may send 100 times a second stays node-local)."""
+    stats = ctx.gateway.node_status()
     ctx.reply("status_response", stats)

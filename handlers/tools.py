@@ -36,7 +36,7 @@ async def handle_tool_call(ctx: HandlerContext, frame: ClientFrame) -> None:
 
 async def handle_tool_result(ctx: HandlerContext, frame: ClientFrame) -> None:
     call_id = frame.data["call_id"]
-    if not ctx.gateway.resolve_tool_result(ctx.session, call_id, frame.data):
+    if not await ctx.gateway.resolve_tool_result(ctx.session, call_id, frame.data):
         # Same answer whether the call never existed or belongs to someone else.
         raise NotFoundError(f"no pending tool call {call_id!r} for this client",
                             code="unknown_call")

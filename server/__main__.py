@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import structlog
 
 from server.config import SETTINGS_DOC, LoadedSettings, Settings
-from server.errors import ConfigError
+from server.errors import ConfigError, StartupError
 from server.logging_setup import configure_logging, url_for_logs
 
 ENV_FILE = ".env"
@@ -140,6 +140,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = loaded.settings
     configure_logging(settings.log_level, settings.log_format)
     warn_unknown(loaded)
+    try:
+        from server.ws import check_aiohttp
+
+        check_aiohttp()
+    except StartupError as exc:
+        print(f"switchboard: cannot start: {exc.message}", file=sys.stderr)
+        return 2
     if settings.workers > 1:
         from server.workers import run_workers
 

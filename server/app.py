@@ -1,9 +1,12 @@
 """Application assembly: the WebSocket app and the HTTP API app over one gateway.
 
 ``create_apps(settings)`` returns both ``web.Application``s sharing one
-:class:`~server.gateway.Gateway` (one session registry). Resources and background tasks (the
-broker, the expiry sweeper, the metrics collector, webhook clients) live in the WebSocket app's
-``cleanup_ctx``; its ``on_shutdown`` closes every socket with 1001.
+:class:`~server.gateway.Gateway` (one session registry). :func:`create_gateway` is the only
+place that knows whether this process is the whole gateway (``BROKER_URL=memory://``) or one
+node of a cluster (``redis://``): it picks the implementations of the seams
+(:mod:`server.seams`). Resources and background tasks (the backend, the expiry sweeper, the
+metrics collector, webhook clients) live in the WebSocket app's ``cleanup_ctx``; its
+``on_shutdown`` closes every socket with 1001.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp_cors
 import structlog
@@ -22,12 +26,11 @@ from api.routes import routes as api_routes
 from api.stream import routes as stream_routes
 from api.ui import setup_ui
 from handlers import build_router
-from server.broker import create_broker
 from server.channel_rules import load_channel_rules
 from server.channel_webhooks import ChannelWebhooks
 from server.client_js import add_client_routes
 from server.config import Settings
-from server.errors import CloseCode, Unavailable
+from server.errors import CloseCode, ConfigError, Unavailable
 from server.events import EventEmitter
 from server.gateway import SYSTEM_CHANNELS, Gateway
 from server.keys import (
@@ -42,6 +45,7 @@ from server.keys import (
 )
 from server.metrics import BROKER_UP, REGISTRY, LiveStateCollector
 from server.router import MessageRouter
+from server.seams import Backend, LocalBackend
 from server.security import Security
 from server.sessions import SessionRegistry
 from server.tools import default_tools
@@ -49,6 +53,7 @@ from server.webhooks import webhooks_ctx
 from server.ws import (
     WS_PATHS,
     PublicStatus,
+    check_aiohttp,
     close_all,
     websocket_handler,
     ws_handlers,
@@ -61,21 +66,31 @@ log = structlog.get_logger("switchboard.app")
 SWEEP_INTERVAL = 1.0
 
 
-def create_gateway(settings: Settings) -> Gateway:
-    broker = create_broker(settings.broker_url, settings.node_id)
-    if broker.distributed:  # many nodes over Redis: imported only then
-        from server.cluster import create_cluster_gateway
+def create_backend(settings: Settings, registry: SessionRegistry) -> Backend:
+    """The seams for ``BROKER_URL``: one process (``memory://``), or one node of a cluster
+    over Redis (``redis://``, ``rediss://``; imported only then)."""
+    scheme = urlsplit(settings.broker_url).scheme
+    if scheme == "memory":
+        return LocalBackend(registry, node_id=settings.node_id,
+                            idempotency_ttl=settings.idempotency_ttl)
+    if scheme in ("redis", "rediss"):
+        from server.cluster import RedisBackend
 
-        return create_cluster_gateway(settings, broker)  # type: ignore[arg-type]
+        return RedisBackend(settings, registry)
+    raise ConfigError(f"BROKER_URL: unsupported scheme {scheme!r}")
+
+
+def create_gateway(settings: Settings) -> Gateway:
     registry = SessionRegistry.from_settings(settings, SYSTEM_CHANNELS)
-    return Gateway(settings=settings, registry=registry, broker=broker,
-                   tools=default_tools.copy())
+    return Gateway(settings=settings, registry=registry,
+                   backend=create_backend(settings, registry), tools=default_tools.copy())
 
 
 def create_apps(settings: Settings, gateway: Gateway | None = None,
                 router: MessageRouter | None = None
                 ) -> tuple[web.Application, web.Application]:
     """The WebSocket app and the API app, sharing one gateway and router."""
+    check_aiohttp()
     gateway = gateway or create_gateway(settings)
     router = router or build_router()
     security = Security(settings)
@@ -96,7 +111,7 @@ def create_apps(settings: Settings, gateway: Gateway | None = None,
     # First in, last out: events emitted while the rest shuts down are still posted.
     ws_app.cleanup_ctx.append(shared[EVENTS].lifespan)
     add_client_routes(ws_app)  # /switchboard.js for pages that import the browser client
-    ws_app.cleanup_ctx.append(_broker_ctx)
+    ws_app.cleanup_ctx.append(_backend_ctx)
     ws_app.cleanup_ctx.append(_sweeper_ctx)
     ws_app.cleanup_ctx.append(_metrics_ctx)
     ws_app.cleanup_ctx.append(webhooks_ctx)
@@ -145,19 +160,14 @@ def _setup_cors(app: web.Application, settings: Settings) -> None:
             cors.add(route)
 
 
-async def _broker_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _backend_ctx(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
-
-    async def on_message(topic: str, payload: bytes) -> None:  # pragma: no cover - redis
-        handler = getattr(gateway, "on_broker_message", None)
-        if handler is not None:
-            await handler(topic, payload)
-
-    await gateway.broker.start(on_message)
-    log.info("broker_started", **gateway.broker.describe())
+    backend = gateway.backend
+    await backend.start()
+    log.info("backend_started", **backend.describe())
     yield
     await gateway.cancel_tasks()
-    await gateway.broker.stop()
+    await backend.stop()
 
 
 async def _sweeper_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -184,7 +194,7 @@ async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
 
     def sample() -> dict[str, float]:
         registry = gateway.registry
-        BROKER_UP.set(1 if gateway.broker.healthy else 0)
+        BROKER_UP.set(1 if gateway.backend.healthy else 0)
         return {
             "connections": len(connections),
             "sessions": len(registry),

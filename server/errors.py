@@ -106,14 +106,10 @@ class CallTimeout(SwitchboardError):
     http_status = 504
 
 
-class DeliveryFailed(SwitchboardError):
-    """A frame could be neither delivered nor queued; the HTTP caller must be told."""
-
-    code = "delivery_failed"
-    http_status = 503
-
-
 class Unavailable(SwitchboardError):
+    """Not now: the cluster store is unreachable, the node is stopping, a session is moving.
+    Retry shortly (on any node)."""
+
     code = "unavailable"
     http_status = 503
 
@@ -128,14 +124,26 @@ class ForbiddenError(SwitchboardError):
     http_status = 403
 
 
-class RateLimited(SwitchboardError):
-    code = "rate_limited"
-    http_status = 429
+class PeerUnreachable(Unavailable):
+    """No node took a request addressed to ``node`` (nobody listens on its channel)."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__(f"node {node!r} is not reachable right now; retry shortly",
+                         details={"node": node})
+        self.node = node
 
 
-class PayloadTooLarge(SwitchboardError):
-    code = "payload_too_large"
-    http_status = 413
+class SessionMoved(Unavailable):
+    """The node asked to act on a session no longer holds it: ask the directory again.
+    Never reaches a client: the gateway re-routes (and answers 503 after too many moves)."""
+
+    code = "session_moved"
+
+
+class StartupError(SwitchboardError):
+    """The process cannot start as installed (one line on stderr, exit status 2)."""
+
+    code = "startup_error"
 
 
 class ToolError(SwitchboardError):

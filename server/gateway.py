@@ -1,8 +1,13 @@
-"""The gateway core: what both apps do to sessions, behind one object.
+"""The gateway: every operation both apps perform on sessions, written once.
 
-The HTTP API (``api/``) and the frame handlers (``handlers/``) call these methods; they never
-touch a socket. Delivery goes through the :class:`~server.sessions.SessionRegistry` (seq,
-history, fan-out) and, for other nodes, through the broker seam.
+The HTTP API (``api/``), the socket endpoint (``server/ws.py``) and the frame handlers
+(``handlers/``) call these methods; none of them knows whether the gateway is one process or
+a cluster. Each operation on a session asks the :class:`~server.seams.Directory` where the
+session is, then performs the operation here (the session is in this node's
+:class:`~server.sessions.SessionRegistry`) or sends it to the node that holds it through
+:class:`~server.seams.Peers`, where the very same function performs it. A broadcast is
+fanned out here and on every other node. On one node the seams are trivial
+(:mod:`server.seams`); app wiring picks them (:func:`server.app.create_gateway`).
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from typing import Any
 import structlog
 
 from server import protocol
-from server.broker import Broker
 from server.config import Settings
 from server.errors import (
     CallTimeout,
@@ -26,11 +30,15 @@ from server.errors import (
     ClientNotFound,
     ClientOffline,
     CloseCode,
+    PeerUnreachable,
+    SessionMoved,
     SwitchboardError,
     ToolError,
+    Unavailable,
 )
 from server.metrics import HOT, TOOL_CALL
-from server.sessions import Session, SessionRegistry
+from server.seams import Backend, Broadcast, PeerHandler, SessionInfo
+from server.sessions import Session, SessionRegistry, valid_client_id
 from server.tools import ToolContext, ToolRegistry, error_result, invoke, redact, shape_result
 
 log = structlog.get_logger("switchboard.gateway")
@@ -38,6 +46,19 @@ log = structlog.get_logger("switchboard.gateway")
 #: Channel that receives a copy of every tool lifecycle frame (for dashboards and observers).
 TOOL_ACTIVITY_CHANNEL = "tool_activity"
 SYSTEM_CHANNELS = (TOOL_ACTIVITY_CHANNEL,)
+
+#: How long a request to the node holding a session may take (send, disconnect, history).
+REQUEST_TIMEOUT = 5.0
+#: How long a broadcast waits for the other nodes' counts.
+BROADCAST_REPLY_TIMEOUT = 2.0
+#: How many times an operation follows a session that moves while the request travels.
+MAX_HOPS = 4
+#: Extra seconds a call_tool sent to another node waits beyond the call's own timeout.
+CALL_MARGIN = 2.0
+
+#: An operation on one session, performed by the node that holds it: gets the session, the
+#: request's header and body, returns the answer (the same whether the caller is here or not).
+SessionOp = Callable[[Session, dict[str, Any], bytes], Awaitable[dict[str, Any]]]
 
 
 @dataclass(slots=True)
@@ -56,44 +77,60 @@ class PendingPermission:
     future: asyncio.Future[bool]
 
 
-@dataclass(slots=True)
-class _IdempotentEntry:
-    expires: float
-    future: asyncio.Future[Any]
-    fingerprint: str = ""
-
-
 @dataclass
 class Gateway:
     settings: Settings
     registry: SessionRegistry
-    broker: Broker
+    backend: Backend
     tools: ToolRegistry
     pending_calls: dict[str, PendingCall] = field(default_factory=dict)
     #: Keyed by (client_id, call_id): client-initiated call_ids are chosen by clients, so one
     #: client reusing another's id must not overwrite (or answer) the other's request.
     pending_permissions: dict[tuple[str, str], PendingPermission] = field(default_factory=dict)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    idempotency: dict[str, _IdempotentEntry] = field(default_factory=dict)
     tool_fallback: Callable[[str, dict[str, Any], ToolContext], Awaitable[Any]] | None = None
     #: With CHAT_WEBHOOK_URL set: answers a chat frame (spawned, so reading goes on).
     chat_backend: Callable[[Any, Any], Coroutine[Any, Any, None]] | None = None
     accepting: bool = True
     started_at: float = field(default_factory=time.time)
+    session_ops: dict[str, SessionOp] = field(default_factory=dict)
 
-    def status(self) -> dict[str, Any]:
-        """``GET /status`` and ``get_status``: state, counters, broker (no secrets)."""
+    def __post_init__(self) -> None:
+        self.session_ops.update({
+            "send": self._send_here,
+            "call": self._call_here,
+            "disconnect": self._disconnect_here,
+            "describe": self._describe_here,
+            "history": self._history_here,
+        })
+        peers = self.backend.peers
+        for op in self.session_ops:
+            peers.handle(op, self._for_peer(op))
+        peers.handle("broadcast", self._broadcast_for_peer)
+        peers.handle("tool_result", self._tool_result_for_peer)
+
+    @property
+    def node_id(self) -> str:
+        return self.backend.node_id
+
+    def node_status(self) -> dict[str, Any]:
+        """This node's state and counters (the ``get_status`` frame; ``GET /status`` adds the
+        cluster's). No secrets."""
         stats = self.registry.stats()
         return {
             "status": "running" if self.accepting else "shutting_down",
             **stats,
             "max_connections": self.settings.max_connections,
             "pending_tool_calls": len(self.pending_calls),
-            "node_id": self.broker.node_id,
-            "broker": self.broker.describe(),
+            "node_id": self.node_id,
+            "broker": self.backend.describe(),
         }
 
-    # --- frames to one session ----------------------------------------------------------------
+    async def status(self) -> dict[str, Any]:
+        """``GET /status``: state and counters of the whole gateway (every node)."""
+        return await self.backend.directory.status(self.node_status())
+
+    # --- frames to one session held here ------------------------------------------------------
 
     def emit(self, session: Session, frame_type: str, data: dict[str, Any] | None = None, *,
              reply_to: str | None = None, extra: dict[str, Any] | None = None) -> int:
@@ -108,94 +145,158 @@ class Gateway:
         frame = protocol.server_frame(frame_type, data, reply_to=reply_to)
         self.registry.deliver_ephemeral(session, protocol.encode(frame))
 
-    def require(self, client_id: str) -> Session:
-        session = self.registry.get(client_id)
-        if session is None:
-            raise ClientNotFound(f"no session with client_id {client_id!r} (unknown or expired)")
-        return session
+    # --- where a session is -------------------------------------------------------------------
 
-    # --- cluster hooks: trivial on one node; server.cluster.ClusterGateway spans many ---------
+    async def _at_session(self, client_id: str, op: str, header: dict[str, Any],
+                          body: bytes = b"", *,
+                          timeout: float = REQUEST_TIMEOUT  # noqa: ASYNC109 - a bound
+                          ) -> dict[str, Any]:
+        """Perform ``op`` on ``client_id``'s session: here when this node holds it, else on
+        the node that does (following it if it moves meanwhile)."""
+        directory = self.backend.directory
+        for _ in range(MAX_HOPS):
+            where = await directory.locate(client_id)
+            if where.session is not None:
+                return await self.session_ops[op](where.session, header, body)
+            try:
+                return await self.backend.peers.request(
+                    where.node, op, {**header, "client_id": client_id}, body, timeout=timeout)
+            except SessionMoved:
+                continue
+            except PeerUnreachable:
+                await directory.take_over(client_id, where.node)
+        raise Unavailable(f"client {client_id!r} kept moving between nodes; retry")
 
-    async def fetch_session(self, client_id: str, token: str) -> Session | None:
-        """Resume here a session another node holds (never, on one node)."""
-        return None
+    def _for_peer(self, op: str) -> PeerHandler:
+        """The handler another node's :meth:`_at_session` reaches: the same operation."""
+        perform = self.session_ops[op]
 
-    async def claim_client_id(self, client_id: str) -> str | None:
-        """Reserve a requested client id cluster-wide; None means "taken, generate one"."""
-        return client_id
+        async def handler(header: dict[str, Any], body: bytes) -> dict[str, Any]:
+            session = await self.backend.directory.held(header["client_id"])
+            if session is None:
+                raise SessionMoved(f"session {header['client_id']!r} is not held here")
+            return await perform(session, header, body)
 
-    async def find_session(self, client_id: str) -> tuple[Session, str]:
-        """A session wherever it is, and the node holding it."""
-        return self.require(client_id), self.broker.node_id
+        return handler
 
-    async def list_clients(self, *, channel: str | None, client_type: str | None,
-                           connected: bool | None) -> list[tuple[Session, str]]:
-        node = self.broker.node_id
-        return [(s, node) for s in self.registry.select(
-            channel=channel, client_type=client_type, connected=connected)]
+    async def require(self, client_id: str) -> None:
+        """Raise ClientNotFound (404) unless a session has this id somewhere."""
+        await self.backend.directory.locate(client_id)
 
-    def describe_session(self, session: Session, node: str) -> dict[str, Any]:
-        return session.describe(node)
+    async def resume(self, client_id: str, token: str | None) -> Session | None:
+        """A reconnecting client's session, now held here (see ``Directory.resume``)."""
+        return await self.backend.directory.resume(client_id, token)
 
-    async def cluster_channels(self) -> dict[str, int]:
-        return self.registry.channel_stats()
-
-    async def cluster_status(self) -> dict[str, Any]:
-        return self.status()
+    async def open_session(self, client_id: str | None, client_type: str,
+                           meta: dict[str, Any] | None = None) -> Session:
+        """A new session here, with the requested id when it is valid and free everywhere
+        (else a generated one)."""
+        if client_id is not None and valid_client_id(client_id):
+            client_id = await self.backend.directory.claim_id(client_id)
+        return self.registry.create(client_id, client_type, meta)
 
     # --- HTTP API operations ------------------------------------------------------------------
 
+    async def deliver(self, client_id: str, frame_type: str, data: dict[str, Any] | None = None,
+                      *, reply_to: str | None = None) -> dict[str, Any]:
+        """Deliver one server frame to a client wherever its session is, or queue it in history
+        when it is offline: ``{status: delivered|queued, message_id, seq, client_id}``."""
+        frame = protocol.server_frame(frame_type, data, reply_to=reply_to)
+        reply = await self._at_session(client_id, "send", {}, protocol.encode(frame))
+        log.debug("message_sent", client_id=client_id, message_id=frame["message_id"],
+                  type=frame_type, seq=reply["seq"], status=reply["status"])
+        return {"status": reply["status"], "message_id": frame["message_id"],
+                "seq": reply["seq"], "client_id": client_id}
+
     async def send_message(self, client_id: str, content: Any, *, message_type: str = "message",
                            data: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Deliver to one client, or queue it in history when the session is offline."""
-        session = self.require(client_id)
+        """``POST /send_message``: deliver to one client, or queue it when it is offline."""
         payload = dict(data or {})
         if content is not None:
             payload["content"] = content
-        frame = protocol.server_frame(message_type, payload)
-        seq, pushed = self.registry.deliver(session, protocol.encode(frame))
-        status = "delivered" if pushed else "queued"
+        return await self.deliver(client_id, message_type, payload)
+
+    async def _send_here(self, session: Session, header: dict[str, Any], body: bytes
+                         ) -> dict[str, Any]:
+        seq, pushed = self.registry.deliver(session, body)
         if not pushed:
             HOT.frames_out_queued += 1
-        log.debug("message_sent", client_id=client_id, message_id=frame["message_id"],
-                  type=message_type, seq=seq, status=status)
-        return {"status": status, "message_id": frame["message_id"], "seq": seq,
-                "client_id": client_id}
+        return {"status": "delivered" if pushed else "queued", "seq": seq}
 
     async def broadcast(self, message_type: str, data: dict[str, Any] | None = None, *,
                         channel: str | None = None, client_type: str | None = None,
                         exclude: str | None = None, counted: bool = True) -> dict[str, Any]:
-        """Serialise once, then fan out to every matching session (live ones get it now,
-        offline ones keep it for resume). Returns counts and the frame's message_id.
-        ``counted=False``: not in ``total_broadcasts`` (the gateway's own notices)."""
+        """Serialise once, then fan out to every matching session on every node (live ones get
+        it now, offline ones keep it for resume). Returns counts and the frame's message_id;
+        ``partial: true`` when a node did not answer in time. ``counted=False``: not in
+        ``total_broadcasts`` (the gateway's own notices)."""
         extra = {"channel": channel} if channel is not None else None
         frame = protocol.server_frame(message_type, data, extra=extra)
-        encoded = protocol.encode(frame)
-        targets = self.registry.select(channel=channel, client_type=client_type)
-        if exclude is not None:
-            targets = (s for s in targets if s.client_id != exclude)
-        pushed, queued = self.registry.fan_out(targets, encoded)
+        sent = Broadcast(frame["message_id"], protocol.encode(frame), channel, client_type,
+                         exclude)
+        if not self.backend.healthy:  # it could reach this node's clients only: refuse
+            raise Unavailable("the cluster cannot be reached right now; retry shortly",
+                              details={"broker": self.backend.describe()})
+        with self.backend.directory.delivering(sent):
+            # Fanned out here before anything awaits: a session that starts to be held here
+            # meanwhile gets it from delivering() instead, never twice.
+            pushed, queued = self._fan_out_here(sent)
+            others = await self.backend.peers.publish_all("broadcast", sent.header(), sent.body)
+            replies = await others.replies(BROADCAST_REPLY_TIMEOUT)
         if counted:  # tool_activity notices are not the operator's broadcasts
             self.registry.counters.total_broadcasts += 1
-        HOT.frames_out_queued += queued
+        for reply in replies:
+            pushed += int(reply.get("pushed", 0))
+            queued += int(reply.get("queued", 0))
+        answer: dict[str, Any] = {"recipients": pushed, "queued": queued,
+                                  "message_id": frame["message_id"], "nodes": others.nodes + 1,
+                                  "nodes_answered": len(replies) + 1}
+        if len(replies) < others.nodes:
+            answer["partial"] = True
         log.debug("broadcast", message_id=frame["message_id"], type=message_type,
-                  channel=channel, client_type=client_type, recipients=pushed, queued=queued)
-        return {"recipients": pushed, "queued": queued, "message_id": frame["message_id"]}
+                  channel=channel, client_type=client_type, recipients=pushed, queued=queued,
+                  nodes=others.nodes + 1)
+        return answer
+
+    def _fan_out_here(self, sent: Broadcast) -> tuple[int, int]:
+        targets = self.registry.select(channel=sent.channel, client_type=sent.client_type)
+        if sent.exclude is not None:
+            targets = (s for s in targets if s.client_id != sent.exclude)
+        pushed, queued = self.registry.fan_out(targets, sent.body)
+        HOT.frames_out_queued += queued
+        return pushed, queued
+
+    def _broadcast_for_peer(self, header: dict[str, Any], body: bytes) -> dict[str, Any]:
+        sent = Broadcast.from_wire(header, body)
+        with self.backend.directory.delivering(sent):
+            pushed, queued = self._fan_out_here(sent)
+        return {"pushed": pushed, "queued": queued}
 
     async def call_tool(self, client_id: str, tool_name: str, params: dict[str, Any], *,
                         timeout: float | None = None,  # noqa: ASYNC109 - the API field
                         wait_for_client: bool = False) -> dict[str, Any]:
-        """Ask a client to run a tool and wait for its ``tool_result``.
+        """Ask a client to run a tool and wait for its ``tool_result`` (on the node holding
+        the session, which gets the client's answer; the answer comes back here).
 
         Raises ClientNotFound (404), ClientOffline (409, unless ``wait_for_client``),
         ClientDisconnected (502, the client left mid-call) or CallTimeout (504).
         """
-        session = self.require(client_id)
+        wait = self.settings.call_tool_timeout if timeout is None else timeout
+        header = {"tool_name": tool_name, "params": params, "timeout": wait,
+                  "wait_for_client": wait_for_client}
+        return await self._at_session(client_id, "call", header, timeout=wait + CALL_MARGIN)
+
+    async def _call_here(self, session: Session, header: dict[str, Any], body: bytes
+                         ) -> dict[str, Any]:
+        client_id = session.client_id
+        tool_name: str = header["tool_name"]
+        wait_for_client = bool(header.get("wait_for_client"))
         if not session.connected and not wait_for_client:
             raise ClientOffline(
                 f"client {client_id!r} is offline; pass wait_for_client=true to wait for it "
                 f"to resume")
-        timeout = self.settings.call_tool_timeout if timeout is None else timeout
+        timeout = float(header["timeout"])
+        params = header.get("params") or {}
         call_id = secrets.token_urlsafe(18)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.pending_calls[call_id] = PendingCall(client_id, tool_name, future, wait_for_client)
@@ -206,8 +307,8 @@ class Gateway:
         answer: dict[str, Any] | None = None
         failure = "the call was cancelled"
         try:
-            self.emit(session, "tool_call",
-                      {"call_id": call_id, "tool_name": tool_name, "params": params})
+            self.emit(session, "tool_call", {"call_id": call_id, "tool_name": tool_name,
+                                             "params": params})
             try:
                 async with asyncio.timeout(timeout):
                     answer = await future
@@ -238,32 +339,96 @@ class Gateway:
                  success=answer["success"], ms=round((time.perf_counter() - started) * 1000, 2))
         return answer
 
-    def resolve_tool_result(self, session: Session, call_id: str, data: dict[str, Any]) -> bool:
-        """A client's ``tool_result``. Only the client the call was addressed to can answer."""
+    async def resolve_tool_result(self, session: Session, call_id: str, data: dict[str, Any]
+                                  ) -> bool:
+        """A client's ``tool_result``. Only the client the call was addressed to can answer.
+        The call may be waiting on another node (the one that held the session when it was
+        asked; the client resumed here since): then that node gets the answer."""
+        if self._resolve_here(session.client_id, call_id, data):
+            return True
+        marker = b'"call_id":"%s"' % call_id.encode()
+        asked = any(outbound and b'"tool_call"' in frame and marker in frame
+                    for _, outbound, frame, _ in session.history)
+        if not asked:
+            return False
+        others = await self.backend.peers.publish_all(
+            "tool_result", {"client_id": session.client_id, "call_id": call_id, "data": data})
+        replies = await others.replies(BROADCAST_REPLY_TIMEOUT,
+                                       until=lambda reply: bool(reply.get("resolved")))
+        return any(reply.get("resolved") for reply in replies)
+
+    def _resolve_here(self, client_id: str, call_id: str, data: dict[str, Any]) -> bool:
         pending = self.pending_calls.get(call_id)
-        if pending is None or pending.client_id != session.client_id or pending.future.done():
+        if pending is None or pending.client_id != client_id or pending.future.done():
             return False
         has_error = data.get("error") is not None
         success = bool(data.get("success", not has_error))
         answer: dict[str, Any] = {"call_id": call_id, "tool_name": pending.tool_name,
-                                  "client_id": session.client_id, "success": success}
+                                  "client_id": client_id, "success": success}
         if has_error:
             answer["error"] = data["error"]
         answer["result"] = data.get("result")
         pending.future.set_result(answer)
         return True
 
+    def _tool_result_for_peer(self, header: dict[str, Any], body: bytes) -> dict[str, Any]:
+        return {"resolved": self._resolve_here(header["client_id"], header["call_id"],
+                                               header["data"])}
+
     async def disconnect(self, client_id: str, *, code: CloseCode = CloseCode.SESSION_ENDED,
-                         reason: str = "session ended by the server") -> dict[str, Any]:
-        """End a session: close its socket (4001 by default) and forget its history."""
-        session = self.require(client_id)
+                         reason: str | None = None) -> dict[str, Any]:
+        """End a session wherever it is: close its socket (``code``, 4001 by default) and
+        forget its history. Returns once it is gone on every node."""
+        return await self._at_session(client_id, "disconnect", {
+            "code": int(code), "reason": reason or code.explanation})
+
+    async def _disconnect_here(self, session: Session, header: dict[str, Any], body: bytes
+                               ) -> dict[str, Any]:
+        client_id = session.client_id
         was_connected = session.connected
         if session.outbox is not None:
-            session.outbox.close_soon(int(code), reason)
+            code = CloseCode(header.get("code", CloseCode.SESSION_ENDED))
+            session.outbox.close_soon(int(code), header.get("reason") or code.explanation)
         self.registry.end(client_id)
         self.client_gone(session, ended=True)
+        with contextlib.suppress(Unavailable):  # the cluster forgets it when it is back
+            await self.backend.directory.ended(client_id)
         log.info("session_ended", client_id=client_id, was_connected=was_connected)
         return {"client_id": client_id, "disconnected": was_connected, "ended": True}
+
+    async def describe(self, client_id: str) -> dict[str, Any]:
+        """``GET /clients/{id}``: one session's public view (from the node holding it)."""
+        return await self._at_session(client_id, "describe", {})
+
+    async def _describe_here(self, session: Session, header: dict[str, Any], body: bytes
+                             ) -> dict[str, Any]:
+        return SessionInfo.of(session, self.node_id).describe()
+
+    async def history(self, client_id: str, *, limit: int, after_seq: int | None = None,
+                      before_seq: int | None = None) -> dict[str, Any]:
+        """``GET /clients/{id}/messages``: a page of the session's history (see
+        :meth:`Session.page`), read on the node holding it."""
+        return await self._at_session(client_id, "history", {
+            "limit": limit, "after_seq": after_seq, "before_seq": before_seq})
+
+    async def _history_here(self, session: Session, header: dict[str, Any], body: bytes
+                            ) -> dict[str, Any]:
+        return session.page(limit=header["limit"], after_seq=header.get("after_seq"),
+                            before_seq=header.get("before_seq"))
+
+    async def list_clients(self, *, limit: int, offset: int, channel: str | None = None,
+                           client_type: str | None = None, connected: bool | None = None
+                           ) -> dict[str, Any]:
+        """``GET /clients``: sessions on every node, oldest connection first, one page."""
+        found = await self.backend.directory.sessions(
+            channel=channel, client_type=client_type, connected=connected)
+        found.sort(key=lambda info: (info.session.connected_at, info.session.client_id))
+        return {"clients": [info.describe() for info in found[offset:offset + limit]],
+                "total": len(found), "limit": limit, "offset": offset}
+
+    async def channel_counts(self) -> dict[str, int]:
+        """Subscribers per channel over every node."""
+        return await self.backend.directory.channel_counts()
 
     def fail_pending_calls(self, error: SwitchboardError) -> None:
         """Answer every call_tool still waiting with ``error`` (shutdown: none of them can be
@@ -440,48 +605,22 @@ class Gateway:
         pending.future.set_result(granted)
         return True
 
-    # --- idempotency --------------------------------------------------------------------------
+    # --- idempotency and housekeeping -----------------------------------------------------
 
     async def idempotent(self, key: str | None,
                          operation: Callable[[], Awaitable[dict[str, Any]]],
                          fingerprint: str = "") -> tuple[dict[str, Any], bool]:
-        """Run ``operation`` once per key within IDEMPOTENCY_TTL; a retry (even one racing the
-        first) gets the first answer. Returns ``(answer, replayed)``. Failures are not kept.
-
-        ``fingerprint`` identifies the request: the same key with another request is refused
-        (422 ``idempotency_key_reused``) rather than answered with the first request's result,
-        which would tell the caller a message it never sent was delivered.
-        """
+        """Run ``operation`` once per key within IDEMPOTENCY_TTL, on every node: a retry (even
+        one racing the first, even on another node) gets the first answer. Returns
+        ``(answer, replayed)``; see ``Idempotency.once``."""
         if key is None:
             return await operation(), False
-        now = time.monotonic()
-        entry = self.idempotency.get(key)
-        if entry is not None and entry.expires > now:
-            if entry.fingerprint != fingerprint:
-                raise SwitchboardError(
-                    "idempotency_key was already used for a different request; use a new key "
-                    "for a new request", code="idempotency_key_reused", http_status=422,
-                    details={"field": "idempotency_key"})
-            return await asyncio.shield(entry.future), True
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.idempotency[key] = _IdempotentEntry(now + self.settings.idempotency_ttl, future,
-                                                 fingerprint)
-        try:
-            answer = await operation()
-        except BaseException as exc:
-            self.idempotency.pop(key, None)
-            future.set_exception(exc)
-            future.exception()  # mark retrieved: a racing retry re-raises it itself
-            raise
-        future.set_result(answer)
-        return answer, False
+        return await self.backend.idempotency.once(key, fingerprint, operation)
 
     def sweep(self) -> list[str]:
         """Periodic housekeeping: expire sessions past SESSION_TTL, forget old idempotency
         keys. Returns the expired client ids."""
-        now = time.monotonic()
-        for key in [k for k, e in self.idempotency.items() if e.expires <= now]:
-            del self.idempotency[key]
+        self.backend.idempotency.sweep()
         expired = self.registry.expire()
         # Sessions ended to make room at MAX_SESSIONS fail like expired ones.
         evicted, self.registry.evicted = self.registry.evicted, []

@@ -10,11 +10,14 @@ session's next ``seq`` (strictly +1); client frames are recorded at the position
 server frame, so paging by ``after_seq`` / ``before_seq`` keeps the conversation in order.
 
 Nothing here touches a socket: a connected session has an :class:`Outbox` (implemented by the
-WebSocket endpoint) that takes encoded frames without blocking.
+WebSocket endpoint) that takes encoded frames without blocking. Nothing here awaits either:
+when sessions must outlive the process (a cluster), every change is also written to a
+:class:`Journal`, synchronously, and the journal persists it in the background.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import time
@@ -42,6 +45,30 @@ class Outbox(Protocol):
     def close_soon(self, code: int, reason: str) -> None: ...
 
 
+class Journal(Protocol):
+    """Where the registry reports every change to the sessions it holds, as it happens.
+
+    Called synchronously on the hot path: an implementation only records what changed (and
+    persists it later, off the event loop's critical path). One node has none
+    (``SessionRegistry.journal is None``): nothing is recorded and fan-out pays nothing.
+    """
+
+    def created(self, session: Session) -> None:
+        """A new session (written in full)."""
+
+    def changed(self, session: Session) -> None:
+        """A session's own fields changed: connected, channels, token, or it arrived here."""
+
+    def appended(self, session: Session, entry: HistoryEntry) -> None:
+        """One history entry was kept (a delivered or a received frame)."""
+
+    def fanned_out(self, sessions: list[Session]) -> None:
+        """One broadcast frame was kept by each of ``sessions`` (each one's last entry)."""
+
+    def ended(self, client_id: str) -> None:
+        """The session is gone (ended, expired): forget it."""
+
+
 #: One frame in a session's history: ``(pos, outbound, data, at)``. ``pos`` is the frame's
 #: ``seq`` for server frames (``outbound``) and the seq of the last server frame before it for
 #: client frames; ``data`` the encoded frame; ``at`` the wall-clock time it was kept.
@@ -64,12 +91,22 @@ def entry_as_dict(entry: HistoryEntry) -> dict[str, Any]:
     }
 
 
+#: After the node holding a session died, its seq continues at the next multiple of this.
+SEQ_EPOCH = 1 << 20
+
+
+def token_digest(token: str) -> str:
+    """What a shared store keeps of a session token: its SHA-256 (a dump reveals no token)."""
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
 class Session:
     """One client's session. Mutated only through :class:`SessionRegistry`."""
 
     __slots__ = ("channels", "client_id", "client_type", "connected_at", "disconnected_at",
-                 "history", "history_bytes", "history_limit", "last_activity", "messages_in",
-                 "messages_out", "meta", "observer", "outbox", "seq", "token")
+                 "gap", "history", "history_bytes", "history_limit", "last_activity",
+                 "messages_in", "messages_out", "meta", "observer", "outbox", "seq", "token",
+                 "token_hash")
 
     def __init__(self, client_id: str, client_type: str, history_limit: int,
                  meta: dict[str, Any] | None = None) -> None:
@@ -96,6 +133,12 @@ class Session:
         #: Whether the live connection may read system channels (``tool_activity``): set on
         #: every connect from its credential, never stored.
         self.observer = False
+        #: Set when the session was loaded from a store: the digest of a token this process
+        #: has not seen yet (``token`` is then empty until the client presents it).
+        self.token_hash = ""
+        #: ``(last seq written, first seq after it)`` when the node that held the session
+        #: died: the frames it numbered in between are lost (see :meth:`mark_crash_gap`).
+        self.gap: tuple[int, int] | None = None
 
     def remember(self, entry: HistoryEntry, max_bytes: int = HISTORY_BYTES) -> None:
         """Append to history: beyond ``history_limit`` frames the oldest falls out; past
@@ -144,8 +187,29 @@ class Session:
         return self.outbox is not None
 
     def token_matches(self, token: str) -> bool:
-        """Constant-time comparison of a presented session token."""
-        return hmac.compare_digest(self.token.encode(), token.encode("utf-8", "replace"))
+        """Constant-time comparison of a presented session token (against its digest when the
+        session was loaded from a store; a match makes the token known from then on)."""
+        if self.token:
+            return hmac.compare_digest(self.token.encode(), token.encode("utf-8", "replace"))
+        if not self.token_hash or not hmac.compare_digest(token_digest(token).encode(),
+                                                          self.token_hash.encode()):
+            return False
+        self.token = token
+        return True
+
+    def new_token(self) -> None:
+        """Issue a fresh session token (the previous one stops resuming this session)."""
+        self.token = secrets.token_urlsafe(32)
+        self.token_hash = ""
+
+    def mark_crash_gap(self) -> None:
+        """The node holding this session died: it may have numbered (and even delivered)
+        frames after the last one it wrote to the store. Continue at the next multiple of
+        :data:`SEQ_EPOCH` so no new frame reuses such a seq, and make resumes from before the
+        gap say ``recovered: false``."""
+        start = (self.seq // SEQ_EPOCH + 1) * SEQ_EPOCH
+        self.gap = (self.seq, start)
+        self.seq = start - 1
 
     def oldest_outbound_seq(self) -> int | None:
         for pos, outbound, _, _ in self.history:
@@ -162,7 +226,32 @@ class Session:
                    if outbound and pos > last_seq]
         # Outbound history is contiguous, so it is complete iff it starts right after last_seq.
         complete = bool(entries) and entries[0][0] == last_seq + 1
+        if self.gap is not None and last_seq < self.gap[1]:
+            complete = False  # some frames died with the node that held the session
         return [data for _, data in entries], complete
+
+    def page(self, *, limit: int, after_seq: int | None = None,
+             before_seq: int | None = None) -> dict[str, Any]:
+        """``GET /clients/{id}/messages``: history entries after ``after_seq`` and/or before
+        ``before_seq``, at most ``limit``: the oldest ones, or the newest before
+        ``before_seq`` when paging backwards (``before_seq`` alone)."""
+        entries = list(self.history)
+        if after_seq is not None:
+            # a client frame at position n came after server frame n: it belongs to "after n"
+            entries = [e for e in entries if (e[0] > after_seq if e[1] else e[0] >= after_seq)]
+        if before_seq is not None:
+            entries = [e for e in entries if e[0] < before_seq]
+        has_more = len(entries) > limit
+        backwards = before_seq is not None and after_seq is None
+        page = entries[-limit:] if backwards else entries[:limit]
+        return {
+            "client_id": self.client_id,
+            "messages": [entry_as_dict(e) for e in page],
+            "count": len(page),
+            "has_more": has_more,
+            "last_seq": self.seq,
+            "oldest_seq": self.oldest_outbound_seq(),
+        }
 
     def describe(self, node: str = "") -> dict[str, Any]:
         """The public view used by ``GET /clients`` (no secrets)."""
@@ -232,7 +321,8 @@ class SessionRegistry:
     def __init__(self, *, history_limit: int, session_ttl: float,
                  channel_allow_list: Iterable[str] = (),
                  system_channels: Iterable[str] = (), history_bytes: int = HISTORY_BYTES,
-                 max_sessions: int = 20_000, max_channels: int = 100) -> None:
+                 max_sessions: int = 20_000, max_channels: int = 100,
+                 journal: Journal | None = None) -> None:
         self.history_limit = history_limit
         self.history_bytes = history_bytes
         self.session_ttl = session_ttl
@@ -253,6 +343,8 @@ class SessionRegistry:
         self.channels: dict[str, set[Session]] = {}
         self.counters = Counters()
         self.started_at = time.time()
+        #: Where changes are recorded for the cluster (None on one node: nothing to record).
+        self.journal = journal
 
     @classmethod
     def from_settings(cls, settings: Any, system_channels: Iterable[str] = ()) -> Any:
@@ -281,11 +373,18 @@ class SessionRegistry:
         self.make_room()
         session = Session(client_id, client_type, self.history_limit, meta)
         self.sessions[client_id] = session
+        if self.journal is not None:
+            self.journal.created(session)
         return session
 
+    def holds(self, session: Session) -> bool:
+        """Whether ``session`` is this registry's (not ended, not moved to another node)."""
+        return self.sessions.get(session.client_id) is session
+
     def adopt(self, session: Session) -> None:
-        """Hold a session built elsewhere (loaded from the cluster's store): its channels are
-        indexed, its history counted and trimmed to this registry's limits."""
+        """Hold a session that arrived from elsewhere (loaded from the cluster's store: resumed
+        here, or taken over from a node that died): its channels are indexed, its history
+        counted and trimmed to this registry's limits."""
         if session.client_id not in self.sessions:
             self.make_room()
         self.sessions[session.client_id] = session
@@ -294,6 +393,8 @@ class SessionRegistry:
         session.recount_history(self.history_bytes)
         if session.outbox is None:
             self.offline[session.client_id] = session
+        if self.journal is not None:
+            self.journal.changed(session)
 
     def make_room(self) -> None:
         """At ``max_sessions``, end the sessions offline longest until one more fits. A
@@ -315,21 +416,35 @@ class SessionRegistry:
         self.offline.pop(session.client_id, None)
         session.last_activity = time.time()
         self.counters.total_connections_ever += 1
+        if self.journal is not None:
+            self.journal.changed(session)
         return previous
 
     def detach(self, session: Session, outbox: Outbox) -> None:
-        """The connection ``outbox`` ended; the session is kept for ``SESSION_TTL``."""
-        if session.outbox is outbox:
-            session.outbox = None
-            session.disconnected_at = time.time()
-            # Only this session: its id may already name a new one (ended, then taken over).
-            if self.session_ttl <= 0 and self.sessions.get(session.client_id) is session:
-                self.end(session.client_id)
-            elif self.sessions.get(session.client_id) is session:
-                self.offline[session.client_id] = session
+        """The connection ``outbox`` ended; the session is kept for ``SESSION_TTL``. Nothing
+        happens when the session is no longer held here (ended, or moved to another node:
+        its id may already name another session)."""
+        if session.outbox is not outbox or not self.holds(session):
+            return
+        session.outbox = None
+        session.disconnected_at = time.time()
+        if self.session_ttl <= 0:
+            self.end(session.client_id)
+            return
+        self.offline[session.client_id] = session
+        if self.journal is not None:
+            self.journal.changed(session)
 
     def end(self, client_id: str) -> Session | None:
         """Forget a session entirely (its history and subscriptions)."""
+        session = self.let_go(client_id)
+        if session is not None and self.journal is not None:
+            self.journal.ended(client_id)
+        return session
+
+    def let_go(self, client_id: str) -> Session | None:
+        """Drop a session from this registry only (it moved to another node: nothing is
+        recorded, the new holder has it). :meth:`end` is the way to end a session."""
         session = self.sessions.pop(client_id, None)
         if session is None:
             return None
@@ -359,9 +474,12 @@ class SessionRegistry:
         session.seq += 1
         seq = session.seq
         data = protocol.with_seq(encoded, seq)
-        session.remember((seq, True, data, time.time()), self.history_bytes)
+        entry = (seq, True, data, time.time())
+        session.remember(entry, self.history_bytes)
         session.messages_out += 1
         self.counters.total_messages_sent += 1
+        if self.journal is not None and self.holds(session):
+            self.journal.appended(session, entry)
         outbox = session.outbox
         return seq, outbox is not None and outbox.push(data)
 
@@ -376,6 +494,9 @@ class SessionRegistry:
         Returns ``(pushed, queued)``: frames handed to live connections, and frames kept for
         sessions that are offline (or whose connection is overflowing) until they resume.
         """
+        journal = self.journal
+        if journal is not None:
+            sessions = list(sessions)  # walked twice: delivered, then journaled
         pushed = queued = 0
         now = time.time()
         counters = self.counters
@@ -402,14 +523,19 @@ class SessionRegistry:
             else:
                 queued += 1
         counters.total_messages_sent += pushed + queued
+        if journal is not None:
+            journal.fanned_out(sessions)  # type: ignore[arg-type]
         return pushed, queued
 
     def record_inbound(self, session: Session, data: bytes) -> None:
         """Keep a client frame in history (at the position of the last server frame)."""
-        session.remember((session.seq, False, data, time.time()), self.history_bytes)
+        entry = (session.seq, False, data, time.time())
+        session.remember(entry, self.history_bytes)
         session.messages_in += 1
-        session.last_activity = time.time()
+        session.last_activity = entry[3]
         self.counters.total_messages_received += 1
+        if self.journal is not None and self.holds(session):
+            self.journal.appended(session, entry)
 
     # --- selection ----------------------------------------------------------------------------
 
@@ -442,12 +568,13 @@ class SessionRegistry:
         allow = self.channel_allow_list
         return not allow or channel in allow or channel in self.system_channels
 
-    def available_channels(self) -> list[str]:
-        """The configured channels (``CHANNELS``), or without one the channels in use; never
-        the system channels."""
+    def available_channels(self, in_use: Iterable[str] | None = None) -> list[str]:
+        """The configured channels (``CHANNELS``), or without one the channels in use (here,
+        or ``in_use``: every node's); never the system channels."""
         if self.channel_allow_list:
             return sorted(self.channel_allow_list)
-        return sorted(c for c in self.channels if c not in self.system_channels)
+        channels = self.channels if in_use is None else in_use
+        return sorted(c for c in channels if c not in self.system_channels)
 
     def join(self, session: Session, channel: str) -> bool:
         """Subscribe; returns False if it was already subscribed. Raises
@@ -462,6 +589,8 @@ class SessionRegistry:
                 details={"channel": channel, "max_channels": self.max_channels})
         session.channels.add(channel)
         self.channels.setdefault(channel, set()).add(session)
+        if self.journal is not None:
+            self.journal.changed(session)
         return True
 
     def leave(self, session: Session, channel: str) -> bool:
@@ -469,6 +598,8 @@ class SessionRegistry:
         if channel not in session.channels:
             return False
         self._leave(session, channel)
+        if self.journal is not None:
+            self.journal.changed(session)
         return True
 
     def _leave(self, session: Session, channel: str) -> None:

@@ -55,7 +55,6 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass
@@ -67,11 +66,12 @@ import structlog
 from aiohttp import web
 
 from server import protocol
-from server.errors import UpstreamError
+from server.errors import SwitchboardError, UpstreamError
 from server.keys import CHANNEL_WEBHOOKS, GATEWAY
 from server.logging_setup import url_for_logs as _where
 from server.metrics import HOT
 from server.protocol import json_too_deep_message, too_deep
+from server.streams import StreamRelay
 
 if TYPE_CHECKING:
     from server.config import Settings
@@ -103,11 +103,6 @@ NDJSON_TYPES = frozenset({"application/x-ndjson", "application/ndjson", "applica
 SSE_TYPE = "text/event-stream"
 ACCEPT = "application/json, application/x-ndjson, text/event-stream"
 _CHAT_REQUEST_TYPES = frozenset({"chat_message", "text_message"})
-
-def new_stream_id() -> str:
-    """A fresh ``stream_id`` (shared with the HTTP streaming endpoint)."""
-    return secrets.token_hex(12)
-
 
 class BackendError(UpstreamError):
     """A backend webhook failed; ``code`` is one of :data:`BACKEND_ERROR_CODES`."""
@@ -201,17 +196,23 @@ class Webhooks:
                     await relay.stream(self._sse_pieces(resp))
                 else:
                     reply = await self._read_json(resp)
-                    relay.complete(*_chat_reply(reply))
+                    await relay.complete(*_chat_reply(reply))
         except BackendError as exc:
-            relay.fail(exc)
+            await relay.fail(exc)
             log.warning("chat_backend_failed", client_id=ctx.session.client_id,
                         message_id=frame.message_id, type=frame.type, code=exc.code,
                         error=exc.message, backend=_where(url),
-                        ms=_ms(started), chunks=relay.index)
+                        ms=_ms(started), chunks=relay.out.index)
+            return
+        except SwitchboardError as exc:
+            # The answer could not be delivered: the session ended meanwhile, or the node
+            # holding it now cannot be reached.
+            log.warning("chat_answer_undelivered", client_id=ctx.session.client_id,
+                        message_id=frame.message_id, code=exc.code, error=exc.message)
             return
         log.info("chat_backend_answered", client_id=ctx.session.client_id,
                  message_id=frame.message_id, type=frame.type, backend=_where(url),
-                 streamed=relay.stream_id is not None, chunks=relay.index, ms=_ms(started))
+                 streamed=relay.out.started, chunks=relay.out.index, ms=_ms(started))
 
     # --- tools ----------------------------------------------------------------------------------
 
@@ -452,52 +453,34 @@ def _tool_reply(reply: Any) -> Any:
 class ChatRelay:
     """Turns a chat backend's answer into frames for one chat frame (all ``reply_to`` it): a
     whole answer as ``chat_response``, a streamed one as ``stream_start`` / ``stream_chunk`` /
-    ``stream_end``. Used for webhook backends and for the default echo alike."""
+    ``stream_end``. Used for webhook backends and for the default echo alike; the frames go
+    wherever the client's session is by then (a backend may answer after a reconnect)."""
 
     def __init__(self, ctx: HandlerContext, conversation_id: str | None,
                  default_model: str = "backend") -> None:
-        self.ctx = ctx
-        self.conversation_id = conversation_id
+        self.conversation = ({"conversation_id": conversation_id}
+                             if conversation_id is not None else {})
         self.default_model = default_model
-        self.stream_id: str | None = None
-        self.index = 0
-        self.parts: list[str] = []
+        self.out = StreamRelay(ctx.gateway, ctx.session.client_id,
+                               reply_to=ctx.frame.message_id, tags=self.conversation)
         self.model: str | None = None
 
-    def _with_conversation(self, data: dict[str, Any]) -> dict[str, Any]:
-        if self.conversation_id is not None:
-            data["conversation_id"] = self.conversation_id
-        return data
-
-    def complete(self, content: str, model: str | None) -> None:
-        self.ctx.reply("chat_response", self._with_conversation({
+    async def complete(self, content: str, model: str | None) -> None:
+        await self.out.send("chat_response", {
             "content": content, "status": "completed", "model": model or self.default_model,
-            "role": "assistant"}))
+            "role": "assistant", **self.conversation})
 
     async def stream(self, pieces: AsyncIterator[Piece]) -> None:
-        self.stream_id = new_stream_id()
-        self.ctx.reply("stream_start", self._with_conversation({"stream_id": self.stream_id}))
+        await self.out.start()
         async for piece in pieces:
             if piece.model is not None:
                 self.model = piece.model
-            if piece.content:
-                self.ctx.reply("stream_chunk", {"stream_id": self.stream_id,
-                                                "content": piece.content, "index": self.index})
-                self.index += 1
-                self.parts.append(piece.content)
-        self.ctx.reply("stream_end", self._with_conversation({
-            "stream_id": self.stream_id, "full_content": "".join(self.parts),
-            "chunks": self.index, "model": self.model or self.default_model,
-            "status": "completed",
-            "role": "assistant"}))
+            await self.out.chunk(piece.content)
+        await self.out.end(model=self.model or self.default_model, role="assistant")
 
-    def fail(self, exc: BackendError) -> None:
-        data: dict[str, Any] = {"code": exc.code, "message": f"chat backend: {exc.message}",
-                                "backend": "chat", **exc.details}
-        if self.stream_id is not None:
-            data["stream_id"] = self.stream_id
-            data["partial_content"] = "".join(self.parts)
-        self.ctx.reply("error", data)
+    async def fail(self, exc: BackendError) -> None:
+        await self.out.fail(exc.code, f"chat backend: {exc.message}", backend="chat",
+                            **exc.details)
 
 
 def conversation_history(session: Session, frame: ClientFrame,

@@ -25,11 +25,13 @@ import time
 from collections import deque
 from typing import Any
 
+import aiohttp
 import structlog
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp._websocket.models import WebSocketError
 from aiohttp._websocket.reader import WebSocketDataQueue
 from aiohttp._websocket.writer import WebSocketWriter
+from aiohttp.base_protocol import BaseProtocol
 from aiohttp.web_protocol import RequestHandler
 
 from server import protocol
@@ -38,6 +40,7 @@ from server.errors import (
     CloseCode,
     ForbiddenError,
     ProtocolError,
+    StartupError,
     SwitchboardError,
 )
 from server.gateway import SYSTEM_CHANNELS, Gateway
@@ -80,8 +83,47 @@ CLOSE_GRACE = 5.0
 
 
 _LIVENESS_TYPES = frozenset({"ping", "heartbeat"})
-_DIRECT_WRITE = hasattr(WebSocketWriter, "_write_websocket_frame")
 _TEXT_OPCODE = int(WSMsgType.TEXT)
+#: The aiohttp series the private attributes below were checked against (setup.cfg pins it).
+AIOHTTP_SERIES = "3.14"
+
+
+def check_aiohttp() -> None:
+    """Fail loudly at start-up when this aiohttp lacks a private attribute Switchboard uses.
+
+    :meth:`Connection._write_now` writes frames straight to aiohttp's ``WebSocketWriter``
+    (``_write_websocket_frame``, ``_closing``, ``_output_size``, ``_limit``, ``compress``,
+    ``protocol.writing_paused``) and reads ``WebSocketResponse._writer``, and
+    :class:`StrictWebSocketResponse` puts its RFC 6455 guard in front of aiohttp's parser
+    (``_post_start``, ``RequestHandler._payload_parser`` / ``_message_tail``,
+    ``WebSocketDataQueue.set_exception``): private API, checked here once, so an aiohttp
+    upgrade that renames one stops start-up with one clear line instead of silently sending
+    frames another way or skipping a check. Raises StartupError.
+    """
+    missing: list[str] = []
+    if not callable(getattr(WebSocketWriter, "_write_websocket_frame", None)):
+        missing.append("WebSocketWriter._write_websocket_frame")
+    if not isinstance(getattr(BaseProtocol, "writing_paused", None), property):
+        missing.append("BaseProtocol.writing_paused")
+    # Checked on the class (aiohttp declares it there): looking into an instance's attributes
+    # (dir(), vars()) would cost every later WebSocketResponse a materialised __dict__.
+    if not hasattr(web.WebSocketResponse, "_writer"):
+        missing.append("WebSocketResponse._writer")
+    probe = WebSocketWriter(None, None)  # type: ignore[arg-type] # only its attributes
+    for name in ("_closing", "_output_size", "_limit", "compress", "protocol"):
+        if not hasattr(probe, name):
+            missing.append(f"WebSocketWriter.{name}")
+    if not callable(getattr(web.WebSocketResponse, "_post_start", None)):
+        missing.append("WebSocketResponse._post_start")
+    for name in ("_payload_parser", "_message_tail"):
+        if name not in RequestHandler.__slots__:
+            missing.append(f"RequestHandler.{name}")
+    if not callable(getattr(WebSocketDataQueue, "set_exception", None)):
+        missing.append("WebSocketDataQueue.set_exception")
+    if missing:
+        raise StartupError(
+            f"aiohttp {aiohttp.__version__} lacks {', '.join(missing)}, which Switchboard's "
+            f"socket endpoint uses; install aiohttp {AIOHTTP_SERIES}.x (pinned in setup.cfg)")
 
 
 class Connection:
@@ -173,10 +215,10 @@ class Connection:
         it here saves a task wake-up per delivery — most of a broadcast's overhead. Only taken
         when nothing is queued (order is kept), the transport is not paused (back-pressure
         then goes through the writer task's drain) and compression is off. It uses aiohttp's
-        ``_write_websocket_frame``; without it (another aiohttp) the writer task does the work.
+        private ``_write_websocket_frame`` (:func:`check_aiohttp` verifies it at start-up).
         """
         writer = self.ws._writer
-        if (writer is None or not _DIRECT_WRITE or writer.compress or writer._closing
+        if (writer is None or writer.compress or writer._closing
                 or writer.protocol.writing_paused):
             return False
         try:
@@ -400,10 +442,10 @@ class FrameGuard:
 class StrictWebSocketResponse(web.WebSocketResponse):
     """aiohttp's WebSocketResponse with its parser behind a :class:`FrameGuard`.
 
-    The one place that hooks aiohttp's internals (checked at import by
-    :func:`_check_aiohttp_internals`): ``_post_start`` installs the parser on the request
-    handler (``_payload_parser``), feeding it any bytes the client sent right behind its
-    handshake (``_message_tail``); those are held back and fed through the guard instead.
+    The one place that hooks aiohttp's parser (checked at start-up by :func:`check_aiohttp`):
+    ``_post_start`` installs the parser on the request handler (``_payload_parser``), feeding
+    it any bytes the client sent right behind its handshake (``_message_tail``); those are
+    held back and fed through the guard instead.
     """
 
     def _post_start(self, request: web.BaseRequest, protocol: str | None,
@@ -422,23 +464,6 @@ class StrictWebSocketResponse(web.WebSocketResponse):
             handler.close()
 
 
-def _check_aiohttp_internals() -> None:
-    """Fail start-up loudly if the aiohttp internals the strict checks rely on changed."""
-    missing = [name for name, ok in (
-        ("WebSocketResponse._post_start", callable(getattr(web.WebSocketResponse,
-                                                            "_post_start", None))),
-        ("RequestHandler._payload_parser", "_payload_parser" in RequestHandler.__slots__),
-        ("RequestHandler._message_tail", "_message_tail" in RequestHandler.__slots__),
-        ("WebSocketDataQueue.set_exception", callable(getattr(WebSocketDataQueue,
-                                                               "set_exception", None))),
-    ) if not ok]
-    if missing:
-        raise RuntimeError(f"this aiohttp version lacks {', '.join(missing)}: server/ws.py "
-                           f"cannot enforce RFC 6455's masking rule; pin aiohttp to a tested "
-                           f"version (setup.cfg) or adapt StrictWebSocketResponse")
-
-
-_check_aiohttp_internals()
 
 
 class FlatConnection(Connection):
@@ -576,47 +601,35 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
     await ws.prepare(request)
     registry = gateway.registry
     session: Session | None = None
-    if token:
-        candidate = registry.get(client_id) if client_id else None
-        if candidate is None and client_id and gateway.broker.distributed:
-            try:  # held by another node, or offline in the cluster's store
-                candidate = await gateway.fetch_session(client_id, token)
-            except SwitchboardError as exc:
-                await _refuse(ws, CloseCode.INTERNAL_ERROR,
-                              f"cannot resume right now ({exc.message}); reconnect with "
-                              f"backoff and resume", flat)
+    try:
+        if token:
+            session = await gateway.resume(client_id, token) if client_id else None
+            if session is None:
+                await _refuse(ws, CloseCode.INVALID_SESSION,
+                              "invalid session: unknown client_id, expired session or wrong "
+                              "session_token; connect without session_token to start a new "
+                              "session", flat)
+                RESUME_REFUSED.inc()
+                log.info("resume_refused", client_id=client_id, peer=peer)
                 return ws
-        if candidate is None or not candidate.token_matches(token):
-            await _refuse(ws, CloseCode.INVALID_SESSION,
-                          "invalid session: unknown client_id, expired session or wrong "
-                          "session_token; connect without session_token to start a new session",
-                          flat)
-            RESUME_REFUSED.inc()
-            log.info("resume_refused", client_id=client_id, peer=peer)
-            return ws
-        session = candidate
-    elif identity is not None and identity.verified and client_id:
-        # A JWT proves who this is: it resumes its own session, token or not.
-        session = registry.get(client_id)
-    resumed = session is not None
-    if session is None:
-        try:
+        elif identity is not None and identity.verified and client_id:
+            # A JWT proves who this is: it resumes its own session, token or not.
+            session = await gateway.resume(client_id, None)
+        resumed = session is not None
+        if session is None:
             if addressed and client_id:
                 await _take_over(gateway, client_id, peer)
-            if client_id and gateway.broker.distributed:
-                # a requested id must be free cluster-wide
-                client_id = await gateway.claim_client_id(client_id)
-        except SwitchboardError as exc:
-            await _refuse(ws, CloseCode.INTERNAL_ERROR,
-                          f"cannot open a session right now ({exc.message}); reconnect "
-                          f"with backoff", flat)
-            return ws
-        user_agent = request.headers.get("User-Agent", "")
-        if len(user_agent) > HEADER_VALUE_MAX:
-            user_agent = user_agent[:HEADER_VALUE_MAX]
-            HOT.limit_hit("header_value")
-        session = registry.create(client_id, client_type,
-                                  meta={"remote": peer, "user_agent": user_agent})
+            user_agent = request.headers.get("User-Agent", "")
+            if len(user_agent) > HEADER_VALUE_MAX:
+                user_agent = user_agent[:HEADER_VALUE_MAX]
+                HOT.limit_hit("header_value")
+            session = await gateway.open_session(client_id, client_type, meta={
+                "remote": peer, "user_agent": user_agent})
+    except SwitchboardError as exc:  # the cluster cannot say right now: retry soon
+        await _refuse(ws, CloseCode.INTERNAL_ERROR,
+                      f"cannot {'resume' if token else 'open'} a session right now "
+                      f"({exc.message}); reconnect with backoff", flat)
+        return ws
     conn = (FlatConnection if flat else Connection)(
         ws, request, session, settings.send_queue_frames, settings.send_queue_bytes, peer)
     replay: list[bytes] = []
@@ -906,7 +919,7 @@ class PublicStatus:
     async def get(self, gateway: Gateway) -> bytes:
         async with self.lock:
             if time.monotonic() - self.at >= STATUS_TTL:
-                status = await gateway.cluster_status()
+                status = await gateway.status()
                 status.pop("broker", None)
                 self.body = protocol.encode(status)
                 self.at = time.monotonic()

@@ -58,6 +58,19 @@ async def wait_for(condition: Callable[[], bool], timeout: float = RECV_TIMEOUT,
         await asyncio.sleep(0.005)
 
 
+async def eventually(probe: Callable[[], Awaitable[Any]], accept: Callable[[Any], bool],
+                     wait: float = 15.0, what: str = "condition") -> Any:
+    """Call ``probe`` until ``accept(result)``; returns that result, fails after ``wait`` s."""
+    deadline = time.monotonic() + wait
+    while True:
+        result = await probe()
+        if accept(result):
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; last: {result!r}")
+        await asyncio.sleep(0.005)
+
+
 class WSClient:
     """A test client over aiohttp's WebSocket client."""
 

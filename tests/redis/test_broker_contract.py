@@ -26,7 +26,7 @@ def broker_url(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def gw(make_gateway: MakeGateway, broker_url: str) -> LiveGateway:
     live = await make_gateway(broker_url=broker_url, node_id="contract")
-    assert live.gateway.broker.healthy
+    assert live.gateway.backend.healthy
     return live
 
 

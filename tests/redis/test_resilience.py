@@ -8,8 +8,6 @@ hold so that cross-node delivery and resume work again with nothing lost.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -17,24 +15,11 @@ import pytest
 
 from server.config import Settings
 from server.errors import ConfigError
-from tests.conftest import LiveGateway, MakeGateway, wait_for
+from tests.conftest import LiveGateway, MakeGateway, eventually, wait_for
 from tests.conftest_redis import RedisServer
 from tests.redis.test_cluster import wait_redis
 
 pytestmark = pytest.mark.redis
-
-
-async def eventually(probe: Callable[[], Awaitable[Any]], accept: Callable[[Any], bool],
-                     wait: float = 15.0, what: str = "condition") -> Any:
-    """Call ``probe`` until ``accept(result)``; fails after ``wait`` seconds."""
-    deadline = time.monotonic() + wait
-    while True:
-        result = await probe()
-        if accept(result):
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; last: {result!r}")
-        await wait_for(lambda: True)  # one loop turn
 
 
 async def test_redis_restart_mid_stream(make_gateway: MakeGateway,
@@ -50,7 +35,7 @@ async def test_redis_restart_mid_stream(make_gateway: MakeGateway,
     assert (await on_b.recv_type("message"))["data"]["content"] == "pre"
 
     own_redis_server.stop()
-    await wait_for(lambda: not a.gateway.broker.healthy and not b.gateway.broker.healthy,
+    await wait_for(lambda: not a.gateway.backend.healthy and not b.gateway.backend.healthy,
                    timeout=10, what="both nodes see Redis down")
     for live in (a, b):
         status, body = await live.api("GET", "/ready")
@@ -70,7 +55,7 @@ async def test_redis_restart_mid_stream(make_gateway: MakeGateway,
     assert status == 503, body
 
     own_redis_server.start()  # same port, empty (no persistence)
-    await wait_for(lambda: a.gateway.broker.healthy and b.gateway.broker.healthy,
+    await wait_for(lambda: a.gateway.backend.healthy and b.gateway.backend.healthy,
                    timeout=15, what="both nodes reconnected")
     for live in (a, b):
         status, body = await live.api("GET", "/ready")
@@ -115,10 +100,10 @@ async def test_ready_reports_broker(make_gateway: MakeGateway, redis_url: str) -
 
 async def test_starts_while_redis_is_down_and_connects_when_it_comes(
         make_gateway: MakeGateway, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from server import redis_broker
+    from server.cluster import bus
     from tests.conftest_redis import find_redis_server, free_port
 
-    monkeypatch.setattr(redis_broker, "START_WAIT", 0.2)  # do not hold start-up for long
+    monkeypatch.setattr(bus, "START_WAIT", 0.2)  # do not hold start-up for long
     server = RedisServer(find_redis_server(), str(tmp_path), free_port())
     live = await make_gateway(broker_url=server.url, node_id="early")
     try:
@@ -134,7 +119,7 @@ async def test_starts_while_redis_is_down_and_connects_when_it_comes(
         status, body = await live.api("POST", "/broadcast", {"message_type": "x"})
         assert status == 503, body
         server.start()
-        await wait_for(lambda: live.gateway.broker.healthy, timeout=15,
+        await wait_for(lambda: live.gateway.backend.healthy, timeout=15,
                        what="the node connected by itself")
         status, body = await eventually(lambda: live.api("POST", "/broadcast",
                                                          {"message_type": "hi"}),

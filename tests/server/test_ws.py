@@ -315,7 +315,7 @@ async def test_the_public_status_is_computed_at_most_once_per_ttl() -> None:
     class CountingGateway:
         calls = 0
 
-        async def cluster_status(self) -> dict[str, Any]:
+        async def status(self) -> dict[str, Any]:
             self.calls += 1
             return {"status": "running", "n": self.calls, "broker": {"url": "redis://internal"}}
 
@@ -327,3 +327,32 @@ async def test_the_public_status_is_computed_at_most_once_per_ttl() -> None:
     assert orjson.loads(first) == {"status": "running", "n": 1}
     public.at -= 2 * STATUS_TTL  # the TTL has passed
     assert orjson.loads(await public.get(gateway))["n"] == 2  # type: ignore[arg-type]
+
+
+# --- the aiohttp private API the send path uses ---------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["_write_websocket_frame", "_output_size"])
+def test_start_up_fails_in_one_line_when_aiohttp_lacks_a_private_attribute(
+        monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    from aiohttp._websocket.writer import WebSocketWriter
+
+    from server.errors import StartupError
+    from server.ws import check_aiohttp
+
+    check_aiohttp()  # the aiohttp setup.cfg pins has everything
+    if name == "_write_websocket_frame":
+        monkeypatch.delattr(WebSocketWriter, name)
+    else:  # an instance attribute: a writer that no longer sets it
+        original = WebSocketWriter.__init__
+
+        def init(self: WebSocketWriter, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            delattr(self, name)
+
+        monkeypatch.setattr(WebSocketWriter, "__init__", init)
+    with pytest.raises(StartupError) as info:
+        check_aiohttp()
+    message = info.value.message
+    assert f"WebSocketWriter.{name}" in message and "aiohttp 3.14.x" in message
+    assert "\n" not in message

@@ -1,0 +1,6 @@
+-- Forget a session, if this node owns it. KEYS: s, h, idx. ARGV: me, id.
+local node = redis.call('HGET', KEYS[1], 'node')
+if node and node ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+return 1
