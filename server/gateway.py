@@ -184,8 +184,12 @@ class Gateway:
         await self.backend.directory.locate(client_id)
 
     async def resume(self, client_id: str, token: str | None) -> Session | None:
-        """A reconnecting client's session, now held here (see ``Directory.resume``)."""
-        return await self.backend.directory.resume(client_id, token)
+        """A reconnecting client's session, now held here (see ``Directory.resume``). Resumed
+        on the strength of a verified JWT (``token`` None), it gets a fresh session token."""
+        session = await self.backend.directory.resume(client_id, token)
+        if session is not None and token is None:
+            self.registry.renew_token(session)
+        return session
 
     async def open_session(self, client_id: str | None, client_type: str,
                            meta: dict[str, Any] | None = None) -> Session:

@@ -442,6 +442,12 @@ class SessionRegistry:
             self.journal.ended(client_id)
         return session
 
+    def renew_token(self, session: Session) -> None:
+        """Issue the session a fresh token (the previous one stops resuming it)."""
+        session.new_token()
+        if self.journal is not None and self.holds(session):
+            self.journal.changed(session)
+
     def let_go(self, client_id: str) -> Session | None:
         """Drop a session from this registry only (it moved to another node: nothing is
         recorded, the new holder has it). :meth:`end` is the way to end a session."""

@@ -170,8 +170,6 @@ class RedisDirectory:
                     continue
                 if token is not None:
                     session.token_matches(token)  # checked above; now the session knows it
-                else:
-                    session.new_token()  # proven by a JWT: Redis only had the old digest
                 if crashed:
                     session.mark_crash_gap()
                     log.warning("session_taken_from_dead_node", client_id=client_id,

@@ -433,3 +433,53 @@ async def test_api_tool_calls_are_seen_on_tool_activity_across_nodes(
         pair: tuple[LiveGateway, LiveGateway]) -> None:
     a, b = pair
     await observed_api_tool_calls(a, b)
+
+
+async def test_stream_reaches_a_client_held_by_the_other_node(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    """POST /stream on node a for a client on node b: relayed there, live and in order (it
+    answered 404 client_not_found when the route only looked in a's registry)."""
+    a, b = pair
+    client = await b.connect(client_id="far")
+    status, answer = await a.api("POST", "/stream/far?reply_to=q-1", data=b"hello there",
+                                 headers={"Content-Type": "text/plain"})
+    assert status == 200, answer
+    assert answer["status"] == "delivered" and answer["delivered"] == 3
+    frames = [await client.recv() for _ in range(3)]
+    assert [f["type"] for f in frames] == ["stream_start", "stream_chunk", "stream_end"]
+    assert [f["seq"] for f in frames] == [1, 2, 3]
+    assert all(f["reply_to"] == "q-1" for f in frames)
+    assert frames[-1]["data"]["full_content"] == "hello there"
+
+
+async def test_jwt_client_resumes_its_own_session_on_the_other_node_without_token(
+        make_gateway: MakeGateway, redis_url: str) -> None:
+    """A WS_AUTH=jwt client reconnecting on the other node without session_token gets its
+    own session (its sub) back with what was queued (it got a random client_id when the id
+    check only looked in the local registry)."""
+    import time
+
+    import jwt
+
+    secret = "s" * 32
+    settings = {"broker_url": redis_url, "ws_auth": "jwt", "ws_jwt_secret": secret}
+    a = await make_gateway(node_id="a", **settings)
+    b = await make_gateway(node_id="b", **settings)
+
+    def token() -> str:
+        return jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, secret, "HS256")
+
+    first = await a.connect(token=token())
+    assert first.client_id == "alice"
+    await first.close()
+    await wait_redis(b, "alice", node="a", connected="0")
+    status, body = await b.api("POST", "/send_message",
+                               {"client_id": "alice", "content": "while away"})
+    assert status == 202, body
+    again = await b.connect(token=token(), last_seq=0)
+    assert again.client_id == "alice"
+    assert again.hello["data"]["resumed"] is True and again.hello["data"]["recovered"] is True
+    frame = await again.recv()
+    assert frame["data"]["content"] == "while away" and frame["seq"] == body["seq"]
+    status, body = await a.api("GET", "/clients/alice")
+    assert status == 200 and body["node"] == "b" and body["connected"] is True, body

@@ -233,7 +233,8 @@ async def test_a_jwt_client_cannot_resume_another_subjects_session(
 async def test_a_jwt_resumes_its_own_session_without_session_token(
         make_gateway: MakeGateway) -> None:
     """The JWT proves the subject, so reconnecting with a fresh JWT (no session_token) gets
-    the same session back, with what was queued meanwhile replayed after last_seq."""
+    the same session back, with what was queued meanwhile replayed after last_seq, and a
+    fresh session_token (the old one no longer resumes it)."""
     live = await jwt_gateway(make_gateway)
     alice = await live.connect(token=make_jwt("alice"))
     await alice.close()
@@ -244,9 +245,15 @@ async def test_a_jwt_resumes_its_own_session_without_session_token(
     again = await live.connect(token=make_jwt("alice"), last_seq=0)
     assert again.client_id == "alice"
     assert again.hello["data"]["resumed"] is True
-    assert again.hello["data"]["session_token"] == alice.session_token
+    assert again.hello["data"]["session_token"] != alice.session_token
     frame = await again.recv()
     assert frame["data"]["content"] == "while away" and frame["seq"] == 1, frame
+    await again.close()
+    stale = await live.connect(token=make_jwt("alice"), session_token=alice.session_token,
+                               expect_hello=False)
+    assert await stale.recv_close() == CloseCode.INVALID_SESSION
+    fresh = await live.connect(token=make_jwt("alice"), session_token=again.session_token)
+    assert fresh.hello["data"]["resumed"] is True
 
 
 def test_a_short_jwt_secret_refuses_to_start() -> None:
