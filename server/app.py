@@ -43,7 +43,7 @@ from server.keys import (
     ROUTER,
     SECURITY,
 )
-from server.metrics import BROKER_UP, REGISTRY, LiveStateCollector
+from server.metrics import BROKER_UP, LIVE_STATE
 from server.router import MessageRouter
 from server.seams import Backend, LocalBackend
 from server.security import Security
@@ -206,14 +206,9 @@ async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
             "events_queued": app[EVENTS].pending,
         }
 
-    collector: LiveStateCollector | None = LiveStateCollector(sample)
-    try:
-        REGISTRY.register(collector)  # type: ignore[arg-type]
-    except ValueError:  # another gateway in this process reports (cluster tests run two)
-        collector = None
+    LIVE_STATE.samplers.append(sample)
     yield
-    if collector is not None:
-        REGISTRY.unregister(collector)
+    LIVE_STATE.samplers.remove(sample)
 
 
 def going_away_reason(settings: Settings) -> str:

@@ -68,10 +68,13 @@ class StreamRelay:
     async def chunk(self, content: str) -> None:
         if not content:
             return
-        await self.send("stream_chunk", {"stream_id": self.stream_id, "content": content,
-                                         "index": self.index})
+        index = self.index
+        # Counted before the delivery is awaited: if the stream breaks meanwhile (the caller
+        # went away), the chunk may well have reached the client already.
         self.index += 1
         self.parts.append(content)
+        await self.send("stream_chunk", {"stream_id": self.stream_id, "content": content,
+                                         "index": index})
 
     async def end(self, **data: Any) -> None:
         await self.send("stream_end", {"stream_id": self.stream_id, "full_content": self.content,

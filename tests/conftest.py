@@ -1,11 +1,22 @@
-"""Shared fixtures: both apps over one gateway on real loopback ports.
+"""Shared fixtures: the gateway on real loopback ports, on one node or two.
 
-``make_gateway(**settings)`` starts the WebSocket app and the HTTP API app (one registry) and
-returns a :class:`LiveGateway` with helpers to connect clients and call the API, so a test can
-go HTTP in, WebSocket out. ``live_gateway`` is one with default test settings.
+``make_gateway(**settings)`` starts a gateway and returns a :class:`LiveGateway` with helpers
+to connect clients and call the API, so a test can go HTTP in, WebSocket out.
+``live_gateway`` is one with default test settings.
+
+Topologies, by the ``topology`` fixture parameter (one test body, every topology):
+
+* ``one_node``: one process, ``BROKER_URL=memory://``: both apps over one registry.
+* ``two_nodes``: nodes ``a`` and ``b`` over a real redis-server (tests/conftest_redis.py).
+  Clients connect to node ``b``; the API is called on node ``a`` — the node that does not
+  hold them — so every delivery crosses nodes.
+
+Tests under ``tests/api``, ``tests/handlers`` and ``tests/server`` that use a gateway run on
+both. A test that cannot apply to two nodes says why: ``@pytest.mark.one_node("reason")``
+(it is then reported as skipped on ``two_nodes``, with that reason).
 
 Tests never sleep to synchronise: :meth:`WSClient.recv` waits for the next frame with a
-timeout, and :func:`wait_for` polls a condition with a deadline.
+timeout, and :func:`wait_for` / :func:`eventually` poll with a deadline.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -34,6 +46,32 @@ pytest_plugins = ["tests.conftest_redis", "tests.backends", "tests.processes"]
 
 API_TOKEN = "test-token"
 RECV_TIMEOUT = 5.0
+ONE_NODE = "one_node"
+TWO_NODES = "two_nodes"
+#: Where every test that starts a gateway runs on both topologies.
+BOTH_TOPOLOGIES = ("api", "handlers", "server")
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "one_node(reason): cannot apply to two nodes, because "
+                                       "<reason> (skipped there, with the reason)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "topology" not in metafunc.fixturenames:
+        return
+    where = Path(str(metafunc.definition.path)).resolve().relative_to(TESTS).parts
+    if where[0] not in BOTH_TOPOLOGIES:
+        return
+    two_nodes: Any = TWO_NODES
+    marker = metafunc.definition.get_closest_marker("one_node")
+    if marker is not None:
+        reason = marker.args[0] if marker.args else ""
+        assert reason, f"{metafunc.definition.nodeid}: @pytest.mark.one_node needs a reason"
+        two_nodes = pytest.param(TWO_NODES, marks=pytest.mark.skip(
+            reason=f"cannot apply to two nodes: {reason}"))
+    metafunc.parametrize("topology", [ONE_NODE, two_nodes], indirect=True)
 
 #: Every frame a test receives through :class:`WSClient` is checked against the AsyncAPI
 #: document the gateway publishes (/asyncapi.json): the schemas cannot drift from what the
@@ -118,12 +156,15 @@ class WSClient:
                 return frame
 
     async def recv_close(self, timeout: float = RECV_TIMEOUT) -> int | None:  # noqa: ASYNC109
-        """Read until the server closes; returns the close code."""
+        """Read until the server closes; returns the close code: the one in the server's
+        close frame (aiohttp's ``close_code`` may say 1006 when the server drops the TCP
+        connection right after that frame)."""
         deadline = time.monotonic() + timeout
         while True:
             msg = await self.ws.receive(timeout=max(0.01, deadline - time.monotonic()))
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
-                            aiohttp.WSMsgType.CLOSED):
+            if msg.type is aiohttp.WSMsgType.CLOSE:
+                return int(msg.data)
+            if msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
                 return self.ws.close_code
             if msg.type is aiohttp.WSMsgType.ERROR:
                 return self.ws.close_code
@@ -133,25 +174,73 @@ class WSClient:
 
 
 @dataclass
-class LiveGateway:
-    settings: Settings
+class Node:
+    """One gateway process's two apps."""
+
     ws_server: TestServer
     api_server: TestServer
-    http: aiohttp.ClientSession
-    api_token: str
-    clients: list[WSClient] = field(default_factory=list)
 
     @property
     def gateway(self) -> Gateway:
         return self.ws_server.app[GATEWAY]
 
     @property
+    def connections(self) -> set[Any]:
+        return self.ws_server.app[CONNECTIONS]
+
+
+@dataclass
+class LiveGateway:
+    settings: Settings
+    nodes: list[Node]
+    http: aiohttp.ClientSession
+    api_token: str
+    clients: list[WSClient] = field(default_factory=list)
+
+    @property
+    def topology(self) -> str:
+        return ONE_NODE if len(self.nodes) == 1 else TWO_NODES
+
+    @property
+    def api_node(self) -> Node:
+        """The node :meth:`api` calls."""
+        return self.nodes[0]
+
+    @property
+    def ws_node(self) -> Node:
+        """The node :meth:`connect` connects to (on two nodes, not the API's)."""
+        return self.nodes[-1]
+
+    @property
+    def gateway(self) -> Gateway:
+        """The gateway, on one node. On two, say which: :attr:`holder` (the node holding the
+        clients' sessions) or ``api_node.gateway``."""
+        if len(self.nodes) != 1:
+            raise AssertionError("live.gateway is ambiguous on two nodes: use live.holder or "
+                                 "live.api_node.gateway")
+        return self.nodes[0].gateway
+
+    @property
+    def holder(self) -> Gateway:
+        """The gateway of the node clients connect to, which holds their sessions."""
+        return self.ws_node.gateway
+
+    @property
+    def ws_server(self) -> TestServer:
+        return self.ws_node.ws_server
+
+    @property
+    def api_server(self) -> TestServer:
+        return self.api_node.api_server
+
+    @property
     def ws_app(self) -> web.Application:
-        return self.ws_server.app
+        return self.ws_node.ws_server.app
 
     @property
     def connections(self) -> set[Any]:
-        return self.ws_server.app[CONNECTIONS]
+        """The sockets of the node clients connect to."""
+        return self.ws_node.connections
 
     @property
     def ws_url(self) -> str:
@@ -160,6 +249,20 @@ class LiveGateway:
     @property
     def api_url(self) -> str:
         return str(self.api_server.make_url("")).rstrip("/")
+
+    async def client_info(self, client_id: str) -> dict[str, Any]:
+        """``GET /clients/{id}`` (asserting 200): what the API says of a session."""
+        status, body = await self.api("GET", f"/clients/{client_id}")
+        assert status == 200, body
+        return body  # type: ignore[no-any-return]
+
+    async def offline(self, client_id: str) -> dict[str, Any]:
+        """Wait until the API reports the session kept but offline (its socket dropped)."""
+        info: dict[str, Any] = await eventually(
+            lambda: self.api("GET", f"/clients/{client_id}"),
+            lambda r: r[0] == 200 and r[1]["connected"] is False,
+            what=f"{client_id} to be seen as offline")
+        return info[1]  # type: ignore[no-any-return]
 
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_token}"} if self.api_token else {}
@@ -205,21 +308,30 @@ class LiveGateway:
 MakeGateway = Callable[..., Awaitable[LiveGateway]]
 
 
-async def start_gateway(*, router: MessageRouter | None = None, api_token: str = API_TOKEN,
+async def start_gateway(*, topology: str = ONE_NODE, redis_url: str | None = None,
+                        router: MessageRouter | None = None, api_token: str = API_TOKEN,
                         **overrides: Any) -> LiveGateway:
-    """Both apps on free loopback ports, with production's ``AppRunner`` options (access log
-    off, the header/keep-alive timer), so what a test proves holds for the real setup."""
+    """The gateway on free loopback ports — one node, or nodes ``a`` and ``b`` over
+    ``redis_url`` — with production's ``AppRunner`` options (access log off, the
+    header/keep-alive timer), so what a test proves holds for the real setup."""
     values: dict[str, Any] = {"ws_host": "127.0.0.1", "api_host": "127.0.0.1",
                               "api_token": api_token, "ws_port": 0, "api_port": 1,
                               "shutdown_timeout": 2.0}
     values.update(overrides)
-    settings = Settings(**values)
-    ws_app, api_app = create_apps(settings, router=router)
-    ws_server = TestServer(ws_app, host="127.0.0.1")
-    api_server = TestServer(api_app, host="127.0.0.1")
-    await ws_server.start_server(**runner_options(settings))
-    await api_server.start_server(**runner_options(settings))
-    return LiveGateway(settings, ws_server, api_server, aiohttp.ClientSession(), api_token)
+    if topology == TWO_NODES:
+        assert redis_url is not None
+        configs = [Settings(**{**values, "broker_url": redis_url, "node_id": name})
+                   for name in ("a", "b")]
+    else:
+        configs = [Settings(**values)]
+    nodes = []
+    for settings in configs:
+        ws_app, api_app = create_apps(settings, router=router)
+        node = Node(TestServer(ws_app, host="127.0.0.1"), TestServer(api_app, host="127.0.0.1"))
+        await node.ws_server.start_server(**runner_options(settings))
+        await node.api_server.start_server(**runner_options(settings))
+        nodes.append(node)
+    return LiveGateway(configs[0], nodes, aiohttp.ClientSession(), api_token)
 
 
 async def stop_gateway(live: LiveGateway) -> None:
@@ -227,17 +339,27 @@ async def stop_gateway(live: LiveGateway) -> None:
         if not client.ws.closed:
             await client.ws.close()
     await live.http.close()
-    await live.ws_server.close()
-    await live.api_server.close()
+    for node in reversed(live.nodes):
+        await node.ws_server.close()
+        await node.api_server.close()
 
 
 @pytest.fixture
-async def make_gateway() -> AsyncIterator[MakeGateway]:
-    """Factory: ``await make_gateway(history_limit=5, router=...)`` starts both apps."""
+def topology(request: pytest.FixtureRequest) -> str:
+    """``one_node`` unless the test is parametrized over both (see the module doc)."""
+    return str(getattr(request, "param", ONE_NODE))
+
+
+@pytest.fixture
+async def make_gateway(topology: str, request: pytest.FixtureRequest
+                       ) -> AsyncIterator[MakeGateway]:
+    """Factory: ``await make_gateway(history_limit=5, router=...)`` starts a gateway on this
+    test's topology."""
+    redis_url = request.getfixturevalue("redis_url") if topology == TWO_NODES else None
     started: list[LiveGateway] = []
 
     async def factory(**kwargs: Any) -> LiveGateway:
-        live = await start_gateway(**kwargs)
+        live = await start_gateway(topology=topology, redis_url=redis_url, **kwargs)
         started.append(live)
         return live
 

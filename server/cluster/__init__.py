@@ -48,7 +48,7 @@ class RedisBackend:
         self.journal = RedisJournal(self.store, registry, history_limit=settings.history_limit)
         registry.journal = self.journal
         self.membership = Membership(self.store, registry)
-        views = ClusterViews(self.store, registry, self.journal, self.membership, self.peers)
+        views = ClusterViews(self.store, registry, self.journal, self.peers)
         self.directory = RedisDirectory(self.store, registry, self.journal, self.membership,
                                         self.peers, views, history_limit=settings.history_limit)
         self.idempotency = RedisIdempotency(self.store, settings.idempotency_ttl)

@@ -1,8 +1,8 @@
 """Membership: which nodes are alive, by heartbeat.
 
 Every ``HEARTBEAT_INTERVAL`` seconds a node sets ``sb:alive:{node}`` to expire
-``NODE_TIMEOUT`` seconds later, records its counters in ``sb:nodes`` (``GET /status`` lists
-them) and, every third of the key TTL, refreshes the expiry of the sessions it holds. A node
+``NODE_TIMEOUT`` seconds later and, every third of the key TTL, refreshes the expiry of the
+sessions it holds. A node
 whose alive key expired is dead: another node may take its sessions over. A node that stops
 cleanly deletes its key at once (:meth:`Membership.leave`).
 """
@@ -12,19 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
 
-import orjson
 import structlog
 
 from server.cluster.store import (
-    NODES_KEY,
     UNREACHABLE,
     RedisStore,
     alive_key,
     h_key,
     s_key,
-    text,
 )
 from server.sessions import SessionRegistry
 
@@ -64,26 +60,11 @@ class Membership:
 
     async def leave(self) -> None:
         """This node is gone from now on (it stops)."""
-        pipe = self.store.redis.pipeline(transaction=False)
-        pipe.delete(alive_key(self.store.me))
-        pipe.hdel(NODES_KEY, self.store.me)
-        await pipe.execute()
+        await self.store.redis.delete(alive_key(self.store.me))
 
     async def alive(self, node: str) -> bool:
         async with self.store.guard():
             return bool(await self.store.redis.exists(alive_key(node)))
-
-    async def nodes(self) -> list[dict[str, Any]]:
-        """Live nodes with their last heartbeat's counters, sorted by node id."""
-        async with self.store.guard():
-            raw_nodes = await self.store.redis.hgetall(NODES_KEY)
-        now = time.time()
-        out = []
-        for name, raw in sorted(raw_nodes.items()):
-            info = orjson.loads(raw)
-            if now - float(info.get("at", 0)) <= NODE_TIMEOUT:
-                out.append({"node_id": text(name), **info})
-        return out
 
     async def _state_changed(self, healthy: bool) -> None:
         if healthy:
@@ -103,15 +84,10 @@ class Membership:
                 log.exception("cluster_heartbeat_failed")
 
     async def beat(self) -> None:
-        stats = self.registry.stats()
-        info = {"at": time.time(), "sessions": stats["total_sessions"],
-                "connected": stats["connected_clients"],
-                **{k: v for k, v in stats.items() if k.startswith("total_")}}
         store = self.store
         ttl = store.key_ttl
         pipe = store.redis.pipeline(transaction=False)
         pipe.set(alive_key(store.me), b"1", ex=int(NODE_TIMEOUT))
-        pipe.hset(NODES_KEY, store.me, orjson.dumps(info))
         now = time.monotonic()
         if now - self.refreshed_at >= ttl / 3:  # keep the sessions we hold from expiring
             self.refreshed_at = now

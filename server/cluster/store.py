@@ -9,7 +9,6 @@ keys from ids):
                    times, channels, ``seq``, counters, ``history_size``, ``gap``
 ``sb:h:{id}``      list: the last HISTORY_LIMIT history entries (:func:`pack_entry`)
 ``sb:idx``         sorted set of session ids (listings), scored by connection time
-``sb:nodes``       hash: each node's last heartbeat and counters
 ``sb:alive:{n}``   expires NODE_TIMEOUT after node ``n``'s last heartbeat
 ``sb:idem:{key}``  an idempotency key and, once known, its answer
 ``sb:boot``        set once per dataset: if it changes, Redis lost our data
@@ -49,7 +48,6 @@ log = structlog.get_logger("switchboard.cluster")
 PREFIX = "sb:"
 IDX_KEY = f"{PREFIX}idx"
 BOOT_KEY = f"{PREFIX}boot"
-NODES_KEY = f"{PREFIX}nodes"
 ALL_TOPIC = f"{PREFIX}all"
 #: Seconds a command may take on an established connection / to connect.
 SOCKET_TIMEOUT = 5.0

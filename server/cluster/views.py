@@ -1,9 +1,11 @@
 """Cluster-wide views: ``GET /clients``, ``GET /channels`` and ``GET /status`` over every node.
 
-A listing first asks every node to write out what its journal noted (``flush``, a barrier a
-few milliseconds long), then reads the sessions from Redis (this node's own from memory), so
-it shows what the API did just before, wherever that happened. Listings are linear in the
-number of sessions (one ``HGETALL`` each, pipelined).
+A view first asks every node to write out what its journal noted and to report its counters
+(``flush``: a barrier a few milliseconds long), then reads the sessions from Redis (this
+node's own from memory), so it shows what the API did just before, wherever that happened.
+Views are linear in the number of sessions (one ``HGETALL`` each, pipelined). A node that
+does not answer within SYNC_TIMEOUT is missing from ``/status``'s node list and counters; its
+sessions are listed as Redis last saw them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import structlog
 
 from server.cluster.bus import RedisPeers
 from server.cluster.journal import RedisJournal
-from server.cluster.membership import Membership
 from server.cluster.store import IDX_KEY, RedisStore, s_key, session_from_redis, text
 from server.seams import SessionInfo
 from server.sessions import SessionRegistry
@@ -23,31 +24,42 @@ log = structlog.get_logger("switchboard.cluster.views")
 
 #: How long a listing waits for the other nodes to write out what they noted.
 SYNC_TIMEOUT = 2.0
+#: The counters each node keeps (``GET /status`` sums them over the nodes).
+COUNTERS = frozenset({"total_messages_sent", "total_messages_received", "total_messages",
+                      "total_connections_ever", "total_connections", "total_broadcasts",
+                      "total_resumes", "total_sessions_expired", "total_slow_disconnects"})
 
 
 class ClusterViews:
     def __init__(self, store: RedisStore, registry: SessionRegistry, journal: RedisJournal,
-                 membership: Membership, peers: RedisPeers) -> None:
+                 peers: RedisPeers) -> None:
         self.store = store
         self.registry = registry
         self.journal = journal
-        self.membership = membership
         self.peers = peers
         peers.handle("flush", self._flush_for_peer)
 
     async def _flush_for_peer(self, header: dict[str, Any], body: bytes) -> dict[str, Any]:
         await self.journal.flush()
-        return {}
+        return self._report()
 
-    async def _sync(self) -> None:
-        """Return once every node (that answers within SYNC_TIMEOUT) wrote what it noted."""
+    def _report(self) -> dict[str, Any]:
+        """This node's own counts and counters."""
+        stats = self.registry.stats()
+        return {"node_id": self.store.me, "sessions": stats["total_sessions"],
+                "connected": stats["connected_clients"],
+                "counters": {k: v for k, v in stats.items() if k in COUNTERS}}
+
+    async def _sync(self) -> list[dict[str, Any]]:
+        """Return once every node (that answers within SYNC_TIMEOUT) wrote what it noted; the
+        reports of those nodes, this one first."""
         others = await self.peers.publish_all("flush", {})
         await self.journal.flush()
-        await others.replies(SYNC_TIMEOUT)
+        return [self._report(), *await others.replies(SYNC_TIMEOUT)]
 
     async def everything(self) -> list[SessionInfo]:
-        """Every session in the cluster with its node (this node's own from memory)."""
-        await self._sync()
+        """Every session in the cluster with its node (this node's own from memory), as of
+        the last :meth:`_sync`."""
         store = self.store
         held = self.registry.sessions
         async with store.guard():
@@ -72,27 +84,28 @@ class ClusterViews:
 
     async def sessions(self, *, channel: str | None = None, client_type: str | None = None,
                        connected: bool | None = None) -> list[SessionInfo]:
+        await self._sync()
         return [info for info in await self.everything()
                 if (channel is None or channel in info.session.channels)
                 and (client_type is None or info.session.client_type == client_type)
                 and (connected is None or info.connected == connected)]
 
     async def channel_counts(self) -> dict[str, int]:
+        await self._sync()
         return _channel_counts(await self.everything())
 
     async def status(self, here: dict[str, Any]) -> dict[str, Any]:
-        """This node's view (under ``local`` for its own counts) with the cluster's counts at
-        the top level and the live nodes under ``cluster``."""
+        """The cluster's counts and counters at the top level (as one node shows its own),
+        this node's own counts under ``local``, the nodes that answered under ``cluster``."""
+        nodes = await self._sync()
         sessions = await self.everything()
-        nodes = await self.membership.nodes()
         totals: dict[str, int] = {}
-        for info in nodes:
-            for key, value in info.items():
-                if key.startswith("total_") and isinstance(value, int):
-                    totals[key] = totals.get(key, 0) + value
+        for node in nodes:
+            for key, value in node["counters"].items():
+                totals[key] = totals.get(key, 0) + int(value)
         connected = sum(1 for info in sessions if info.connected)
         channels = _channel_counts(sessions)
-        out = {**here, "local": {k: here[k] for k in (
+        out = {**here, **totals, "local": {k: here[k] for k in (
             "connected_clients", "total_sessions", "offline_sessions", "total_channels")}}
         out.update({
             "connected_clients": connected, "total_clients": connected,
@@ -100,8 +113,8 @@ class ClusterViews:
             "offline_sessions": len(sessions) - connected,
             "total_channels": len(channels), "channel_stats": channels,
             "active_channels": list(channels),
-            "cluster": {"nodes": [{"node_id": n["node_id"], "sessions": n.get("sessions", 0),
-                                   "connected": n.get("connected", 0)} for n in nodes],
+            "cluster": {"nodes": [{k: node[k] for k in ("node_id", "sessions", "connected")}
+                                  for node in sorted(nodes, key=lambda n: n["node_id"])],
                         "node_count": len(nodes), "counters": totals},
         })
         return out

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import LiveGateway, MakeGateway, WSClient, wait_for
+from tests.conftest import LiveGateway, MakeGateway, WSClient, eventually, wait_for
 
 #: Long enough that a test passing quickly proves the answer did not wait for the timeout.
 LONG = 30
@@ -46,7 +46,7 @@ async def test_call_tool_is_answered_by_the_client(live_gateway: LiveGateway) ->
     assert body["tool_name"] == "read_file" and body["client_id"] == "agent"
     ack = await client.recv_type("tool_result_ack")
     assert ack["reply_to"] == "answer" and ack["data"]["call_id"] == call_id
-    assert not live.gateway.pending_calls
+    assert not live.holder.pending_calls
 
 
 async def test_a_client_error_answer_is_an_unsuccessful_result(
@@ -70,7 +70,7 @@ async def test_no_answer_within_the_timeout_is_504(live_gateway: LiveGateway) ->
     assert body["error"]["code"] == "timeout"
     frame = await incoming_call(client)
     assert body["error"]["call_id"] == frame["data"]["call_id"]
-    assert not live.gateway.pending_calls  # nothing left waiting
+    assert not live.holder.pending_calls  # nothing left waiting
     # A late answer is refused, and the client stays connected.
     await client.send("tool_result", {"call_id": body["error"]["call_id"], "result": 1},
                       message_id="late")
@@ -97,15 +97,14 @@ async def test_call_tool_to_an_offline_session_is_409_at_once(
     live = live_gateway
     client = await live.connect(client_id="away")
     await client.close()
-    await wait_for(lambda: not live.gateway.registry.get("away").connected,  # type: ignore[union-attr]
-                   what="offline")
+    await live.offline("away")
     status, body = await live.api("POST", "/call_tool", {
         "client_id": "away", "tool_name": "t", "timeout": LONG})
     assert status == 409, body
     assert body["error"]["code"] == "client_offline"
     assert "wait_for_client" in body["error"]["message"]
     # No tool_call was queued for a call nobody waits for.
-    assert live.gateway.registry.get("away").seq == 0  # type: ignore[union-attr]
+    assert (await live.client_info("away"))["last_seq"] == 0
 
 
 @pytest.mark.timeout(10)
@@ -124,7 +123,7 @@ async def test_client_vanishing_mid_call_is_502_at_once(live_gateway: LiveGatewa
     assert status == 502, body
     assert body["error"]["code"] == "client_disconnected"
     assert body["error"]["call_id"]
-    assert not live.gateway.pending_calls
+    assert not live.holder.pending_calls
 
 
 @pytest.mark.timeout(10)
@@ -165,11 +164,10 @@ async def test_wait_for_client_waits_for_the_session_to_resume(
     live = live_gateway
     client = await live.connect(client_id="sleepy")
     await client.close()
-    session = live.gateway.registry.get("sleepy")
-    assert session is not None
-    await wait_for(lambda: not session.connected, what="offline")
+    await live.offline("sleepy")
     request = call(live, "sleepy", timeout=LONG, wait_for_client=True)
-    await wait_for(lambda: session.seq == 1, what="the tool_call to be queued")
+    await eventually(lambda: live.client_info("sleepy"), lambda info: info["last_seq"] == 1,
+                     what="the tool_call to be queued")
     assert not request.done()
     resumed = await live.connect(client_id="sleepy", session_token=client.session_token,
                                  last_seq=0)
@@ -186,9 +184,7 @@ async def test_wait_for_client_survives_a_drop_mid_call(live_gateway: LiveGatewa
     request = call(live, "mobile", timeout=LONG, wait_for_client=True)
     frame = await incoming_call(client)
     client.ws._response.connection.transport.abort()  # type: ignore[union-attr]
-    session = live.gateway.registry.get("mobile")
-    assert session is not None
-    await wait_for(lambda: not session.connected, what="offline")
+    await live.offline("mobile")
     assert not request.done()
     resumed = await live.connect(client_id="mobile", session_token=client.session_token,
                                  last_seq=frame["seq"])
@@ -201,8 +197,7 @@ async def test_wait_for_client_still_times_out(live_gateway: LiveGateway) -> Non
     live = live_gateway
     client = await live.connect(client_id="gone")
     await client.close()
-    await wait_for(lambda: not live.gateway.registry.get("gone").connected,  # type: ignore[union-attr]
-                   what="offline")
+    await live.offline("gone")
     status, body = await live.api("POST", "/call_tool", {
         "client_id": "gone", "tool_name": "t", "timeout": 0.1, "wait_for_client": True})
     assert status == 504, body
@@ -231,7 +226,7 @@ async def test_wait_for_client_fails_at_once_when_the_session_ends_on_disconnect
     await client.close()
     status, body = await request
     assert status == 502, body
-    assert live.gateway.registry.get("ephemeral") is None
+    assert (await live.api("GET", "/clients/ephemeral"))[0] == 404
 
 
 async def observed_api_tool_calls(api_node: LiveGateway, client_node: LiveGateway) -> None:

@@ -143,17 +143,17 @@ async def test_credentials_are_checked_before_anything_else(
     assert got_status == status, got
     assert got["error"]["code"] == code
     # Nothing happened: the client got nothing and is still connected.
-    session = live_gateway.gateway.registry.get("a")
-    assert session is not None and session.connected and session.seq == 0
+    info = await live_gateway.client_info("a")
+    assert info["connected"] is True and info["last_seq"] == 0
     await client.send("ping")
     assert (await client.recv())["type"] == "pong"
 
 
 async def test_a_crashing_route_is_a_json_500_without_a_traceback(
         live_gateway: LiveGateway, monkeypatch: pytest.MonkeyPatch) -> None:
-    gateway = live_gateway.gateway
+    gateway = live_gateway.api_node.gateway
 
-    def broken() -> dict[str, Any]:
+    async def broken() -> dict[str, Any]:
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(gateway, "status", broken)

@@ -197,10 +197,10 @@ async def test_health_is_public_and_ready_follows_accepting(live_gateway: LiveGa
         assert (status, body) == (200, {"status": "ok"})
     status, body = await live.api("GET", "/ready")
     assert status == 200 and body["status"] == "ready" and body["accepting"] is True
-    live.gateway.accepting = False
+    live.api_node.gateway.accepting = False
     status, body = await live.api("GET", "/ready")
     assert status == 503 and body["status"] == "unavailable" and body["accepting"] is False
-    live.gateway.accepting = True
+    live.api_node.gateway.accepting = True
     status, _ = await live.api("GET", "/metrics", auth=False)
     assert status == 401
     samples = await scrape(live)

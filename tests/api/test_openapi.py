@@ -180,7 +180,7 @@ async def test_every_answer_fits_the_document(make_gateway: MakeGateway) -> None
     bob = await live.connect(client_id="bob")
     await bob.close()
     live.clients.remove(bob)
-    await asyncio.wait_for(_until_offline(live, "bob"), 5)
+    await live.offline("bob")
 
     await api.call("GET", "/clients", expect=200)
     await api.call("GET", "/clients", query="connected=true&channel=news&limit=5", expect=200)
@@ -270,9 +270,9 @@ async def test_every_answer_fits_the_document(make_gateway: MakeGateway) -> None
     for template in ("/status", "/channels", "/handlers", "/ws/handlers", "/tools",
                      "/metrics", "/ready"):
         await api.call("GET", template, expect=200)
-    live.gateway.accepting = False
+    live.api_node.gateway.accepting = False
     await api.call("GET", "/ready", expect=503)
-    live.gateway.accepting = True
+    live.api_node.gateway.accepting = True
     await api.call("POST", "/observer_ticket", expect=200)
 
     # Ending sessions.
@@ -283,14 +283,6 @@ async def test_every_answer_fits_the_document(make_gateway: MakeGateway) -> None
     answered = {(method, template) for method, template, _ in checker.seen}
     assert answered == documented_operations(), (
         f"operations not exercised: {sorted(documented_operations() - answered)}")
-
-
-async def _until_offline(live: LiveGateway, client_id: str) -> None:
-    while True:
-        session = live.gateway.registry.get(client_id)
-        if session is not None and not session.connected:
-            return
-        await asyncio.sleep(0.005)
 
 
 async def test_rate_limited_answer_fits_the_document(make_gateway: MakeGateway) -> None:

@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 
 from handlers import HANDLER_TABLE
-from tests.conftest import LiveGateway, MakeGateway, wait_for
+from tests.conftest import LiveGateway, MakeGateway
 
 
 async def test_status(live_gateway: LiveGateway) -> None:
@@ -31,8 +31,7 @@ async def test_list_clients_pages_and_filters(live_gateway: LiveGateway) -> None
     await web[0].send("subscribe", {"channel": "news"})
     await web[0].recv_type("subscribed")
     await web[2].close()
-    await wait_for(lambda: not live.gateway.registry.get("web2").connected,  # type: ignore[union-attr]
-                   what="web2 offline")
+    await live.offline("web2")
 
     status, body = await live.api("GET", "/clients")
     assert status == 200 and body["total"] == 4
@@ -78,7 +77,6 @@ async def test_delete_client_closes_with_4001_and_ends_the_session(
     assert status == 200
     assert body == {"client_id": "bye", "disconnected": True, "ended": True}
     assert await client.recv_close() == 4001
-    assert live.gateway.registry.get("bye") is None
     assert (await live.api("GET", "/clients/bye"))[0] == 404
     assert (await live.api("POST", "/send_message", {"client_id": "bye", "content": "x"}))[0] \
         == 404
@@ -92,11 +90,10 @@ async def test_delete_an_offline_session(live_gateway: LiveGateway) -> None:
     live = live_gateway
     client = await live.connect(client_id="idle")
     await client.close()
-    await wait_for(lambda: not live.gateway.registry.get("idle").connected,  # type: ignore[union-attr]
-                   what="offline")
+    await live.offline("idle")
     status, body = await live.api("DELETE", "/clients/idle")
     assert status == 200 and body["disconnected"] is False and body["ended"] is True
-    assert live.gateway.registry.get("idle") is None
+    assert (await live.api("GET", "/clients/idle"))[0] == 404
 
 
 async def test_send_message_with_type_and_data(live_gateway: LiveGateway) -> None:

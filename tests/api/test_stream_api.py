@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import LiveGateway, MakeGateway, WSClient, wait_for
+from tests.conftest import LiveGateway, MakeGateway, WSClient
 
 
 async def stream_frames(client: WSClient) -> list[dict[str, Any]]:
@@ -108,9 +108,7 @@ async def test_offline_client_gets_the_stream_queued_and_replayed_on_resume(
     client = await live_gateway.connect(client_id="away")
     token = client.session_token
     await client.close()
-    session = live_gateway.gateway.registry.get("away")
-    assert session is not None
-    await wait_for(lambda: not session.connected, what="the socket to drop")
+    await live_gateway.offline("away")
     status, answer = await live_gateway.api("POST", "/stream/away", data=b"queued text",
                                             headers={"Content-Type": "text/plain"})
     assert status == 202

@@ -64,6 +64,5 @@ async def test_ending_a_session_leaves_its_channels(live_gateway: LiveGateway) -
     await client.send("subscribe", {"channel": "temp"})
     await client.recv()
     await live.api("DELETE", "/clients/leaver")
-    assert "temp" not in live.gateway.registry.channels
     _, body = await live.api("GET", "/channels")
     assert body["channels"] == []

@@ -64,7 +64,7 @@ async def test_a_tool_added_to_the_registry_is_callable(live_gateway: LiveGatewa
         assert ctx.session is not None
         return f"{params['text'][::-1]} for {ctx.session.client_id}"
 
-    live_gateway.gateway.tools.add(
+    live_gateway.holder.tools.add(  # the node running the client's tool_call
         "reverse", "Reverse a string.", reverse,
         parameters={"type": "object", "properties": {"text": {"type": "string"}},
                     "required": ["text"]})

@@ -237,7 +237,7 @@ async def test_chat_backend_accepting_for_later_relays_nothing(
     live = await make_gateway(chat_webhook_url=backend.url)
     client = await live.connect()
     await chat(client, "Hello", "m1")
-    await wait_for(lambda: not live.gateway.tasks, what="the chat task to finish")
+    await wait_for(lambda: not live.holder.tasks, what="the chat task to finish")
     await client.send("ping")
     assert (await client.recv())["type"] == "pong"
 
@@ -374,8 +374,8 @@ async def test_error_event_mid_stream_is_a_backend_error(make_gateway: MakeGatew
 
 
 async def test_echo_stays_the_default(live_gateway: LiveGateway) -> None:
-    assert live_gateway.gateway.chat_backend is None
-    assert live_gateway.gateway.tool_fallback is None
+    assert live_gateway.holder.chat_backend is None
+    assert live_gateway.holder.tool_fallback is None
     client = await live_gateway.connect()
     await chat(client, "Hello", "m1")
     assert (await client.recv())["data"]["content"] == "Echo: Hello"

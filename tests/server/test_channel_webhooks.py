@@ -34,8 +34,9 @@ async def gateway(make_gateway: MakeGateway, backend: Backend, **settings: Any
                               "publish_webhook_url": backend.url, "webhook_secret": SECRET}
     values.update(settings)
     live = await make_gateway(**values)
-    assert live.api_server.app[CHANNEL_RULES] is live.ws_app[CHANNEL_RULES]
-    return live, live.ws_app[CHANNEL_RULES], live.ws_app[CHANNEL_WEBHOOKS]
+    node = live.ws_node  # each node's two apps share one set
+    assert node.api_server.app[CHANNEL_RULES] is node.ws_server.app[CHANNEL_RULES]
+    return live, node.ws_server.app[CHANNEL_RULES], node.ws_server.app[CHANNEL_WEBHOOKS]
 
 
 async def ask(rules: ChannelRules, hooks: ChannelWebhooks, action: Any, channel: str,

@@ -177,11 +177,12 @@ async def test_the_gateway_runs_the_emitter_and_drains_it_on_shutdown(
     backend.handler = reply_json({})
     live = await make_gateway(events_webhook_url=backend.url, events_batch_wait=30.0,
                               webhook_secret=SECRET)
-    events = live.ws_app[EVENTS]
-    assert live.api_server.app[EVENTS] is events  # routes emit through the same queue
+    node = live.ws_node
+    events = node.ws_server.app[EVENTS]
+    assert node.api_server.app[EVENTS] is events  # routes emit through the same queue
     assert events.emit_event("session_started", client_id="c1", user_id="alice",
                              client_type="browser")
     # The batch would wait 30 s for more events; shutdown posts it at once.
-    await live.ws_server.close()
+    await node.ws_server.close()
     assert [e["type"] for e in delivered_events(backend)] == ["session_started"]
     assert signature_ok(SECRET, backend.headers[0], backend.bodies[0])

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from server.errors import CloseCode
-from tests.conftest import LiveGateway, MakeGateway, WSClient, eventually, wait_for
+from tests.conftest import LiveGateway, MakeGateway, WSClient, eventually
 
 
 def abort(client: WSClient) -> None:
@@ -22,9 +22,17 @@ def abort(client: WSClient) -> None:
 
 async def dropped(live: LiveGateway, client_id: str) -> None:
     """Wait until the server has noticed the drop and keeps the session offline."""
-    session = live.gateway.registry.get(client_id)
-    assert session is not None
-    await wait_for(lambda: not session.connected, what=f"{client_id} to be seen as offline")
+    await live.offline(client_id)
+
+
+async def expired(live: LiveGateway, client_id: str) -> None:
+    """Wait until the session expired (404). The node holding it expires sessions once a
+    second; it is asked to sweep now rather than waiting for that."""
+    async def probe() -> int:
+        live.holder.sweep()
+        return (await live.api("GET", f"/clients/{client_id}"))[0]
+
+    await eventually(probe, lambda status: status == 404, what=f"{client_id} to expire")
 
 
 async def send(live: LiveGateway, client_id: str, content: Any, **extra: Any
@@ -198,8 +206,7 @@ async def test_wrong_token_is_refused_and_the_session_is_untouched(
         assert "secret" not in str(error) and client.session_token not in str(error)
         assert await intruder.recv_close() == CloseCode.INVALID_SESSION == 4003
 
-    session = live.gateway.registry.get("victim")
-    assert session is not None and not session.connected
+    assert (await live.client_info("victim"))["connected"] is False
     # The real owner still resumes with everything intact.
     resumed = await resume(live, client, 0)
     assert resumed.hello["data"]["recovered"] is True
@@ -224,7 +231,7 @@ async def test_resume_of_an_unknown_session_is_refused(live_gateway: LiveGateway
                                         expect_hello=False)
     assert (await client.recv())["data"]["code"] == "invalid_session"
     assert await client.recv_close() == 4003
-    assert live_gateway.gateway.registry.get("ghost") is None
+    assert (await live_gateway.api("GET", "/clients/ghost"))[0] == 404
 
 
 async def test_a_second_connection_resuming_replaces_the_first_with_4000(
@@ -236,8 +243,8 @@ async def test_a_second_connection_resuming_replaces_the_first_with_4000(
     second = await resume(live, first, one["seq"])
     assert second.hello["data"]["resumed"] is True
     assert await first.recv_close() == CloseCode.REPLACED == 4000
-    session = live.gateway.registry.get("tab")
-    assert session is not None and session.connected  # the first closing did not detach it
+    # the first connection closing did not detach the session from the second
+    assert (await live.client_info("tab"))["connected"] is True
     status, body = await send(live, "tab", "two")
     assert status == 200 and body["status"] == "delivered"
     two = await second.recv()
@@ -398,11 +405,11 @@ async def test_sessions_expire_after_session_ttl_and_are_freed(
     # Within SESSION_TTL the session is kept and messages are queued.
     status, body = await send(live, "brief", "queued")
     assert status == 202, body
-    registry = live.gateway.registry
-    await wait_for(lambda: registry.get("brief") is None, what="the session to expire")
-    assert all(s.client_id != "brief" for s in registry.channels["news"])
-    assert registry.channel_stats() == {"news": 1}
-    assert registry.counters.total_sessions_expired >= 1
+    await expired(live, "brief")
+    _, channels = await live.api("GET", "/channels")
+    assert channels["channels"] == [{"channel": "news", "subscribers": 1}]
+    _, status = await live.api("GET", "/status")
+    assert status["total_sessions_expired"] >= 1
     # After expiry: 404 on every endpoint, and resuming is refused.
     assert (await send(live, "brief", "late"))[0] == 404
     assert (await live.api("GET", "/clients/brief"))[0] == 404
@@ -411,7 +418,7 @@ async def test_sessions_expire_after_session_ttl_and_are_freed(
     assert (await late.recv())["data"]["code"] == "invalid_session"
     assert await late.recv_close() == 4003
     # A connected session never expires.
-    assert registry.get("keeper") is not None
+    assert (await live.client_info("keeper"))["connected"] is True
     assert (await send(live, "keeper", "hi"))[0] == 200
 
 
@@ -422,10 +429,7 @@ async def test_expiry_drops_channel_when_its_last_member_expires(
     await client.send("subscribe", {"channel": "solo"})
     await client.recv_type("subscribed")
     abort(client)
-    gateway = live.gateway
-    registry = gateway.registry
-    await wait_for(lambda: bool(gateway.sweep()) or registry.get("only") is None, what="expiry")
-    assert "solo" not in registry.channels
+    await expired(live, "only")
     status, body = await live.api("GET", "/channels")
     assert status == 200 and body["channels"] == []
 
