@@ -45,7 +45,7 @@ async def handle_tool_result(ctx: HandlerContext, frame: ClientFrame) -> None:
 
 async def handle_permission(ctx: HandlerContext, frame: ClientFrame) -> None:
     call_id = frame.data["call_id"]
-    if not ctx.gateway.resolve_permission(ctx.session, call_id, frame.data["granted"]):
+    if not await ctx.gateway.resolve_permission(ctx.session, call_id, frame.data["granted"]):
         raise NotFoundError(f"no pending permission request {call_id!r} for this client",
                             code="unknown_call")
 

@@ -108,6 +108,7 @@ class Gateway:
             peers.handle(op, self._for_peer(op))
         peers.handle("broadcast", self._broadcast_for_peer)
         peers.handle("tool_result", self._tool_result_for_peer)
+        peers.handle("permission", self._permission_for_peer)
 
     @property
     def node_id(self) -> str:
@@ -350,13 +351,20 @@ class Gateway:
         asked; the client resumed here since): then that node gets the answer."""
         if self._resolve_here(session.client_id, call_id, data):
             return True
+        return await self._relay(session, "tool_result", "tool_call", call_id, {"data": data})
+
+    async def _relay(self, session: Session, op: str, asked_by: str, call_id: str,
+                     answer: dict[str, Any]) -> bool:
+        """A client's answer to a request this node is not waiting for: when the session was
+        asked (a ``asked_by`` frame with this call_id is in its history), the node that asked
+        may be another one; whether some node took the answer."""
         marker = b'"call_id":"%s"' % call_id.encode()
-        asked = any(outbound and b'"tool_call"' in frame and marker in frame
-                    for _, outbound, frame, _ in session.history)
-        if not asked:
+        kind = b'"type":"%s"' % asked_by.encode()
+        if not any(outbound and kind in frame and marker in frame
+                   for _, outbound, frame, _ in session.history):
             return False
         others = await self.backend.peers.publish_all(
-            "tool_result", {"client_id": session.client_id, "call_id": call_id, "data": data})
+            op, {"client_id": session.client_id, "call_id": call_id, **answer})
         replies = await others.replies(BROADCAST_REPLY_TIMEOUT,
                                        until=lambda reply: bool(reply.get("resolved")))
         return any(reply.get("resolved") for reply in replies)
@@ -481,15 +489,15 @@ class Gateway:
                 "risk_level": risk, "start_time": protocol.now_iso(),
                 "client_id": session.client_id}
         started = time.perf_counter()
-        self._lifecycle(session, "mcp_tool_execution_start", {**base, "status": "executing"},
-                        reply_to)
+        await self._lifecycle(session, "mcp_tool_execution_start",
+                              {**base, "status": "executing"}, reply_to)
         ctx = ToolContext(self, session, call_id)
         raw: Any = None
         outcome = "failure"
         try:
             if risk == "high":
-                self._lifecycle(session, "mcp_tool_waiting_permission",
-                                {**base, "status": "waiting_permission"}, reply_to)
+                await self._lifecycle(session, "mcp_tool_waiting_permission",
+                                      {**base, "status": "waiting_permission"}, reply_to)
                 granted = await self.request_permission(session, call_id)
                 if granted is not True:
                     reason = ("permission denied" if granted is False else
@@ -513,16 +521,18 @@ class Gateway:
                                   f"{self.settings.call_tool_timeout:g}s (CALL_TOOL_TIMEOUT)")
         except asyncio.CancelledError:
             # Shutdown: the client still learns how its call ended (on resume, from history).
-            self._tool_done(session, base, reply_to, started,
-                            error_result("the server stopped before the tool finished"),
-                            None, "failure")
+            # Shielded: delivered here it completes without awaiting; sent to the node the
+            # session moved to, it is not cut short by a second cancel.
+            await asyncio.shield(self._tool_done(
+                session, base, reply_to, started,
+                error_result("the server stopped before the tool finished"), None, "failure"))
             raise
         except Exception as exc:  # a tool's own failure is a failed call, not a crash
             log.exception("tool_failed", client_id=session.client_id, tool=tool_name,
                           call_id=call_id)
             result = error_result(f"{type(exc).__name__}: {exc}")
             raw = None
-        return self._tool_done(session, base, reply_to, started, result, raw, outcome)
+        return await self._tool_done(session, base, reply_to, started, result, raw, outcome)
 
     def _check_result(self, raw: Any) -> None:
         """Refuse (as a failed call) a result the frames could not carry: not JSON (a set,
@@ -538,14 +548,14 @@ class Gateway:
             raise ToolError(protocol.json_too_deep_message("the tool's result", max_depth),
                             code="invalid_result")
 
-    def _tool_done(self, session: Session, base: dict[str, Any], reply_to: str | None,
-                   started: float, result: dict[str, Any], raw: Any,
-                   outcome: str) -> dict[str, Any]:
+    async def _tool_done(self, session: Session, base: dict[str, Any], reply_to: str | None,
+                         started: float, result: dict[str, Any], raw: Any,
+                         outcome: str) -> dict[str, Any]:
         """The end of a tool call: ``mcp_tool_execution_complete`` then ``tool_response``."""
         success = bool(result["success"])
         TOOL_CALL["client"]["success" if success else outcome].inc()
         duration_ms = round((time.perf_counter() - started) * 1000, 3)
-        self._lifecycle(session, "mcp_tool_execution_complete", {
+        await self._lifecycle(session, "mcp_tool_execution_complete", {
             **base, "end_time": protocol.now_iso(), "duration_ms": duration_ms,
             "success": success, "result": result,
             "status": "completed" if success else "failed"}, reply_to)
@@ -554,7 +564,8 @@ class Gateway:
                     "result": raw if success else None}
         if not success:
             response["error"] = result["content"]
-        self.emit(session, "tool_response", response, reply_to=reply_to)
+        await self._to_session(session, protocol.encode(protocol.server_frame(
+            "tool_response", response, reply_to=reply_to)))
         log.info("tool_executed", client_id=session.client_id, tool=tool_name,
                  call_id=call_id, success=success, ms=duration_ms)
         return response
@@ -574,15 +585,29 @@ class Gateway:
 
         return self.spawn(publish(), name=f"observe-{frame_type}")
 
-    def _lifecycle(self, session: Session, frame_type: str, data: dict[str, Any],
-                   reply_to: str | None) -> None:
+    async def _lifecycle(self, session: Session, frame_type: str, data: dict[str, Any],
+                         reply_to: str | None) -> None:
         frame = protocol.server_frame(frame_type, data, reply_to=reply_to)
         encoded = protocol.encode(frame)
-        self.registry.deliver(session, encoded)
+        await self._to_session(session, encoded)
         observers = [s for s in self.registry.select(channel=TOOL_ACTIVITY_CHANNEL)
                      if s is not session]
         if observers:
             self.registry.fan_out(observers, encoded)
+
+    async def _to_session(self, session: Session, encoded: bytes) -> None:
+        """A frame for a session this node was serving a moment ago (a tool run awaited
+        meanwhile): delivered here, without awaiting, while this node still holds it (so it
+        follows what was sent before, in order), else wherever the session went. Dropped, and
+        logged, when the session ended or cannot be reached."""
+        if self.registry.holds(session):
+            self.registry.deliver(session, encoded)
+            return
+        try:
+            await self._at_session(session.client_id, "send", {}, encoded)
+        except SwitchboardError as exc:
+            log.info("frame_undelivered", client_id=session.client_id, code=exc.code,
+                     error=exc.message)
 
     async def request_permission(self, session: Session, call_id: str) -> bool | None:
         """Wait for the client's permission_response; None when it timed out. The wait
@@ -602,12 +627,25 @@ class Gateway:
         finally:
             self.pending_permissions.pop(key, None)
 
-    def resolve_permission(self, session: Session, call_id: str, granted: bool) -> bool:
-        pending = self.pending_permissions.get((session.client_id, call_id))
-        if pending is None or pending.client_id != session.client_id or pending.future.done():
+    async def resolve_permission(self, session: Session, call_id: str, granted: bool) -> bool:
+        """A client's ``permission_response``. The request may be waiting on the node that
+        held the session when the tool was called (the client resumed here since): then that
+        node gets the answer."""
+        if self._permit_here(session.client_id, call_id, granted):
+            return True
+        return await self._relay(session, "permission", "mcp_tool_waiting_permission", call_id,
+                                 {"granted": granted})
+
+    def _permit_here(self, client_id: str, call_id: str, granted: bool) -> bool:
+        pending = self.pending_permissions.get((client_id, call_id))
+        if pending is None or pending.future.done():
             return False
         pending.future.set_result(granted)
         return True
+
+    def _permission_for_peer(self, header: dict[str, Any], body: bytes) -> dict[str, Any]:
+        return {"resolved": self._permit_here(header["client_id"], header["call_id"],
+                                              bool(header["granted"]))}
 
     # --- idempotency and housekeeping -----------------------------------------------------
 

@@ -483,3 +483,31 @@ async def test_jwt_client_resumes_its_own_session_on_the_other_node_without_toke
     assert frame["data"]["content"] == "while away" and frame["seq"] == body["seq"]
     status, body = await a.api("GET", "/clients/alice")
     assert status == 200 and body["node"] == "b" and body["connected"] is True, body
+
+
+async def test_permission_granted_after_resuming_on_the_other_node_runs_the_tool(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    """A high-risk tool call waits for permission on node a; the client resumes on node b
+    and grants it there: the answer reaches a, the tool runs, and its completion and
+    tool_response reach the client on b."""
+    a, b = pair
+    client = await a.connect(client_id="admin")
+    await client.send("tool_call", {"tool_name": "notify_all", "params": {"message": "hi"},
+                                    "call_id": "risky"}, message_id="m1")
+    waiting = await client.recv_type("mcp_tool_waiting_permission")
+    await client.close()
+    await wait_redis(b, "admin", node="a", connected="0")
+    again = await b.connect(client_id="admin", session_token=client.session_token,
+                            last_seq=waiting["seq"])
+    assert again.hello["data"]["recovered"] is True
+    await again.send("permission_response", {"call_id": "risky", "granted": True},
+                     message_id="p1")
+    frames = []
+    while not frames or frames[-1]["type"] != "tool_response":
+        frames.append(await again.recv())
+    types = [f["type"] for f in frames]
+    assert "notification" in types and "mcp_tool_execution_complete" in types, types
+    assert "error" not in types, frames
+    assert frames[-1]["reply_to"] == "m1" and frames[-1]["data"]["success"] is True
+    assert [f["seq"] for f in frames if "seq" in f] == list(
+        range(waiting["seq"] + 1, waiting["seq"] + 1 + sum("seq" in f for f in frames)))
