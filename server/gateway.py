@@ -155,6 +155,9 @@ class Gateway:
         """Perform ``op`` on ``client_id``'s session: here when this node holds it, else on
         the node that does (following it if it moves meanwhile)."""
         directory = self.backend.directory
+        session = directory.here(client_id)
+        if session is not None:
+            return await self.session_ops[op](session, header, body)
         for _ in range(MAX_HOPS):
             where = await directory.locate(client_id)
             if where.session is not None:
@@ -207,7 +210,12 @@ class Gateway:
         """Deliver one server frame to a client wherever its session is, or queue it in history
         when it is offline: ``{status: delivered|queued, message_id, seq, client_id}``."""
         frame = protocol.server_frame(frame_type, data, reply_to=reply_to)
-        reply = await self._at_session(client_id, "send", {}, protocol.encode(frame))
+        encoded = protocol.encode(frame)
+        session = self.backend.directory.here(client_id)
+        if session is not None:  # the common case, without awaiting
+            reply = self._send_now(session, encoded)
+        else:
+            reply = await self._at_session(client_id, "send", {}, encoded)
         log.debug("message_sent", client_id=client_id, message_id=frame["message_id"],
                   type=frame_type, seq=reply["seq"], status=reply["status"])
         return {"status": reply["status"], "message_id": frame["message_id"],
@@ -223,7 +231,10 @@ class Gateway:
 
     async def _send_here(self, session: Session, header: dict[str, Any], body: bytes
                          ) -> dict[str, Any]:
-        seq, pushed = self.registry.deliver(session, body)
+        return self._send_now(session, body)
+
+    def _send_now(self, session: Session, encoded: bytes) -> dict[str, Any]:
+        seq, pushed = self.registry.deliver(session, encoded)
         if not pushed:
             HOT.frames_out_queued += 1
         return {"status": "delivered" if pushed else "queued", "seq": seq}

@@ -106,6 +106,11 @@ class Directory(Protocol):
     """Where sessions are. Every method may raise ``Unavailable`` (503) when the answer needs
     the cluster and it cannot be reached right now."""
 
+    def here(self, client_id: str) -> Session | None:
+        """The session when this node holds it and nothing about it is in progress (it is not
+        moving, this node is not leaving): the answer of :meth:`locate` without awaiting, for
+        the common case. None means: ask :meth:`locate`."""
+
     async def locate(self, client_id: str) -> Where:
         """Who holds ``client_id``: ``Where(session, here)`` when this node does (taking it over
         first when its node released it or died), else ``Where(None, node)``. Raises
@@ -226,6 +231,9 @@ class LocalDirectory:
     def __init__(self, registry: SessionRegistry, node_id: str) -> None:
         self.registry = registry
         self.node_id = node_id
+
+    def here(self, client_id: str) -> Session | None:
+        return self.registry.get(client_id)
 
     async def locate(self, client_id: str) -> Where:
         session = self.registry.get(client_id)

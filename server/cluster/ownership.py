@@ -94,11 +94,16 @@ class RedisDirectory:
 
     # --- Directory ----------------------------------------------------------------------------
 
+    def here(self, client_id: str) -> Session | None:
+        if self.store.closing or client_id in self.releasing:
+            return None
+        return self.registry.get(client_id)
+
     async def locate(self, client_id: str) -> Where:
         if self.store.closing:
             self.store.require_healthy()  # 503: retry on another node
-        local = self.registry.get(client_id)
-        if local is not None and client_id not in self.releasing:
+        local = self.here(client_id)
+        if local is not None:
             return Where(local, self.me)
         for _ in range(MAX_HOPS):
             session = await self.held(client_id)
