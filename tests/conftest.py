@@ -11,8 +11,8 @@ Topologies, by the ``topology`` fixture parameter (one test body, every topology
   Clients connect to node ``b``; the API is called on node ``a`` — the node that does not
   hold them — so every delivery crosses nodes.
 
-Tests under ``tests/api``, ``tests/handlers`` and ``tests/server`` that use a gateway run on
-both. A test that cannot apply to two nodes says why: ``@pytest.mark.one_node("reason")``
+Tests under ``tests/api``, ``tests/handlers``, ``tests/server`` and ``tests/seeds`` that use a
+gateway run on both (the two-node runs are marked ``redis``). A test that cannot apply to two nodes says why: ``@pytest.mark.one_node("reason")``
 (it is then reported as skipped on ``two_nodes``, with that reason).
 
 Tests never sleep to synchronise: :meth:`WSClient.recv` waits for the next frame with a
@@ -49,7 +49,7 @@ RECV_TIMEOUT = 5.0
 ONE_NODE = "one_node"
 TWO_NODES = "two_nodes"
 #: Where every test that starts a gateway runs on both topologies.
-BOTH_TOPOLOGIES = ("api", "handlers", "server")
+BOTH_TOPOLOGIES = ("api", "handlers", "server", "seeds")
 TESTS = Path(__file__).resolve().parent
 
 
@@ -64,14 +64,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     where = Path(str(metafunc.definition.path)).resolve().relative_to(TESTS).parts
     if where[0] not in BOTH_TOPOLOGIES:
         return
-    two_nodes: Any = TWO_NODES
+    marks = [pytest.mark.redis]
     marker = metafunc.definition.get_closest_marker("one_node")
     if marker is not None:
         reason = marker.args[0] if marker.args else ""
         assert reason, f"{metafunc.definition.nodeid}: @pytest.mark.one_node needs a reason"
-        two_nodes = pytest.param(TWO_NODES, marks=pytest.mark.skip(
-            reason=f"cannot apply to two nodes: {reason}"))
-    metafunc.parametrize("topology", [ONE_NODE, two_nodes], indirect=True)
+        marks.append(pytest.mark.skip(reason=f"cannot apply to two nodes: {reason}"))
+    metafunc.parametrize("topology", [ONE_NODE, pytest.param(TWO_NODES, marks=marks)],
+                         indirect=True)
 
 #: Every frame a test receives through :class:`WSClient` is checked against the AsyncAPI
 #: document the gateway publishes (/asyncapi.json): the schemas cannot drift from what the

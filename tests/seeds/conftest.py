@@ -63,21 +63,15 @@ class Seed:
 SeedFactory = Callable[..., Awaitable[Seed]]
 
 
-@pytest.fixture(params=["one_node", pytest.param("two_nodes", marks=pytest.mark.redis)])
-async def seed_gateway(request: pytest.FixtureRequest,
-                       make_gateway: MakeGateway) -> AsyncIterator[SeedFactory]:
-    """``await seed_gateway(**the_seed_s_own_settings)`` starts the gateway(s)."""
+@pytest.fixture
+async def seed_gateway(make_gateway: MakeGateway) -> AsyncIterator[SeedFactory]:
+    """``await seed_gateway(**the_seed_s_own_settings)`` starts the gateway on this test's
+    topology (tests/conftest.py): on two nodes, clients connect to one and the API is called
+    on the other."""
 
     async def start(**settings: Any) -> Seed:
-        if request.param == "one_node":
-            live = await make_gateway(api_token="", **settings)
-            return Seed(client=live, api=live)
-        redis_url = request.getfixturevalue("redis_url")
-        api_node = await make_gateway(api_token="", broker_url=redis_url, node_id="a",
-                                      **settings)
-        client_node = await make_gateway(api_token="", broker_url=redis_url, node_id="b",
-                                         **settings)
-        return Seed(client=client_node, api=api_node)
+        live = await make_gateway(api_token="", **settings)
+        return Seed(client=live, api=live)
 
     yield start
 

@@ -62,7 +62,8 @@ async def test_a_bad_format_is_refused_before_the_upgrade(live_gateway: LiveGate
         body = await resp.json()
     assert body["error"]["code"] == "invalid_request"
     assert "envelope" in body["error"]["message"] and "flat" in body["error"]["message"]
-    assert len(live_gateway.gateway.registry) == 0
+    _, listing = await live_gateway.api("GET", "/clients")
+    assert listing["total"] == 0  # no session was opened
 
 
 async def test_a_refused_resume_on_the_flat_path_is_flat(live_gateway: LiveGateway) -> None:
