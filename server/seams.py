@@ -54,10 +54,11 @@ class Where(NamedTuple):
     node: str
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, eq=False)
 class Broadcast:
     """One broadcast frame and who it is for: serialised once, fanned out by every node to the
-    sessions it holds."""
+    sessions it holds. Compared and hashed by identity (one object per broadcast sent or
+    received)."""
 
     message_id: str
     body: bytes
@@ -260,7 +261,7 @@ class LocalDirectory:
         return None
 
     def delivering(self, broadcast: Broadcast) -> AbstractContextManager[None]:
-        return contextlib.nullcontext()
+        return _NOTHING_TO_DO
 
     async def sessions(self, *, channel: str | None = None, client_type: str | None = None,
                        connected: bool | None = None) -> list[SessionInfo]:
@@ -283,6 +284,10 @@ class _NoReplies:
         return []
 
 
+_NO_REPLIES = _NoReplies()
+_NOTHING_TO_DO: AbstractContextManager[None] = contextlib.nullcontext()
+
+
 class LocalPeers:
     """One node: there is nobody to ask."""
 
@@ -295,7 +300,7 @@ class LocalPeers:
 
     async def publish_all(self, op: str, header: dict[str, Any], body: bytes = b""
                           ) -> Gathering:
-        return _NoReplies()
+        return _NO_REPLIES
 
 
 class LocalBackend:
