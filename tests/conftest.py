@@ -11,8 +11,9 @@ Topologies, by the ``topology`` fixture parameter (one test body, every topology
   Clients connect to node ``b``; the API is called on node ``a`` — the node that does not
   hold them — so every delivery crosses nodes.
 
-Tests under ``tests/api``, ``tests/handlers``, ``tests/server`` and ``tests/seeds`` that use a
-gateway run on both (the two-node runs are marked ``redis``). A test that cannot apply to two nodes says why: ``@pytest.mark.one_node("reason")``
+Tests under ``tests/api``, ``tests/handlers``, ``tests/server``, ``tests/seeds``,
+``tests/security`` and ``tests/client`` that use a gateway run on both (the two-node runs are
+marked ``redis``). A test that cannot apply to two nodes says why: ``@pytest.mark.one_node("reason")``
 (it is then reported as skipped on ``two_nodes``, with that reason).
 
 Tests never sleep to synchronise: :meth:`WSClient.recv` waits for the next frame with a
@@ -49,7 +50,7 @@ RECV_TIMEOUT = 5.0
 ONE_NODE = "one_node"
 TWO_NODES = "two_nodes"
 #: Where every test that starts a gateway runs on both topologies.
-BOTH_TOPOLOGIES = ("api", "handlers", "server", "seeds")
+BOTH_TOPOLOGIES = ("api", "handlers", "server", "seeds", "security", "client")
 TESTS = Path(__file__).resolve().parent
 
 
@@ -255,6 +256,12 @@ class LiveGateway:
         status, body = await self.api("GET", f"/clients/{client_id}")
         assert status == 200, body
         return body  # type: ignore[no-any-return]
+
+    async def session_count(self) -> int:
+        """How many sessions the API lists (every node's)."""
+        status, body = await self.api("GET", "/clients")
+        assert status == 200, body
+        return int(body["total"])
 
     async def offline(self, client_id: str) -> dict[str, Any]:
         """Wait until the API reports the session kept but offline (its socket dropped)."""

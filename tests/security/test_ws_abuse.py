@@ -199,7 +199,7 @@ async def test_only_the_addressed_client_can_answer_a_tool_call(make_gateway: Ma
                        message_id="m1")
     error = await mallory.recv_type("error")
     assert error["data"]["code"] == "unknown_call" and error["reply_to"] == "m1"
-    assert call_id in live.gateway.pending_calls
+    assert call_id in live.holder.pending_calls  # still waiting on the node holding alice
     assert not task.done()
     # A made-up call_id is refused the same way (no oracle telling the two apart).
     await mallory.send("tool_result", {"call_id": "guess", "result": 1}, message_id="m2")
