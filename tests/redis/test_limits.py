@@ -35,7 +35,7 @@ async def pair(make_gateway: MakeGateway, redis_url: str) -> tuple[LiveGateway, 
 
 
 async def redis_history(live: LiveGateway, client_id: str) -> int:
-    return int(await live.gateway.broker.redis.llen(f"sb:h:{client_id}"))  # type: ignore
+    return int(await live.gateway.backend.store.redis.llen(f"sb:h:{client_id}"))  # type: ignore
 
 
 async def test_history_bytes_hold_in_redis_and_after_a_move(
@@ -48,7 +48,7 @@ async def test_history_bytes_hold_in_redis_and_after_a_move(
     session = b.gateway.registry.get("chatty")
     assert session is not None
     assert session.history_bytes <= HISTORY_BYTES < 20 * 16000
-    await b.gateway.flush_now()  # type: ignore[attr-defined]
+    await b.gateway.backend.journal.flush()  # type: ignore[attr-defined]
     assert await redis_history(a, "chatty") == len(session.history)
     # The API of the other node sees the same trimmed history.
     status, page = await a.api("GET", "/clients/chatty/messages?limit=1000")
@@ -72,7 +72,7 @@ async def test_an_evicted_session_is_gone_cluster_wide(
         tokens[client.client_id] = client.session_token
         await client.close()
         await wait_redis(a, f"s{n}", node="b", connected="0")
-    await b.gateway.flush_now()  # type: ignore[attr-defined]
+    await b.gateway.backend.journal.flush()  # type: ignore[attr-defined]
     assert sorted(b.gateway.registry.sessions) == [f"s{n}" for n in range(2, 8)]
     status, _ = await a.api("GET", "/clients/s0")
     assert status == 404

@@ -182,7 +182,7 @@ async def test_whatever_a_tool_does_its_call_completes(make_gateway: MakeGateway
     """Custom tools that return what JSON cannot carry, nest too deep, raise, or never
     finish: each call still ends with both frames, saying why."""
     live = await make_gateway(call_tool_timeout=0.3)
-    tools = live.gateway.tools
+    tools = live.holder.tools  # the node running its clients' tool calls
 
     async def forever(params: dict[str, Any], ctx: Any) -> None:
         await asyncio.Event().wait()
