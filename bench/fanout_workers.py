@@ -232,6 +232,9 @@ def run_one(label: str, workers: int, broker_url: str, args: argparse.Namespace)
         "WS_HEARTBEAT": "0",
         "SEND_QUEUE_FRAMES": str(max(1000, args.broadcasts * 2)),
         "SEND_QUEUE_BYTES": str(64 * 1024 * 1024),
+        # A client closed at SEND_QUEUE_BYTES must be able to resume: HISTORY_BYTES at least
+        # 8/7 of it (start-up refuses less).
+        "HISTORY_BYTES": str(128 * 1024 * 1024),
     }
     with tempfile.TemporaryDirectory() as cwd:
         server = subprocess.Popen(
