@@ -89,8 +89,9 @@ class ServerFrame:
 SERVER_FRAMES: dict[str, ServerFrame] = {
     "connection_established": ServerFrame(
         "First frame of every connection: the session and whether it was resumed.",
-        data({"client_id": STRING, "client_type": STRING, "session_token": STRING,
-              "resumed": BOOL, "recovered": BOOL, "last_seq": NONNEG, "replayed": NONNEG},
+        data({"client_id": STRING, "user_id": nullable(STRING), "client_type": STRING,
+              "session_token": STRING, "resumed": BOOL, "recovered": BOOL,
+              "last_seq": NONNEG, "replayed": NONNEG},
              {"heartbeat": NUMBER, "session_ttl": NUMBER, "max_message_size": NONNEG,
               "server_time": DATETIME, "message": STRING}), kept=False),
     "connection_ack": ServerFrame("Seed 000's greeting, after connection_established on "
@@ -105,8 +106,9 @@ SERVER_FRAMES: dict[str, ServerFrame] = {
         "is set (a refused resume, followed by that close).",
         data({"code": STRING, "message": STRING},
              {"field": STRING, "supported_types": STRINGS, "available_channels": STRINGS,
-              "channel": STRING, "retry_after": NUMBER, "close_code": INT,
-              "max_channels": NONNEG,
+              "channel": STRING, "reason": STRING, "retry_after": NUMBER,
+              "close_code": INT, "max_channels": NONNEG, "user_id": STRING,
+              "max_sessions_per_user": NONNEG,
               "stream_id": STRING, "partial_content": STRING, "call_id": STRING}),
         seq_optional=True),
     "processing": ServerFrame("A chat message is being answered.",
@@ -152,12 +154,41 @@ SERVER_FRAMES: dict[str, ServerFrame] = {
                                         "risk_level": enum("low", "medium", "high")})}})),
     "status_response": ServerFrame("The server's counters.", STATUS),
     "subscribed": ServerFrame("Joined a channel (channel_count: how many the session has; "
-                              "list_channels lists them).",
+                              "list_channels lists them). server_side: the backend subscribed "
+                              "the session (the JWT's subs, POST /clients/{id}/channels).",
                               data({"channel": STRING, "channel_count": NONNEG,
-                                    "subscribers": NONNEG})),
-    "unsubscribed": ServerFrame("Left a channel.",
+                                    "subscribers": NONNEG}, {"server_side": BOOL})),
+    "unsubscribed": ServerFrame("Left a channel (server_side: the backend unsubscribed the "
+                                "session).",
                                 data({"channel": STRING, "was_subscribed": BOOL,
-                                      "channel_count": NONNEG})),
+                                      "channel_count": NONNEG}, {"server_side": BOOL})),
+    "published": ServerFrame("A publish was delivered to the channel's subscribers (every "
+                             "node): live recipients, and offline ones that keep it.",
+                             data({"channel": STRING, "message_id": STRING,
+                                   "recipients": NONNEG, "queued": NONNEG})),
+    "publication": ServerFrame(
+        "A client's publication on a channel you are subscribed to: data is what it "
+        "published (or what PUBLISH_WEBHOOK_URL rewrote it to); channel and from "
+        "{client_id, user_id} are at the frame's top level.", data()),
+    "presence": ServerFrame(
+        "Who is in a channel: its sessions (at most PRESENCE_LIMIT, by client_id; offline "
+        "ones stay until they expire), their users, the whole count.",
+        data({"channel": STRING, "count": NONNEG,
+              "sessions": {"type": "array", "items": data(
+                  {"client_id": STRING, "user_id": nullable(STRING), "connected": BOOL})},
+              "users": STRINGS, "truncated": BOOL})),
+    "join": ServerFrame("A session joined a channel you are in (its rule has join_leave).",
+                        data({"channel": STRING, "client_id": STRING,
+                              "user_id": nullable(STRING)})),
+    "leave": ServerFrame("A session left a channel you are in (unsubscribed, or its session "
+                         "ended or expired; not a socket drop).",
+                         data({"channel": STRING, "client_id": STRING,
+                               "user_id": nullable(STRING)})),
+    "channel_history": ServerFrame(
+        "A channel's recent frames (publications and broadcasts), oldest first, each as it "
+        "was sent (without seq); a live frame may also be in it: dedupe by message_id.",
+        data({"channel": STRING, "frames": {"type": "array", "items": OBJECT},
+              "count": NONNEG, "limit": NONNEG})),
     "channels_list": ServerFrame(
         "Channels with subscriber counts.",
         data({"channels": {"type": "object", "additionalProperties": NONNEG},
@@ -177,6 +208,9 @@ ENVELOPE_PROPERTIES: Schema = {
     "seq": {"type": "integer", "minimum": 1,
             "description": "per-session counter of kept frames, +1 each: resume after it"},
     "channel": {"type": "string", "description": "set on channel broadcasts"},
+    "from": {"type": "object", "description": "a publication's sender",
+             "properties": {"client_id": STRING, "user_id": nullable(STRING)},
+             "required": ["client_id", "user_id"]},
 }
 
 
@@ -233,6 +267,9 @@ CONNECT_QUERY: Schema = {
         "client_id": {"type": "string", "maxLength": 128,
                       "description": "the id asked for (1-128 of A-Z a-z 0-9 - _ . : @)"},
         "client_type": {"type": "string", "maxLength": 64},
+        "user_id": {"type": "string", "maxLength": 128,
+                    "description": "the user (WS_AUTH=none/token; a JWT's sub decides with "
+                                   "jwt); absent: anonymous"},
         "session_token": {"type": "string", "description": "resume this session"},
         "last_seq": {"type": "integer", "minimum": 0,
                      "description": "the highest seq processed; later frames are replayed"},

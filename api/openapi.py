@@ -106,6 +106,9 @@ SCHEMAS: dict[str, Schema] = {
         "pending_tool_calls", "broker"), additionalProperties=True),
     "Client": _obj({
         "client_id": STRING,
+        "user_id": {"type": "string", "nullable": True,
+                    "description": "the session's user (JWT sub or the declared user_id); "
+                                   "null: anonymous"},
         "client_type": STRING,
         "connected": BOOL,
         "connected_at": DATETIME,
@@ -162,7 +165,9 @@ SCHEMAS: dict[str, Schema] = {
     }, ("client_id", "disconnected", "ended")),
     "SendMessageRequest": _obj({
         "client_id": {"type": "string", "minLength": 1, "maxLength": 128,
-                      "example": "alice"},
+                      "example": "alice", "description": "one session"},
+        "user_id": {"type": "string", "minLength": 1, "maxLength": 128,
+                    "description": "every session of this user, instead of client_id"},
         "content": {**ANY, "description": "the message; becomes data.content of the frame"},
         "message_type": {"type": "string", "maxLength": 64, "nullable": True,
                          "description": "the frame's type (default `message`)"},
@@ -172,9 +177,11 @@ SCHEMAS: dict[str, Schema] = {
                             "nullable": True,
                             "description": "retries with the same key within "
                                            "IDEMPOTENCY_TTL get the first answer"},
-    }, ("client_id",), additionalProperties=True,
-        anyOf=[{"required": ["content"]}, {"required": ["data"]}],
-        description="`content` or `data` (or both) is required.",
+    }, (), additionalProperties=True,
+        allOf=[{"anyOf": [{"required": ["content"]}, {"required": ["data"]}]},
+               {"oneOf": [{"required": ["client_id"]}, {"required": ["user_id"]}]}],
+        description="Exactly one of `client_id` and `user_id`; `content` or `data` (or "
+                    "both).",
         example={"client_id": "alice", "content": "hello"}),
     "SendMessageResult": _obj({
         "status": {"type": "string", "enum": ["delivered", "queued"]},
@@ -183,6 +190,57 @@ SCHEMAS: dict[str, Schema] = {
         "client_id": STRING,
         "idempotent_replay": BOOL,
     }, ("status", "message_id", "seq", "client_id")),
+    "SendToUserResult": _obj({
+        "user_id": STRING,
+        "message_id": {"type": "string", "description": "the same in every session's frame"},
+        "sessions": {"type": "array", "items": _obj({
+            "client_id": STRING,
+            "status": {"type": "string", "enum": ["delivered", "queued", "failed"]},
+            "seq": {"type": "integer", "minimum": 1},
+            "error": {**ANY_OBJECT, "description": "why it failed (`failed` only)"},
+        }, ("client_id", "status"))},
+        "delivered": NONNEG,
+        "queued": NONNEG,
+        "failed": NONNEG,
+        "idempotent_replay": BOOL,
+    }, ("user_id", "message_id", "sessions", "delivered", "queued", "failed")),
+    "User": _obj({
+        "user_id": STRING,
+        "sessions": {"type": "array", "items": ref("Client")},
+        "total": NONNEG,
+        "connected": NONNEG,
+    }, ("user_id", "sessions", "total", "connected")),
+    "SubscriptionRequest": _obj({
+        "channel": {"type": "string", "minLength": 1, "maxLength": 128,
+                    "example": "room:42"},
+    }, ("channel",), additionalProperties=True),
+    "Subscription": _obj({
+        "client_id": STRING,
+        "channel": STRING,
+        "subscribed": {"type": "boolean", "description": "subscribed now"},
+        "changed": {"type": "boolean",
+                    "description": "false when it already was (un)subscribed"},
+        "channel_count": NONNEG,
+    }, ("client_id", "channel", "subscribed", "changed", "channel_count")),
+    "UserSubscription": _obj({
+        "user_id": STRING,
+        "channel": STRING,
+        "sessions": {"type": "array", "items": ref("Subscription")},
+    }, ("user_id", "channel", "sessions")),
+    "Presence": _obj({
+        "channel": STRING,
+        "count": {"type": "integer", "minimum": 0,
+                  "description": "every session in the channel, on every node"},
+        "sessions": {"type": "array", "items": _obj({
+            "client_id": STRING,
+            "user_id": {"type": "string", "nullable": True},
+            "connected": {"type": "boolean",
+                          "description": "false: kept for resume (it leaves when it expires)"},
+        }, ("client_id", "user_id", "connected"))},
+        "users": {"type": "array", "items": STRING,
+                  "description": "the users of the sessions listed"},
+        "truncated": {"type": "boolean", "description": "more sessions than listed"},
+    }, ("channel", "count", "sessions", "users", "truncated")),
     "BroadcastRequest": _obj({
         "message_type": {"type": "string", "minLength": 1, "maxLength": 64,
                          "example": "mcp_event"},
@@ -318,6 +376,12 @@ _BODY_ERRORS = {"400": _resp("BadRequest"), "408": _resp("RequestTimeout"),
 CLIENT_ID_PARAM: Schema = {"name": "client_id", "in": "path", "required": True,
                            "description": "the session's client_id",
                            "schema": {"type": "string", "minLength": 1}}
+USER_ID_PARAM: Schema = {"name": "user_id", "in": "path", "required": True,
+                         "description": "the user (JWT sub, or a connection's user_id)",
+                         "schema": {"type": "string", "minLength": 1}}
+CHANNEL_PARAM: Schema = {"name": "channel", "in": "path", "required": True,
+                         "description": "the channel's name",
+                         "schema": {"type": "string", "minLength": 1}}
 IDEMPOTENCY_HEADER: Schema = {
     "name": "Idempotency-Key", "in": "header", "required": False,
     "description": "same as the body's `idempotency_key`",
@@ -443,6 +507,7 @@ def build_paths() -> dict[str, Schema]:
                        "only connected (true) or only offline (false) sessions"),
                 _query("channel", STRING, "only subscribers of this channel"),
                 _query("client_type", STRING, "only clients of this type"),
+                _query("user_id", STRING, "only this user's sessions"),
             ])},
         "/clients/{client_id}": {
             "parameters": [CLIENT_ID_PARAM],
@@ -475,15 +540,23 @@ def build_paths() -> dict[str, Schema]:
                            "only frames before this seq (alone: the newest page before it)"),
                 ])},
         "/send_message": {"post": _op(
-            "Send a message to one client", "delivery",
-            {"200": _json(ref("SendMessageResult"), "Delivered to the live connection."),
-             "202": _json(ref("SendMessageResult"), "The client is offline: queued in its "
-                                                    "session, delivered on resume."),
-             "404": _resp("NotFound"), "503": _resp("Unavailable")},
+            "Send a message to one client, or to every session of a user", "delivery",
+            {"200": _json({"oneOf": [ref("SendMessageResult"), ref("SendToUserResult")]},
+                          "Delivered to the live connection (with user_id: to at least one "
+                          "of the user's)."),
+             "202": _json({"oneOf": [ref("SendMessageResult"), ref("SendToUserResult")]},
+                          "The client is offline (with user_id: every session of the user "
+                          "is): queued in its session, delivered on resume."),
+             "404": _error("No session with this client_id (`client_not_found`), or the "
+                           "user has none (`user_not_found`)."),
+             "503": _resp("Unavailable")},
             operation_id="sendMessage", body="SendMessageRequest",
             parameters=[IDEMPOTENCY_HEADER],
             description="The client receives `{type: message_type, data: {content, "
-                        "...data}}` with the next `seq` of its session.")},
+                        "...data}}` with the next `seq` of its session. With `user_id` "
+                        "instead of `client_id`, the same frame (one message_id) goes to "
+                        "every session of the user, on every node; the answer lists each "
+                        "session's client_id, status and seq.")},
         "/broadcast": {"post": _op(
             "Broadcast to many clients", "delivery",
             {"200": _json(ref("BroadcastResult"), "Fanned out."),
@@ -521,6 +594,66 @@ def build_paths() -> dict[str, Schema]:
             "Channels and subscriber counts", "introspection",
             {"200": _json(ref("Channels"), "Channels with at least one subscriber.")},
             operation_id="listChannels")},
+        "/channels/{channel}/presence": {
+            "parameters": [CHANNEL_PARAM],
+            "get": _op(
+                "Who is in a channel", "channels",
+                {"200": _json(ref("Presence"), "The channel's sessions and users on every "
+                                               "node (empty when nobody is in it)."),
+                 "422": _resp("Unprocessable")},
+                operation_id="channelPresence",
+                description="Sessions subscribed to the channel now, on every node, by "
+                            "client_id; an offline session stays until it expires. At most "
+                            "`limit` (PRESENCE_LIMIT) are listed; `count` is all of them.",
+                parameters=[_query("limit", {"type": "integer", "minimum": 1,
+                                             "maximum": 100_000},
+                                   "most sessions listed (at most PRESENCE_LIMIT)")])},
+        "/users/{user_id}": {
+            "parameters": [USER_ID_PARAM],
+            "get": _op("A user's sessions", "clients",
+                       {"200": _json(ref("User"), "Every session of the user, connected or "
+                                                  "kept for resume, oldest first."),
+                        "404": _error("The user has no session (`user_not_found`).")},
+                       operation_id="getUser")},
+        "/clients/{client_id}/channels": {
+            "parameters": [CLIENT_ID_PARAM],
+            "post": _op(
+                "Subscribe a session to a channel (server-side)", "channels",
+                {"200": _json(ref("Subscription"), "Subscribed (the client gets a "
+                                                   "`subscribed` frame, server_side: true)."),
+                 "403": _error("A system channel (`forbidden_channel`)."),
+                 "404": _resp("NotFound")},
+                operation_id="subscribeClient", body="SubscriptionRequest",
+                description="The backend vouches for the subscription: the channel's "
+                            "subscribe rule is not asked; system channels and the CHANNELS "
+                            "allow-list (422 `invalid_channel`) still apply, and "
+                            "MAX_CHANNELS_PER_CLIENT (422 `too_many_channels`).")},
+        "/clients/{client_id}/channels/{channel}": {
+            "parameters": [CLIENT_ID_PARAM, CHANNEL_PARAM],
+            "delete": _op(
+                "Unsubscribe a session from a channel", "channels",
+                {"200": _json(ref("Subscription"), "Unsubscribed (`changed`: it was "
+                                                   "subscribed; the client gets "
+                                                   "`unsubscribed`)."),
+                 "404": _resp("NotFound")},
+                operation_id="unsubscribeClient")},
+        "/users/{user_id}/channels": {
+            "parameters": [USER_ID_PARAM],
+            "post": _op(
+                "Subscribe every session of a user to a channel", "channels",
+                {"200": _json(ref("UserSubscription"), "Each session of the user, "
+                                                       "subscribed."),
+                 "403": _error("A system channel (`forbidden_channel`)."),
+                 "404": _error("The user has no session (`user_not_found`).")},
+                operation_id="subscribeUser", body="SubscriptionRequest")},
+        "/users/{user_id}/channels/{channel}": {
+            "parameters": [USER_ID_PARAM, CHANNEL_PARAM],
+            "delete": _op(
+                "Unsubscribe every session of a user from a channel", "channels",
+                {"200": _json(ref("UserSubscription"), "Each session of the user, "
+                                                       "unsubscribed."),
+                 "404": _error("The user has no session (`user_not_found`).")},
+                operation_id="unsubscribeUser")},
         "/handlers": {"get": _handlers_op("listHandlers")},
         "/ws/handlers": {"get": _handlers_op("listWsHandlers")},
         "/tools": {"get": _op(
@@ -598,7 +731,8 @@ _SPEC: Schema = {
              "description": DESCRIPTION, "license": {"name": "MIT"}},
     "tags": [
         {"name": "delivery", "description": "Send, broadcast, call tools"},
-        {"name": "clients", "description": "Sessions and their history"},
+        {"name": "clients", "description": "Sessions, users and their history"},
+        {"name": "channels", "description": "Server-side subscriptions and presence"},
         {"name": "introspection", "description": "Counters, channels, handlers, tools"},
         {"name": "health", "description": "Liveness, readiness, metrics"},
         {"name": "docs", "description": "This document, the docs and the dashboard"},

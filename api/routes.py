@@ -140,7 +140,8 @@ async def list_clients(request: web.Request) -> web.Response:
     assert limit is not None and offset is not None
     return json_response(await gw(request).list_clients(
         limit=limit, offset=offset, channel=request.query.get("channel") or None,
-        client_type=request.query.get("client_type") or None, connected=connected))
+        client_type=request.query.get("client_type") or None, connected=connected,
+        user_id=request.query.get("user_id") or None))
 
 
 @routes.get("/clients/{client_id}")
@@ -166,7 +167,8 @@ async def delete_client(request: web.Request) -> web.Response:
 # --- delivery ---------------------------------------------------------------------------------
 
 SEND_FIELDS = {
-    "client_id": Field("string", required=True, max_length=128),
+    "client_id": Field("string", max_length=128),
+    "user_id": Field("string", max_length=128),
     "content": Field("any"),
     "message_type": Field("string", max_length=64),
     "data": Field("object"),
@@ -179,14 +181,22 @@ async def send_message(request: web.Request) -> web.Response:
     if "content" not in body and "data" not in body:
         raise ValidationError("content is required (or data)", code="invalid_field",
                               details={"field": "content"})
+    client_id, user_id = body.get("client_id"), body.get("user_id")
+    if (client_id is None) == (user_id is None):
+        raise ValidationError("give exactly one of client_id (one session) or user_id (every "
+                              "session of the user)", code="invalid_field",
+                              details={"field": "client_id" if client_id is None else "user_id"})
     gateway = gw(request)
     key = idempotency_key(request, body)
-    answer, replayed = await gateway.idempotent(key, lambda: gateway.send_message(
-        body["client_id"], body.get("content"), message_type=body.get("message_type") or "message",
-        data=body.get("data")), request_fingerprint(body))
+    send = gateway.send_message if user_id is None else gateway.send_to_user
+    answer, replayed = await gateway.idempotent(key, lambda: send(
+        client_id or user_id, body.get("content"),
+        message_type=body.get("message_type") or "message", data=body.get("data")),
+        request_fingerprint(body))
     if replayed:
         answer = {**answer, "idempotent_replay": True}
-    return json_response(answer, status=200 if answer["status"] == "delivered" else 202)
+    delivered = answer["status"] == "delivered" if user_id is None else answer["delivered"] > 0
+    return json_response(answer, status=200 if delivered else 202)
 
 
 BROADCAST_FIELDS = {
@@ -254,6 +264,43 @@ async def observer_ticket(request: web.Request) -> web.Response:
                           "query_parameter": "observer_ticket"})
 
 
+# --- users and server-side subscriptions ------------------------------------------------------
+
+
+@routes.get("/users/{user_id}")
+async def get_user(request: web.Request) -> web.Response:
+    return json_response(await gw(request).user(request.match_info["user_id"]))
+
+
+SUBSCRIPTION_FIELDS = {"channel": Field("string", required=True, max_length=128)}
+
+
+@routes.post("/clients/{client_id}/channels")
+async def subscribe_client(request: web.Request) -> web.Response:
+    body = await read_json(request, SUBSCRIPTION_FIELDS)
+    return json_response(await gw(request).channels.subscribe_client(
+        request.match_info["client_id"], body["channel"], subscribe=True))
+
+
+@routes.delete("/clients/{client_id}/channels/{channel}")
+async def unsubscribe_client(request: web.Request) -> web.Response:
+    return json_response(await gw(request).channels.subscribe_client(
+        request.match_info["client_id"], request.match_info["channel"], subscribe=False))
+
+
+@routes.post("/users/{user_id}/channels")
+async def subscribe_user(request: web.Request) -> web.Response:
+    body = await read_json(request, SUBSCRIPTION_FIELDS)
+    return json_response(await gw(request).channels.subscribe_user(
+        request.match_info["user_id"], body["channel"], subscribe=True))
+
+
+@routes.delete("/users/{user_id}/channels/{channel}")
+async def unsubscribe_user(request: web.Request) -> web.Response:
+    return json_response(await gw(request).channels.subscribe_user(
+        request.match_info["user_id"], request.match_info["channel"], subscribe=False))
+
+
 # --- introspection ----------------------------------------------------------------------------
 
 
@@ -265,6 +312,16 @@ async def channels(request: web.Request) -> web.Response:
                                        for name, count in stats.items()],
                           "total_channels": len(stats),
                           "available_channels": gateway.registry.available_channels(stats)})
+
+
+@routes.get("/channels/{channel}/presence")
+async def presence(request: web.Request) -> web.Response:
+    gateway = gw(request)
+    limit = query_int(request, "limit", gateway.settings.presence_limit, 1,
+                      gateway.settings.presence_limit)
+    assert limit is not None
+    return json_response(await gateway.channels.presence(
+        request.match_info["channel"], limit=limit, everywhere=True))
 
 
 @routes.get("/handlers")

@@ -47,11 +47,21 @@ HANDLER_TABLE: tuple[Registration, ...] = (
     Registration("get_status", system.handle_get_status, {}, "The server's counters.",
                  replies=("status_response",)),
     Registration("subscribe", channels.handle_subscribe, channels.FIELDS,
-                 "Join a channel.", replies=("subscribed",)),
+                 "Join a channel (where CHANNEL_RULES allows).", replies=("subscribed",)),
     Registration("unsubscribe", channels.handle_unsubscribe, channels.FIELDS,
                  "Leave a channel.", replies=("unsubscribed",)),
     Registration("list_channels", channels.handle_list_channels, {},
                  "Channels with subscriber counts.", replies=("channels_list",)),
+    Registration("publish", channels.handle_publish, channels.PUBLISH_FIELDS,
+                 "Publish to a channel where its rule allows (subscribers get publication).",
+                 replies=("published",)),
+    Registration("presence", channels.handle_presence, channels.FIELDS,
+                 "Who is in a channel, where its rule allows presence.",
+                 replies=("presence",)),
+    Registration("channel_history", channels.handle_channel_history,
+                 channels.HISTORY_FIELDS,
+                 "A channel's recent frames, for a subscriber (the rule's history).",
+                 replies=("channel_history",)),
 )
 
 

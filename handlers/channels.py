@@ -1,37 +1,37 @@
-"""Channel frames (seed 003): ``subscribe`` / ``unsubscribe`` {channel}, also in the legacy
-``{"action": "subscribe", "channel": …}`` spelling. With a ``CHANNELS`` allow-list, other
-channels get an ``error`` ``invalid_channel`` whose ``message`` and ``available_channels`` (the
-configured channels) are also at the frame's top level, as seed 003's clients read them.
+"""Channel frames (seed 003 and PRODUCT.md section 8).
 
-System channels (``tool_activity``) are readable only by observers (a connection opened with an
-observer ticket or a JWT whose ``roles`` include ``observer``): anyone else gets
-``forbidden_channel``. Beyond ``MAX_CHANNELS_PER_CLIENT`` subscriptions a subscribe gets
-``too_many_channels``. The replies are O(1) in the number of subscriptions (``channel_count``,
-not the list; ``list_channels`` gives the list)."""
+``subscribe`` / ``unsubscribe`` {channel} (also in the legacy ``{"action": "subscribe",
+"channel": …}`` spelling). A subscribe is checked against the ``CHANNELS`` allow-list (another
+channel gets ``invalid_channel`` with ``available_channels``, also at the frame's top level as
+seed 003's clients read them), the system channels (``tool_activity``: observers only) and
+``CHANNEL_RULES`` with its subscribe webhook (refused: ``forbidden_channel`` {channel,
+reason}); beyond ``MAX_CHANNELS_PER_CLIENT`` subscriptions, ``too_many_channels``. A refused
+frame changes nothing and the connection stays open. The replies are O(1) in the number of
+subscriptions (``channel_count``, not the list; ``list_channels`` gives the list).
+
+``publish`` {channel, data} where the rule allows it → ``published`` {channel, message_id,
+recipients, queued}; subscribers get ``publication``. ``presence`` {channel} where the rule
+allows it → ``presence`` {channel, count, sessions, users, truncated}. ``channel_history``
+{channel, limit?} for a subscriber of a channel whose rule keeps history →
+``channel_history`` {channel, frames, count, limit}. See server/channels.py.
+"""
 
 from __future__ import annotations
 
-from server.errors import ForbiddenError, InvalidChannel
-from server.gateway import SYSTEM_CHANNELS
+from server.errors import ValidationError
 from server.protocol import ClientFrame, Field
 from server.router import HandlerContext
 
-FIELDS = {"channel": Field("string", required=True, max_length=128)}
+CHANNEL = Field("string", required=True, max_length=128)
+FIELDS = {"channel": CHANNEL}
+PUBLISH_FIELDS = {"channel": CHANNEL, "data": Field("object", required=True)}
+HISTORY_FIELDS = {"channel": CHANNEL, "limit": Field("integer")}
 
 
 async def handle_subscribe(ctx: HandlerContext, frame: ClientFrame) -> None:
     channel = frame.data["channel"]
+    await ctx.gateway.channels.subscribe(ctx.session, channel)
     registry = ctx.gateway.registry
-    if not registry.channel_allowed(channel):
-        raise InvalidChannel(f"Invalid channel: {channel}",
-                             details={"channel": channel,
-                                      "available_channels": registry.available_channels()})
-    if channel in SYSTEM_CHANNELS and not ctx.session.observer:
-        raise ForbiddenError(
-            f"{channel} is a system channel: open the connection with an observer_ticket "
-            f"(POST /observer_ticket on the API) or a JWT whose roles include observer",
-            code="forbidden_channel", details={"channel": channel})
-    registry.join(ctx.session, channel)
     ctx.reply("subscribed", {"channel": channel, "channel_count": len(ctx.session.channels),
                              "subscribers": len(registry.channels.get(channel, ()))})
 
@@ -48,3 +48,24 @@ async def handle_list_channels(ctx: HandlerContext, frame: ClientFrame) -> None:
     ctx.reply("channels_list", {"channels": registry.channel_stats(),
                                 "available_channels": registry.available_channels(),
                                 "subscribed": sorted(ctx.session.channels)})
+
+
+async def handle_publish(ctx: HandlerContext, frame: ClientFrame) -> None:
+    answer = await ctx.gateway.channels.publish(ctx.session, frame.data["channel"],
+                                                frame.data["data"])
+    ctx.reply("published", answer)
+
+
+async def handle_presence(ctx: HandlerContext, frame: ClientFrame) -> None:
+    gateway = ctx.gateway
+    ctx.reply("presence", await gateway.channels.presence(
+        frame.data["channel"], limit=gateway.settings.presence_limit, asker=ctx.session))
+
+
+async def handle_channel_history(ctx: HandlerContext, frame: ClientFrame) -> None:
+    limit = frame.data.get("limit")
+    if limit is not None and limit < 1:
+        raise ValidationError("limit must be at least 1", code="invalid_field",
+                              details={"field": "limit"})
+    ctx.reply("channel_history", await ctx.gateway.channels.history(
+        ctx.session, frame.data["channel"], limit))

@@ -26,6 +26,7 @@ from api.routes import routes as api_routes
 from api.stream import routes as stream_routes
 from api.ui import setup_ui
 from handlers import build_router
+from server.channel_history import ChannelRings
 from server.channel_rules import load_channel_rules
 from server.channel_webhooks import ChannelWebhooks
 from server.client_js import add_client_routes
@@ -71,8 +72,11 @@ def create_backend(settings: Settings, registry: SessionRegistry) -> Backend:
     over Redis (``redis://``, ``rediss://``; imported only then)."""
     scheme = urlsplit(settings.broker_url).scheme
     if scheme == "memory":
+        rings = ChannelRings(max_bytes=settings.channel_history_bytes,
+                             max_channels=settings.channel_history_channels,
+                             ttl=settings.channel_history_ttl)
         return LocalBackend(registry, node_id=settings.node_id,
-                            idempotency_ttl=settings.idempotency_ttl)
+                            idempotency_ttl=settings.idempotency_ttl, rings=rings)
     if scheme in ("redis", "rediss"):
         from server.cluster import RedisBackend
 
@@ -81,9 +85,16 @@ def create_backend(settings: Settings, registry: SessionRegistry) -> Backend:
 
 
 def create_gateway(settings: Settings) -> Gateway:
+    """The gateway for ``settings``: its seams, and the channel rules, the subscribe/publish
+    webhooks and the lifecycle events emitter its channel service uses."""
     registry = SessionRegistry.from_settings(settings, SYSTEM_CHANNELS)
+    rules = load_channel_rules(settings.channel_rules, system_channels=SYSTEM_CHANNELS,
+                               allow_list=settings.channels,
+                               subscribe_webhook=bool(settings.subscribe_webhook_url),
+                               publish_webhook=bool(settings.publish_webhook_url))
     return Gateway(settings=settings, registry=registry,
-                   backend=create_backend(settings, registry), tools=default_tools.copy())
+                   backend=create_backend(settings, registry), tools=default_tools.copy(),
+                   rules=rules, hooks=ChannelWebhooks(settings), events=EventEmitter(settings))
 
 
 def create_apps(settings: Settings, gateway: Gateway | None = None,
@@ -94,7 +105,10 @@ def create_apps(settings: Settings, gateway: Gateway | None = None,
     gateway = gateway or create_gateway(settings)
     router = router or build_router()
     security = Security(settings)
-    shared = _channel_services(settings)
+    channels = gateway.channels
+    shared: dict[web.AppKey[Any], Any] = {CHANNEL_RULES: channels.rules,
+                                          CHANNEL_WEBHOOKS: channels.hooks,
+                                          EVENTS: channels.events}
 
     ws_app = web.Application()
     ws_app[GATEWAY] = gateway
@@ -132,22 +146,6 @@ def create_apps(settings: Settings, gateway: Gateway | None = None,
     return ws_app, api_app
 
 
-def _channel_services(settings: Settings) -> dict[web.AppKey[Any], Any]:
-    """Channel rules, the subscribe/publish webhooks and the events emitter (issue 13), shared
-    by both apps. The subscribe/publish handlers and routes that use them land with the
-    users/presence work; until then CHANNEL_RULES is validated and reported, not enforced."""
-    rules = load_channel_rules(settings.channel_rules, system_channels=SYSTEM_CHANNELS,
-                               allow_list=settings.channels,
-                               subscribe_webhook=bool(settings.subscribe_webhook_url),
-                               publish_webhook=bool(settings.publish_webhook_url))
-    if rules.enabled:
-        log.warning("channel_rules_not_enforced_yet", rules=len(rules.describe()),
-                    note="CHANNEL_RULES is validated; the subscribe/publish handlers do not "
-                         "apply it yet")
-    return {CHANNEL_RULES: rules, CHANNEL_WEBHOOKS: ChannelWebhooks(settings),
-            EVENTS: EventEmitter(settings)}
-
-
 def _setup_cors(app: web.Application, settings: Settings) -> None:
     origins = settings.allowed_origins or ("*",)
     options = aiohttp_cors.ResourceOptions(
@@ -164,8 +162,13 @@ async def _backend_ctx(app: web.Application) -> AsyncIterator[None]:
     gateway = app[GATEWAY]
     backend = gateway.backend
     await backend.start()
+    gateway.channels.start()
     log.info("backend_started", **backend.describe())
+    if gateway.channels.rules.enabled:
+        log.info("channel_rules", rules=gateway.channels.rules.describe())
     yield
+    # The sessions' membership changes are recorded (and announced) before the node leaves.
+    await gateway.channels.close(min(gateway.settings.shutdown_timeout or 1.0, 5.0))
     await gateway.cancel_tasks()
     await backend.stop()
 

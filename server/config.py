@@ -169,6 +169,7 @@ class Settings:
     history_bytes: int = 16 * 1024 * 1024  # twice send_queue_bytes: see HISTORY_BYTES
     session_ttl: float = 300.0
     max_sessions: int = 20_000
+    max_sessions_per_user: int = 16
     max_channels_per_client: int = 100
     max_json_depth: int = 64
     send_queue_frames: int = 256  # well below history_limit: see SEND_QUEUE_FRAMES
@@ -198,6 +199,10 @@ class Settings:
     subscribe_webhook_url: str = ""
     publish_webhook_url: str = ""
     channel_webhook_timeout: float = 5.0
+    presence_limit: int = 1000
+    channel_history_bytes: int = 256 * 1024
+    channel_history_channels: int = 1000
+    channel_history_ttl: float = 3600.0
     events_webhook_url: str = ""
     events_queue_size: int = 10_000
     events_batch_size: int = 100
@@ -453,6 +458,10 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
           "Sessions one node keeps (connected or waiting for resume). At the cap the session "
           "offline longest is ended to make room (its resume then gets 4003); a connected one "
           "never is. At least MAX_CONNECTIONS."),
+    _spec("MAX_SESSIONS_PER_USER", lambda n, r: _int(n, r, 1, 1_000_000), "16",
+          "Sessions one user (JWT sub, or the connection's user_id) may hold at once, over "
+          "every node. At the cap the user's session offline longest is ended to make room; "
+          "when all are connected the new connection is closed with 4012."),
     _spec("MAX_CHANNELS_PER_CLIENT", lambda n, r: _int(n, r, 1, 1_000_000), "100",
           "Channels one session may subscribe to; beyond it subscribe gets an error frame "
           "too_many_channels (the connection stays open)."),
@@ -516,21 +525,33 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
     _spec("CHANNELS", lambda n, r: _list(r), "(any)", "Comma-separated channel allow-list."),
     _spec("CHANNEL_RULES", lambda n, r: r.strip(), "(unset)",
           "Channel permissions: inline JSON or a .json/.toml file mapping channel patterns to "
-          "rules (see Channel rules). Validated at start-up; enforced by the subscribe and "
-          "publish handlers once they land (not yet)."),
+          "rules: who may subscribe, publish, see presence, get join/leave frames, fetch "
+          "history (see Channel rules). Unset: any channel may be subscribed to, nobody "
+          "publishes."),
     _spec("SUBSCRIBE_WEBHOOK_URL", _http_url, "(unset)",
-          "Backend asked about subscriptions to channels whose rule is webhook (signed like "
-          "the other webhooks); asked once the subscribe handler applies CHANNEL_RULES (not "
-          "yet)."),
+          "Backend asked about subscriptions (and presence) on channels whose rule is "
+          "webhook; signed like the other webhooks."),
     _spec("PUBLISH_WEBHOOK_URL", _http_url, "(unset)",
-          "Backend that may reject or rewrite a client publication before delivery (client "
-          "publish frames are not there yet)."),
+          "Backend that may reject or rewrite every client publication before delivery."),
     _spec("CHANNEL_WEBHOOK_TIMEOUT", lambda n, r: _float(n, r, 0.1, 60), "5",
           "Seconds the subscribe/publish webhooks get; no answer in time is a refusal."),
+    _spec("PRESENCE_LIMIT", lambda n, r: _int(n, r, 1, 100_000), "1000",
+          "Most sessions one presence answer lists (GET /channels/{channel}/presence, the "
+          "presence frame); the counts are always whole, truncated says when the list is "
+          "not."),
+    _spec("CHANNEL_HISTORY_BYTES", lambda n, r: _int(n, r, 1024, 2**31), "262144",
+          "Bytes of recent frames one channel's history keeps (its rule's history sets how "
+          "many frames); past it the oldest go. A channel_history answer also stops at half "
+          "of SEND_QUEUE_BYTES."),
+    _spec("CHANNEL_HISTORY_CHANNELS", lambda n, r: _int(n, r, 1, 10_000_000), "1000",
+          "Channels whose history is kept at once; beyond it the one written least recently "
+          "is dropped."),
+    _spec("CHANNEL_HISTORY_TTL", lambda n, r: _float(n, r, 1, 30 * 86400), "3600",
+          "Seconds a channel's history is kept after its last frame."),
     _spec("EVENTS_WEBHOOK_URL", _http_url, "(unset)",
-          "Backend that receives lifecycle events (sessions, channel membership), batched, "
-          "signed and retried off the delivery path. The poster runs; sessions and channels "
-          "report to it once the users/presence work lands (not yet)."),
+          "Backend that receives lifecycle events (sessions started/ended, channels "
+          "occupied/vacated, members added/removed), batched, signed and retried off the "
+          "delivery path, exactly once over the cluster."),
     _spec("EVENTS_QUEUE_SIZE", lambda n, r: _int(n, r, 1, 10_000_000), "10000",
           "Lifecycle events waiting for EVENTS_WEBHOOK_URL; beyond it new events are dropped "
           "(counted in switchboard_events_total)."),

@@ -124,6 +124,31 @@ class ForbiddenError(SwitchboardError):
     http_status = 403
 
 
+class TooManySessions(SwitchboardError):
+    """A new session for a user who already holds MAX_SESSIONS_PER_USER sessions, all of them
+    connected (an offline one would have been ended to make room): the connection is closed
+    with 4012."""
+
+    code = "too_many_sessions"
+    http_status = 429
+
+    def __init__(self, user_id: str, limit: int) -> None:
+        super().__init__(f"user {user_id!r} already holds {limit} sessions, all connected "
+                         f"(MAX_SESSIONS_PER_USER); close one first",
+                         details={"user_id": user_id, "max_sessions_per_user": limit})
+
+
+class ForbiddenChannel(ForbiddenError):
+    """A channel action the rules refuse (``error`` frame, or 403 on the API): the frame or
+    request changed nothing."""
+
+    code = "forbidden_channel"
+
+    def __init__(self, channel: str, reason: str, *, code: str | None = None) -> None:
+        super().__init__(f"{channel}: {reason}", code=code,
+                         details={"channel": channel, "reason": reason})
+
+
 class PeerUnreachable(Unavailable):
     """No node took a request addressed to ``node`` (nobody listens on its channel)."""
 
@@ -202,6 +227,9 @@ class CloseCode(IntEnum):
     """The client's authentication token expired. Reconnect with a fresh token and resume."""
     IDLE_TIMEOUT = 4011
     """Nothing was received for WS_TIMEOUT seconds. Reconnect and resume when needed."""
+    TOO_MANY_SESSIONS = 4012
+    """The user already holds MAX_SESSIONS_PER_USER sessions, all connected (an offline one
+    is ended to make room first). Do not reconnect: close another tab or device first."""
 
     @property
     def reconnect(self) -> bool:
@@ -216,7 +244,7 @@ class CloseCode(IntEnum):
 
 _NO_RECONNECT = frozenset({CloseCode.NORMAL, CloseCode.PROTOCOL_ERROR, CloseCode.INVALID_DATA,
                            CloseCode.REPLACED, CloseCode.SESSION_ENDED,
-                           CloseCode.INVALID_SESSION})
+                           CloseCode.INVALID_SESSION, CloseCode.TOO_MANY_SESSIONS})
 
 _EXPLANATIONS: dict[CloseCode, str] = {
     CloseCode.NORMAL: "normal closure",
@@ -232,4 +260,5 @@ _EXPLANATIONS: dict[CloseCode, str] = {
     CloseCode.RATE_LIMITED: "frame rate limit exceeded",
     CloseCode.TOKEN_EXPIRED: "authentication token expired",
     CloseCode.IDLE_TIMEOUT: "idle timeout",
+    CloseCode.TOO_MANY_SESSIONS: "too many sessions for this user (MAX_SESSIONS_PER_USER)",
 }

@@ -23,6 +23,8 @@ from typing import Any
 import structlog
 
 from server import protocol
+from server.channel_rules import ChannelRules
+from server.channels import ChannelService
 from server.config import Settings
 from server.errors import (
     CallTimeout,
@@ -34,11 +36,12 @@ from server.errors import (
     SessionMoved,
     SwitchboardError,
     ToolError,
+    TooManySessions,
     Unavailable,
 )
 from server.metrics import HOT, TOOL_CALL
 from server.seams import Backend, Broadcast, PeerHandler, SessionInfo
-from server.sessions import Session, SessionRegistry, valid_client_id
+from server.sessions import Session, SessionRegistry, generate_client_id, valid_client_id
 from server.tools import ToolContext, ToolRegistry, error_result, invoke, redact, shape_result
 
 log = structlog.get_logger("switchboard.gateway")
@@ -46,6 +49,8 @@ log = structlog.get_logger("switchboard.gateway")
 #: Channel that receives a copy of every tool lifecycle frame (for dashboards and observers).
 TOOL_ACTIVITY_CHANNEL = "tool_activity"
 SYSTEM_CHANNELS = (TOOL_ACTIVITY_CHANNEL,)
+#: Channel frames a channel's history does not keep (presence notices, not content).
+NOT_KEPT_IN_CHANNEL_HISTORY = frozenset({"join", "leave"})
 
 #: How long a request to the node holding a session may take (send, disconnect, history).
 REQUEST_TIMEOUT = 5.0
@@ -59,6 +64,14 @@ CALL_MARGIN = 2.0
 #: An operation on one session, performed by the node that holds it: gets the session, the
 #: request's header and body, returns the answer (the same whether the caller is here or not).
 SessionOp = Callable[[Session, dict[str, Any], bytes], Awaitable[dict[str, Any]]]
+
+
+def _payload(content: Any, data: dict[str, Any] | None) -> dict[str, Any]:
+    """A ``message`` frame's data: ``data`` with ``content`` in it."""
+    payload = dict(data or {})
+    if content is not None:
+        payload["content"] = content
+    return payload
 
 
 @dataclass(slots=True)
@@ -94,6 +107,12 @@ class Gateway:
     accepting: bool = True
     started_at: float = field(default_factory=time.time)
     session_ops: dict[str, SessionOp] = field(default_factory=dict)
+    #: CHANNEL_RULES, the subscribe/publish webhooks and the events emitter (app wiring
+    #: loads them; without, any channel may be subscribed to and nothing is reported).
+    rules: ChannelRules | None = None
+    hooks: Any = None
+    events: Any = None
+    channels: ChannelService = field(init=False)
 
     def __post_init__(self) -> None:
         self.session_ops.update({
@@ -105,10 +124,13 @@ class Gateway:
         })
         peers = self.backend.peers
         for op in self.session_ops:
-            peers.handle(op, self._for_peer(op))
+            peers.handle(op, self.for_peer(op))
         peers.handle("broadcast", self._broadcast_for_peer)
         peers.handle("tool_result", self._tool_result_for_peer)
         peers.handle("permission", self._permission_for_peer)
+        rules = self.rules or ChannelRules(None, system_channels=SYSTEM_CHANNELS,
+                                           allow_list=self.settings.channels)
+        self.channels = ChannelService(self, rules, self.hooks, self.events)
 
     @property
     def node_id(self) -> str:
@@ -148,7 +170,7 @@ class Gateway:
 
     # --- where a session is -------------------------------------------------------------------
 
-    async def _at_session(self, client_id: str, op: str, header: dict[str, Any],
+    async def at_session(self, client_id: str, op: str, header: dict[str, Any],
                           body: bytes = b"", *,
                           timeout: float = REQUEST_TIMEOUT  # noqa: ASYNC109 - a bound
                           ) -> dict[str, Any]:
@@ -171,8 +193,8 @@ class Gateway:
                 await directory.take_over(client_id, where.node)
         raise Unavailable(f"client {client_id!r} kept moving between nodes; retry")
 
-    def _for_peer(self, op: str) -> PeerHandler:
-        """The handler another node's :meth:`_at_session` reaches: the same operation."""
+    def for_peer(self, op: str) -> PeerHandler:
+        """The handler another node's :meth:`at_session` reaches: the same operation."""
         perform = self.session_ops[op]
 
         async def handler(header: dict[str, Any], body: bytes) -> dict[str, Any]:
@@ -187,21 +209,64 @@ class Gateway:
         """Raise ClientNotFound (404) unless a session has this id somewhere."""
         await self.backend.directory.locate(client_id)
 
-    async def resume(self, client_id: str, token: str | None) -> Session | None:
+    async def resume(self, client_id: str, token: str | None, user_id: str | None = None
+                     ) -> Session | None:
         """A reconnecting client's session, now held here (see ``Directory.resume``). Resumed
-        on the strength of a verified JWT (``token`` None), it gets a fresh session token."""
-        session = await self.backend.directory.resume(client_id, token)
+        on the strength of a verified JWT (``token`` None: the session must be ``user_id``'s),
+        it gets a fresh session token."""
+        session = await self.backend.directory.resume(client_id, token, user_id)
         if session is not None and token is None:
             self.registry.renew_token(session)
         return session
 
     async def open_session(self, client_id: str | None, client_type: str,
-                           meta: dict[str, Any] | None = None) -> Session:
+                           meta: dict[str, Any] | None = None, user_id: str | None = None
+                           ) -> Session:
         """A new session here, with the requested id when it is valid and free everywhere
-        (else a generated one)."""
-        if client_id is not None and valid_client_id(client_id):
+        (else a generated one). A user's session counts against MAX_SESSIONS_PER_USER (over
+        every node): at the cap the user's session offline longest is ended to make room;
+        when they are all connected, ``TooManySessions``."""
+        if client_id is not None and not valid_client_id(client_id):
+            client_id = None
+        if user_id is not None:
+            client_id = await self._claim_for_user(client_id, user_id)
+        elif client_id is not None:
             client_id = await self.backend.directory.claim_id(client_id)
-        return self.registry.create(client_id, client_type, meta)
+        session = self.registry.create(client_id, client_type, meta, user_id)
+        self.channels.started(session)
+        return session
+
+    async def _claim_for_user(self, client_id: str | None, user_id: str) -> str:
+        directory = self.backend.directory
+        limit = self.settings.max_sessions_per_user
+        for _ in range(MAX_HOPS):
+            try:
+                while True:
+                    wanted = client_id or generate_client_id()
+                    claimed = await directory.claim_id(wanted, user_id, limit)
+                    if claimed is not None:
+                        return claimed
+                    client_id = None  # taken: a generated one then
+            except TooManySessions:
+                if not await self._end_oldest_offline(user_id):
+                    HOT.limit_hit("sessions_per_user")
+                    raise
+        raise Unavailable(f"user {user_id!r} keeps opening sessions; retry")
+
+    async def _end_oldest_offline(self, user_id: str) -> bool:
+        """Make room for a user's new session: end its session offline longest. False when
+        every session of the user is connected."""
+        offline = await self.backend.directory.sessions(user_id=user_id, connected=False)
+        if not offline:
+            return False
+        oldest = min(offline, key=lambda info: (info.session.disconnected_at or 0.0,
+                                                info.session.client_id))
+        HOT.limit_hit("sessions_per_user")
+        log.info("session_evicted_for_user", client_id=oldest.session.client_id,
+                 user_id=user_id, max_sessions_per_user=self.settings.max_sessions_per_user)
+        with contextlib.suppress(ClientNotFound):
+            await self.disconnect(oldest.session.client_id, end_reason="evicted")
+        return True
 
     # --- HTTP API operations ------------------------------------------------------------------
 
@@ -215,7 +280,7 @@ class Gateway:
         if session is not None:  # the common case, without awaiting
             reply = self._send_now(session, encoded)
         else:
-            reply = await self._at_session(client_id, "send", {}, encoded)
+            reply = await self.at_session(client_id, "send", {}, encoded)
         log.debug("message_sent", client_id=client_id, message_id=frame["message_id"],
                   type=frame_type, seq=reply["seq"], status=reply["status"])
         return {"status": reply["status"], "message_id": frame["message_id"],
@@ -224,10 +289,49 @@ class Gateway:
     async def send_message(self, client_id: str, content: Any, *, message_type: str = "message",
                            data: dict[str, Any] | None = None) -> dict[str, Any]:
         """``POST /send_message``: deliver to one client, or queue it when it is offline."""
-        payload = dict(data or {})
-        if content is not None:
-            payload["content"] = content
-        return await self.deliver(client_id, message_type, payload)
+        return await self.deliver(client_id, message_type, _payload(content, data))
+
+    async def send_to_user(self, user_id: str, content: Any, *, message_type: str = "message",
+                           data: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``POST /send_message`` with ``user_id``: the same frame (one message_id) delivered
+        or queued to every session of the user, wherever each is held. Raises ClientNotFound
+        (``user_not_found``) when the user has no session."""
+        frame = protocol.server_frame(message_type, _payload(content, data))
+        encoded = protocol.encode(frame)
+        ids = await self.backend.directory.user_clients(user_id)
+        replies = await asyncio.gather(*(self.at_session(client_id, "send", {}, encoded)
+                                         for client_id in ids), return_exceptions=True)
+        sessions: list[dict[str, Any]] = []
+        for client_id, reply in zip(ids, replies, strict=True):
+            if isinstance(reply, ClientNotFound):
+                continue  # it ended since the user's sessions were read
+            if isinstance(reply, SwitchboardError):
+                sessions.append({"client_id": client_id, "status": "failed",
+                                 "error": reply.to_dict()})
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                sessions.append({"client_id": client_id, **reply})
+        if not sessions:
+            raise ClientNotFound(f"user {user_id!r} has no session (unknown, or every session "
+                                 f"expired)", code="user_not_found")
+        counts = {status: sum(1 for s in sessions if s["status"] == status)
+                  for status in ("delivered", "queued", "failed")}
+        log.debug("message_sent_to_user", user_id=user_id, message_id=frame["message_id"],
+                  type=message_type, **counts)
+        return {"user_id": user_id, "message_id": frame["message_id"], "sessions": sessions,
+                **counts}
+
+    async def user(self, user_id: str) -> dict[str, Any]:
+        """``GET /users/{id}``: the user's sessions on every node, connected or kept, oldest
+        first. Raises ClientNotFound (``user_not_found``) when it has none."""
+        found = await self.backend.directory.sessions(user_id=user_id)
+        if not found:
+            raise ClientNotFound(f"user {user_id!r} has no session (unknown, or every session "
+                                 f"expired)", code="user_not_found")
+        found.sort(key=lambda info: (info.session.connected_at, info.session.client_id))
+        return {"user_id": user_id, "sessions": [info.describe() for info in found],
+                "total": len(found), "connected": sum(1 for info in found if info.connected)}
 
     async def _send_here(self, session: Session, header: dict[str, Any], body: bytes
                          ) -> dict[str, Any]:
@@ -241,18 +345,27 @@ class Gateway:
 
     async def broadcast(self, message_type: str, data: dict[str, Any] | None = None, *,
                         channel: str | None = None, client_type: str | None = None,
-                        exclude: str | None = None, counted: bool = True) -> dict[str, Any]:
+                        exclude: str | None = None, counted: bool = True,
+                        sender: dict[str, Any] | None = None) -> dict[str, Any]:
         """Serialise once, then fan out to every matching session on every node (live ones get
         it now, offline ones keep it for resume). Returns counts and the frame's message_id;
         ``partial: true`` when a node did not answer in time. ``counted=False``: not in
-        ``total_broadcasts`` (the gateway's own notices)."""
-        extra = {"channel": channel} if channel is not None else None
+        ``total_broadcasts`` (the gateway's own notices). ``sender``: a client publication's
+        ``from``. A channel frame is kept in the channel's history first, when its rule
+        keeps any (join/leave notices are not)."""
+        extra: dict[str, Any] | None = {"channel": channel} if channel is not None else None
+        if sender is not None:
+            extra = {**(extra or {}), "from": sender}
         frame = protocol.server_frame(message_type, data, extra=extra)
         sent = Broadcast(frame["message_id"], protocol.encode(frame), channel, client_type,
                          exclude)
         if not self.backend.healthy:  # it could reach this node's clients only: refuse
             raise Unavailable("the cluster cannot be reached right now; retry shortly",
                               details={"broker": self.backend.describe()})
+        if channel is not None and message_type not in NOT_KEPT_IN_CHANNEL_HISTORY:
+            kept = self.channels.history_kept(channel)
+            if kept:
+                await self.backend.directory.record_channel_frame(channel, sent.body, kept)
         with self.backend.directory.delivering(sent):
             # Fanned out here before anything awaits: a session that starts to be held here
             # meanwhile gets it from delivering() instead, never twice.
@@ -300,7 +413,7 @@ class Gateway:
         wait = self.settings.call_tool_timeout if timeout is None else timeout
         header = {"tool_name": tool_name, "params": params, "timeout": wait,
                   "wait_for_client": wait_for_client}
-        return await self._at_session(client_id, "call", header, timeout=wait + CALL_MARGIN)
+        return await self.at_session(client_id, "call", header, timeout=wait + CALL_MARGIN)
 
     async def _call_here(self, session: Session, header: dict[str, Any], body: bytes
                          ) -> dict[str, Any]:
@@ -399,11 +512,13 @@ class Gateway:
                                                header["data"])}
 
     async def disconnect(self, client_id: str, *, code: CloseCode = CloseCode.SESSION_ENDED,
-                         reason: str | None = None) -> dict[str, Any]:
+                         reason: str | None = None, end_reason: str = "deleted"
+                         ) -> dict[str, Any]:
         """End a session wherever it is: close its socket (``code``, 4001 by default) and
-        forget its history. Returns once it is gone on every node."""
-        return await self._at_session(client_id, "disconnect", {
-            "code": int(code), "reason": reason or code.explanation})
+        forget its history. Returns once it is gone on every node. ``end_reason``: what
+        the ``session_ended`` event says."""
+        return await self.at_session(client_id, "disconnect", {
+            "code": int(code), "reason": reason or code.explanation, "end_reason": end_reason})
 
     async def _disconnect_here(self, session: Session, header: dict[str, Any], body: bytes
                                ) -> dict[str, Any]:
@@ -412,7 +527,7 @@ class Gateway:
         if session.outbox is not None:
             code = CloseCode(header.get("code", CloseCode.SESSION_ENDED))
             session.outbox.close_soon(int(code), header.get("reason") or code.explanation)
-        self.registry.end(client_id)
+        self.registry.end(client_id, header.get("end_reason") or "deleted")
         self.client_gone(session, ended=True)
         with contextlib.suppress(Unavailable):  # the cluster forgets it when it is back
             await self.backend.directory.ended(client_id)
@@ -421,7 +536,7 @@ class Gateway:
 
     async def describe(self, client_id: str) -> dict[str, Any]:
         """``GET /clients/{id}``: one session's public view (from the node holding it)."""
-        return await self._at_session(client_id, "describe", {})
+        return await self.at_session(client_id, "describe", {})
 
     async def _describe_here(self, session: Session, header: dict[str, Any], body: bytes
                              ) -> dict[str, Any]:
@@ -431,7 +546,7 @@ class Gateway:
                       before_seq: int | None = None) -> dict[str, Any]:
         """``GET /clients/{id}/messages``: a page of the session's history (see
         :meth:`Session.page`), read on the node holding it."""
-        return await self._at_session(client_id, "history", {
+        return await self.at_session(client_id, "history", {
             "limit": limit, "after_seq": after_seq, "before_seq": before_seq})
 
     async def _history_here(self, session: Session, header: dict[str, Any], body: bytes
@@ -440,11 +555,11 @@ class Gateway:
                             before_seq=header.get("before_seq"))
 
     async def list_clients(self, *, limit: int, offset: int, channel: str | None = None,
-                           client_type: str | None = None, connected: bool | None = None
-                           ) -> dict[str, Any]:
+                           client_type: str | None = None, connected: bool | None = None,
+                           user_id: str | None = None) -> dict[str, Any]:
         """``GET /clients``: sessions on every node, oldest connection first, one page."""
         found = await self.backend.directory.sessions(
-            channel=channel, client_type=client_type, connected=connected)
+            channel=channel, client_type=client_type, connected=connected, user_id=user_id)
         found.sort(key=lambda info: (info.session.connected_at, info.session.client_id))
         return {"clients": [info.describe() for info in found[offset:offset + limit]],
                 "total": len(found), "limit": limit, "offset": offset}
@@ -615,7 +730,7 @@ class Gateway:
             self.registry.deliver(session, encoded)
             return
         try:
-            await self._at_session(session.client_id, "send", {}, encoded)
+            await self.at_session(session.client_id, "send", {}, encoded)
         except SwitchboardError as exc:
             log.info("frame_undelivered", client_id=session.client_id, code=exc.code,
                      error=exc.message)

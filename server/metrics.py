@@ -21,7 +21,7 @@ bounded: frame types are the registered ones (else ``unknown``), close codes the
 | ``switchboard_frames_in_total`` | type | client frames, by type (+ invalid, binary, unknown) |
 | ``switchboard_frames_out_total`` | kind | server frames: sent (to a socket), replayed (on resume), queued (kept for an offline session) |
 | ``switchboard_slow_clients_total`` | | clients closed for send-queue overflow (4008) |
-| ``switchboard_limit_hits_total`` | limit | a cap bit: ``history_bytes`` (frames dropped from a history over HISTORY_BYTES), ``max_sessions`` (sessions evicted), ``channels_per_client`` (subscribes refused), ``json_depth`` (frames, bodies or answers nested too deep), ``header_value`` (stored header values truncated) |
+| ``switchboard_limit_hits_total`` | limit | a cap bit: ``history_bytes`` (frames dropped from a history over HISTORY_BYTES), ``max_sessions`` (sessions evicted), ``channels_per_client`` (subscribes refused), ``json_depth`` (frames, bodies or answers nested too deep), ``header_value`` (stored header values truncated), ``sessions_per_user`` (a user's offline session ended for a new one, or a new one refused with 4012), ``presence_listing`` (a presence answer cut at PRESENCE_LIMIT), ``channel_history_bytes`` / ``channel_history_channels`` (channel history frames or whole rings dropped) |
 | ``switchboard_resumes_total`` | outcome | resumes: recovered, partial, refused |
 | ``switchboard_tool_calls_total`` | origin, outcome | tool calls from the API (``api``) or clients (``client``) |
 | ``switchboard_api_requests_total`` | method, route, status | HTTP API requests |
@@ -131,7 +131,7 @@ REFUSED_BAD_REQUEST = REFUSED.labels("bad_request")
 #: Close codes reported as themselves; any other becomes ``other`` (clients choose their own).
 KNOWN_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1005, 1006, 1007, 1008, 1009, 1010,
                                1011, 1012, 1013, 1014, 4000, 4001, 4003, 4008, 4009, 4010,
-                               4011})
+                               4011, 4012})
 _DISCONNECT_CHILDREN: dict[int | None, Any] = {}
 
 
@@ -163,7 +163,9 @@ class Routes(Protocol):
 
 
 #: The caps counted by ``switchboard_limit_hits_total`` (PRODUCT.md section 7).
-LIMITS = ("history_bytes", "max_sessions", "channels_per_client", "json_depth", "header_value")
+LIMITS = ("history_bytes", "max_sessions", "channels_per_client", "json_depth", "header_value",
+          "sessions_per_user", "presence_listing", "channel_history_bytes",
+          "channel_history_channels")
 
 
 class HotCounters:

@@ -30,7 +30,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-from server.errors import ClientNotFound, PeerUnreachable
+from server.channel_history import ChannelRings
+from server.errors import ClientNotFound, PeerUnreachable, TooManySessions
 from server.idempotency import LocalIdempotency
 from server.sessions import Session, SessionRegistry
 
@@ -39,6 +40,15 @@ from server.sessions import Session, SessionRegistry
 #: order messages arrive up to its first ``await``; raising a ``SwitchboardError`` sends that
 #: error back to the caller, where it is raised again.
 PeerHandler = Callable[[dict[str, Any], bytes], "dict[str, Any] | Awaitable[dict[str, Any]]"]
+
+
+def may_resume(owner: str | None, user_id: str | None, has_token: bool) -> bool:
+    """Whether a connection of ``user_id`` may resume a session of ``owner``: with a
+    session_token, unless it says it is another user; without one (a verified JWT), only
+    its own user's session."""
+    if has_token:
+        return user_id is None or user_id == owner
+    return user_id is not None and user_id == owner
 
 
 def default_node_id() -> str:
@@ -79,6 +89,35 @@ class Broadcast:
     def from_wire(cls, header: dict[str, Any], body: bytes) -> Broadcast:
         return cls(header["message_id"], body, header.get("channel"),
                    header.get("client_type"), header.get("exclude"))
+
+
+class MemberChange(NamedTuple):
+    """A session joining (``joined``) or leaving a channel, as the channel service records it
+    (``Directory.record_membership``)."""
+
+    joined: bool
+    channel: str
+    client_id: str
+    user_id: str | None
+
+
+class Member(NamedTuple):
+    """A session in a channel's presence."""
+
+    client_id: str
+    user_id: str | None
+    connected: bool
+
+
+@dataclass(slots=True)
+class Presence:
+    """A channel's members: ``members`` (at most the limit asked, sorted by client_id),
+    ``total`` (all of them), and ``stale``: members whose session is gone without leaving
+    (its node died), for the caller to record as leaves."""
+
+    members: list[Member]
+    total: int
+    stale: list[MemberChange]
 
 
 @dataclass(slots=True)
@@ -125,16 +164,24 @@ class Directory(Protocol):
         """``node`` holds ``client_id`` but took no request for it: when that node is gone,
         hold the session here; raises ``Unavailable`` while it may still be alive."""
 
-    async def claim_id(self, client_id: str) -> str | None:
+    async def claim_id(self, client_id: str, user_id: str | None = None,
+                       per_user: int = 0) -> str | None:
         """Reserve ``client_id`` for a new session on this node; None when a session anywhere
-        has it (the caller then lets the registry generate one)."""
+        has it (the caller then lets the registry generate one). With ``user_id`` the
+        session also counts as one of that user's, atomically: raises ``TooManySessions``
+        (nothing reserved) when the user already holds ``per_user`` sessions anywhere."""
 
-    async def resume(self, client_id: str, token: str | None) -> Session | None:
+    async def resume(self, client_id: str, token: str | None,
+                     user_id: str | None = None) -> Session | None:
         """The session to resume here, held by this node from now on (taken over from the node
         that held it, which closes its connection with 4000). ``token`` is the client's
-        ``session_token``; None means the caller proved the identity otherwise (a verified
-        JWT whose ``sub`` is the id). None when unknown, expired or the token is wrong: then
-        nothing changed."""
+        ``session_token``; None means the caller proved the user otherwise (a verified JWT
+        whose ``sub`` is ``user_id``): then the session must be that user's. With a token, a
+        ``user_id`` given must be the session's too. None when unknown, expired, the token
+        is wrong or the session is another user's: then nothing changed."""
+
+    async def user_clients(self, user_id: str) -> list[str]:
+        """The client ids of ``user_id``'s sessions on every node (cheap: no listing)."""
 
     async def ended(self, client_id: str) -> None:
         """Return once the end of ``client_id`` (already recorded) is visible on every node."""
@@ -145,11 +192,33 @@ class Directory(Protocol):
         before the broadcast reaches that node."""
 
     async def sessions(self, *, channel: str | None = None, client_type: str | None = None,
-                       connected: bool | None = None) -> list[SessionInfo]:
+                       connected: bool | None = None, user_id: str | None = None
+                       ) -> list[SessionInfo]:
         """Every session on every node matching all the given filters."""
 
     async def channel_counts(self) -> dict[str, int]:
         """Subscribers per channel, over every node, sorted by channel name."""
+
+    async def record_membership(self, changes: list[MemberChange]) -> list[tuple[bool, bool]]:
+        """Record joins and leaves in order, in the membership every node shares; for each,
+        ``(changed, edge)``: whether it changed anything (a join of a member, or a leave of
+        a non-member, changes nothing: whoever records a change first fires its events, so
+        each fires once over the cluster), and whether it was the channel's first join or
+        last leave (occupied / vacated)."""
+
+    async def presence(self, channel: str, limit: int) -> Presence:
+        """The channel's members on every node (see :class:`Presence`)."""
+
+    async def stale_members(self, budget: int) -> list[MemberChange]:
+        """Leaves to record for members whose session is gone without leaving (its node
+        died), looking at about ``budget`` members (a periodic sweep)."""
+
+    async def record_channel_frame(self, channel: str, frame: bytes, keep: int) -> None:
+        """Keep ``frame`` (encoded, without seq) in the channel's history, which holds at
+        most ``keep`` frames (and CHANNEL_HISTORY_BYTES bytes)."""
+
+    async def channel_frames(self, channel: str, limit: int) -> list[bytes]:
+        """The channel's newest ``limit`` kept frames, oldest first."""
 
     async def status(self, here: dict[str, Any]) -> dict[str, Any]:
         """``GET /status``: this node's ``here`` (its own counters) with the cluster's."""
@@ -229,9 +298,13 @@ class Backend(Protocol):
 class LocalDirectory:
     """One node: every session is in this process's registry."""
 
-    def __init__(self, registry: SessionRegistry, node_id: str) -> None:
+    def __init__(self, registry: SessionRegistry, node_id: str,
+                 rings: ChannelRings | None = None) -> None:
         self.registry = registry
         self.node_id = node_id
+        #: Each channel's members (client_id -> user_id), as recorded by the channel service.
+        self.members: dict[str, dict[str, str | None]] = {}
+        self.rings = rings or ChannelRings(max_bytes=256 * 1024, max_channels=1000, ttl=3600)
 
     def here(self, client_id: str) -> Session | None:
         return self.registry.get(client_id)
@@ -248,14 +321,23 @@ class LocalDirectory:
     async def take_over(self, client_id: str, node: str) -> None:  # pragma: no cover
         raise ClientNotFound(f"no session with client_id {client_id!r} (unknown or expired)")
 
-    async def claim_id(self, client_id: str) -> str | None:
+    async def claim_id(self, client_id: str, user_id: str | None = None,
+                       per_user: int = 0) -> str | None:
+        if user_id is not None and len(self.registry.users.get(user_id, ())) >= per_user:
+            raise TooManySessions(user_id, per_user)
         return client_id  # the registry generates another id when this one is taken
 
-    async def resume(self, client_id: str, token: str | None) -> Session | None:
+    async def resume(self, client_id: str, token: str | None,
+                     user_id: str | None = None) -> Session | None:
         session = self.registry.get(client_id)
-        if session is None or (token is not None and not session.token_matches(token)):
+        if session is None or not may_resume(session.user_id, user_id, token is not None):
+            return None
+        if token is not None and not session.token_matches(token):
             return None
         return session
+
+    async def user_clients(self, user_id: str) -> list[str]:
+        return list(self.registry.users.get(user_id, ()))
 
     async def ended(self, client_id: str) -> None:
         return None
@@ -264,12 +346,44 @@ class LocalDirectory:
         return _NOTHING_TO_DO
 
     async def sessions(self, *, channel: str | None = None, client_type: str | None = None,
-                       connected: bool | None = None) -> list[SessionInfo]:
+                       connected: bool | None = None, user_id: str | None = None
+                       ) -> list[SessionInfo]:
         return [SessionInfo.of(s, self.node_id) for s in self.registry.select(
-            channel=channel, client_type=client_type, connected=connected)]
+            channel=channel, client_type=client_type, connected=connected, user_id=user_id)]
 
     async def channel_counts(self) -> dict[str, int]:
         return self.registry.channel_stats()
+
+    async def record_membership(self, changes: list[MemberChange]) -> list[tuple[bool, bool]]:
+        out = []
+        for joined, channel, client_id, user_id in changes:
+            members = self.members.setdefault(channel, {})
+            if joined:
+                changed = client_id not in members
+                members[client_id] = user_id
+                out.append((changed, changed and len(members) == 1))
+            else:
+                changed = members.pop(client_id, False) is not False
+                if not members:
+                    del self.members[channel]
+                out.append((changed, changed and not members))
+        return out
+
+    async def presence(self, channel: str, limit: int) -> Presence:
+        members = self.members.get(channel, {})
+        shown = sorted(members)[:limit]
+        sessions = self.registry.sessions
+        return Presence([Member(cid, members[cid], cid in sessions and sessions[cid].connected)
+                         for cid in shown], len(members), [])
+
+    async def stale_members(self, budget: int) -> list[MemberChange]:
+        return []  # one node: every end is seen
+
+    async def record_channel_frame(self, channel: str, frame: bytes, keep: int) -> None:
+        self.rings.record(channel, frame, keep)
+
+    async def channel_frames(self, channel: str, limit: int) -> list[bytes]:
+        return self.rings.recent(channel, limit)
 
     async def status(self, here: dict[str, Any]) -> dict[str, Any]:
         return here
@@ -306,10 +420,10 @@ class LocalPeers:
 class LocalBackend:
     """``BROKER_URL=memory://``: one process is the whole gateway."""
 
-    def __init__(self, registry: SessionRegistry, *, node_id: str, idempotency_ttl: float
-                 ) -> None:
+    def __init__(self, registry: SessionRegistry, *, node_id: str, idempotency_ttl: float,
+                 rings: ChannelRings | None = None) -> None:
         self.node_id = node_id or default_node_id()
-        self.directory = LocalDirectory(registry, self.node_id)
+        self.directory = LocalDirectory(registry, self.node_id, rings)
         self.peers = LocalPeers()
         self.idempotency = LocalIdempotency(idempotency_ttl)
 

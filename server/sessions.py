@@ -69,6 +69,25 @@ class Journal(Protocol):
         """The session is gone (ended, expired): forget it."""
 
 
+class Lifecycle(Protocol):
+    """Told, synchronously, about the real changes of membership and the end of sessions held
+    here: a subscription made or dropped, a session ended (expired, evicted, ended by the
+    API). A session moving to another node (:meth:`SessionRegistry.let_go`) or arriving from
+    one (:meth:`SessionRegistry.adopt`) is no such change: its subscriptions go with it.
+    The gateway's channel service implements it (join/leave frames, presence, lifecycle
+    events); it only notes the change and acts later, off the caller's path."""
+
+    def joined(self, session: Session, channel: str) -> None:
+        """``session`` subscribed to ``channel`` (it was not subscribed)."""
+
+    def left(self, session: Session, channel: str) -> None:
+        """``session`` unsubscribed from ``channel`` (it was subscribed)."""
+
+    def ended(self, session: Session, reason: str) -> None:
+        """``session`` ends (its channels are still set): ``expired``, ``evicted``,
+        ``deleted``, ``replaced``, ``disconnected`` (SESSION_TTL=0)."""
+
+
 #: One frame in a session's history: ``(pos, outbound, data, at)``. ``pos`` is the frame's
 #: ``seq`` for server frames (``outbound``) and the seq of the last server frame before it for
 #: client frames; ``data`` the encoded frame; ``at`` the wall-clock time it was kept.
@@ -104,14 +123,17 @@ class Session:
     """One client's session. Mutated only through :class:`SessionRegistry`."""
 
     __slots__ = ("channels", "client_id", "client_type", "connected_at", "disconnected_at",
-                 "gap", "history", "history_bytes", "history_limit", "last_activity",
-                 "messages_in", "messages_out", "meta", "observer", "outbox", "seq", "token",
-                 "token_hash")
+                 "gap", "history", "history_bytes", "history_limit", "identity",
+                 "last_activity", "messages_in", "messages_out", "meta", "observer", "outbox",
+                 "seq", "token", "token_hash", "user_id")
 
     def __init__(self, client_id: str, client_type: str, history_limit: int,
-                 meta: dict[str, Any] | None = None) -> None:
+                 meta: dict[str, Any] | None = None, user_id: str | None = None) -> None:
         self.client_id = client_id
         self.client_type = client_type
+        #: The user this session belongs to (JWT ``sub``, or the ``user_id`` the connection
+        #: declared); None: anonymous. Fixed for the session's life.
+        self.user_id = user_id
         self.token = secrets.token_urlsafe(32)
         now = time.time()
         self.connected_at = now
@@ -133,6 +155,9 @@ class Session:
         #: Whether the live connection may read system channels (``tool_activity``): set on
         #: every connect from its credential, never stored.
         self.observer = False
+        #: Who the live connection is (``server.auth.Identity``, its user_id the session's),
+        #: for the channel rules: set on every connect from its credential, never stored.
+        self.identity: Any = None
         #: Set when the session was loaded from a store: the digest of a token this process
         #: has not seen yet (``token`` is then empty until the client presents it).
         self.token_hash = ""
@@ -257,6 +282,7 @@ class Session:
         """The public view used by ``GET /clients`` (no secrets)."""
         out = {
             "client_id": self.client_id,
+            "user_id": self.user_id,
             "client_type": self.client_type,
             "connected": self.connected,
             "connected_at": iso_time(self.connected_at),
@@ -341,10 +367,15 @@ class SessionRegistry:
         #: still waits for them).
         self.evicted: list[str] = []
         self.channels: dict[str, set[Session]] = {}
+        #: The sessions of each user held here, oldest first (``user_id`` -> client_id ->
+        #: session).
+        self.users: dict[str, dict[str, Session]] = {}
         self.counters = Counters()
         self.started_at = time.time()
         #: Where changes are recorded for the cluster (None on one node: nothing to record).
         self.journal = journal
+        #: Told about real joins, leaves and ends (the gateway's channel service), if any.
+        self.lifecycle: Lifecycle | None = None
 
     @classmethod
     def from_settings(cls, settings: Any, system_channels: Iterable[str] = ()) -> Any:
@@ -364,15 +395,18 @@ class SessionRegistry:
         return self.sessions.get(client_id)
 
     def create(self, client_id: str | None, client_type: str,
-               meta: dict[str, Any] | None = None) -> Session:
-        """A new session. ``client_id`` is used when valid and free, else one is generated."""
+               meta: dict[str, Any] | None = None, user_id: str | None = None) -> Session:
+        """A new session (of ``user_id``, None: anonymous). ``client_id`` is used when valid
+        and free, else one is generated."""
         if client_id is None or not valid_client_id(client_id) or client_id in self.sessions:
             client_id = generate_client_id()
             while client_id in self.sessions:  # pragma: no cover - 128 random bits
                 client_id = generate_client_id()
         self.make_room()
-        session = Session(client_id, client_type, self.history_limit, meta)
+        session = Session(client_id, client_type, self.history_limit, meta, user_id)
         self.sessions[client_id] = session
+        if user_id is not None:
+            self.users.setdefault(user_id, {})[client_id] = session
         if self.journal is not None:
             self.journal.created(session)
         return session
@@ -388,6 +422,8 @@ class SessionRegistry:
         if session.client_id not in self.sessions:
             self.make_room()
         self.sessions[session.client_id] = session
+        if session.user_id is not None:
+            self.users.setdefault(session.user_id, {})[session.client_id] = session
         for channel in session.channels:
             self.channels.setdefault(channel, set()).add(session)
         session.recount_history(self.history_bytes)
@@ -403,7 +439,7 @@ class SessionRegistry:
         offline = self.offline
         while len(self.sessions) >= self.max_sessions and offline:
             client_id = next(iter(offline))
-            self.end(client_id)
+            self.end(client_id, "evicted")
             self.evicted.append(client_id)
             self.counters.total_sessions_evicted += 1
             HOT.limit_hit("max_sessions")
@@ -429,14 +465,18 @@ class SessionRegistry:
         session.outbox = None
         session.disconnected_at = time.time()
         if self.session_ttl <= 0:
-            self.end(session.client_id)
+            self.end(session.client_id, "disconnected")
             return
         self.offline[session.client_id] = session
         if self.journal is not None:
             self.journal.changed(session)
 
-    def end(self, client_id: str) -> Session | None:
-        """Forget a session entirely (its history and subscriptions)."""
+    def end(self, client_id: str, reason: str = "deleted") -> Session | None:
+        """Forget a session entirely (its history and subscriptions); ``reason`` is what the
+        lifecycle hears (see :class:`Lifecycle`)."""
+        session = self.sessions.get(client_id)
+        if session is not None and self.lifecycle is not None:
+            self.lifecycle.ended(session, reason)
         session = self.let_go(client_id)
         if session is not None and self.journal is not None:
             self.journal.ended(client_id)
@@ -455,6 +495,12 @@ class SessionRegistry:
         if session is None:
             return None
         self.offline.pop(client_id, None)
+        if session.user_id is not None:
+            mine = self.users.get(session.user_id)
+            if mine is not None:
+                mine.pop(client_id, None)
+                if not mine:
+                    del self.users[session.user_id]
         for channel in list(session.channels):
             self._leave(session, channel)
         return session
@@ -467,7 +513,7 @@ class SessionRegistry:
                    if s.outbox is None and s.disconnected_at is not None
                    and s.disconnected_at <= deadline]
         for client_id in expired:
-            self.end(client_id)
+            self.end(client_id, "expired")
         self.counters.total_sessions_expired += len(expired)
         return expired
 
@@ -546,10 +592,15 @@ class SessionRegistry:
     # --- selection ----------------------------------------------------------------------------
 
     def select(self, *, channel: str | None = None, client_type: str | None = None,
-               connected: bool | None = None) -> Iterator[Session]:
+               connected: bool | None = None, user_id: str | None = None
+               ) -> Iterator[Session]:
         """Sessions matching every given filter (all of them when none is given)."""
         pool: Iterable[Session]
-        if channel is not None:
+        if user_id is not None:
+            pool = self.users.get(user_id, {}).values()
+            if channel is not None:
+                pool = [s for s in pool if channel in s.channels]
+        elif channel is not None:
             pool = self.channels.get(channel, ())
         else:
             pool = self.sessions.values()
@@ -597,6 +648,8 @@ class SessionRegistry:
         self.channels.setdefault(channel, set()).add(session)
         if self.journal is not None:
             self.journal.changed(session)
+        if self.lifecycle is not None:
+            self.lifecycle.joined(session, channel)
         return True
 
     def leave(self, session: Session, channel: str) -> bool:
@@ -606,6 +659,8 @@ class SessionRegistry:
         self._leave(session, channel)
         if self.journal is not None:
             self.journal.changed(session)
+        if self.lifecycle is not None:
+            self.lifecycle.left(session, channel)
         return True
 
     def _leave(self, session: Session, channel: str) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections import deque
 from typing import Any
@@ -35,6 +36,7 @@ from aiohttp.base_protocol import BaseProtocol
 from aiohttp.web_protocol import RequestHandler
 
 from server import protocol
+from server.auth import Identity
 from server.errors import (
     ClientNotFound,
     CloseCode,
@@ -42,6 +44,7 @@ from server.errors import (
     ProtocolError,
     StartupError,
     SwitchboardError,
+    TooManySessions,
 )
 from server.gateway import SYSTEM_CHANNELS, Gateway
 from server.keys import CONNECTIONS, GATEWAY, PUBLIC_STATUS, ROUTER, SECURITY
@@ -588,6 +591,7 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
     try:
         last_seq = _int_param(request, "last_seq")
         client_id, addressed = _requested_client_id(request, identity)
+        user_id = _user_id(request, identity)
         flat = _wants_flat(request)
     except SwitchboardError as exc:
         REFUSED_BAD_REQUEST.inc()
@@ -603,18 +607,19 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
     session: Session | None = None
     try:
         if token:
-            session = await gateway.resume(client_id, token) if client_id else None
+            session = await gateway.resume(client_id, token, user_id) if client_id else None
             if session is None:
                 await _refuse(ws, CloseCode.INVALID_SESSION,
-                              "invalid session: unknown client_id, expired session or wrong "
-                              "session_token; connect without session_token to start a new "
-                              "session", flat)
+                              "invalid session: unknown client_id, expired session, wrong "
+                              "session_token or another user's session; connect without "
+                              "session_token to start a new session", flat)
                 RESUME_REFUSED.inc()
                 log.info("resume_refused", client_id=client_id, peer=peer)
                 return ws
         elif identity is not None and identity.verified and client_id:
-            # A JWT proves who this is: it resumes its own session, token or not.
-            session = await gateway.resume(client_id, None)
+            # A JWT proves the user: asking for one of its own sessions by client_id resumes
+            # it without session_token (another user's id is not resumed: a new session).
+            session = await gateway.resume(client_id, None, user_id)
         resumed = session is not None
         if session is None:
             if addressed and client_id:
@@ -624,7 +629,11 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
                 user_agent = user_agent[:HEADER_VALUE_MAX]
                 HOT.limit_hit("header_value")
             session = await gateway.open_session(client_id, client_type, meta={
-                "remote": peer, "user_agent": user_agent})
+                "remote": peer, "user_agent": user_agent}, user_id=user_id)
+    except TooManySessions as exc:
+        await _refuse(ws, CloseCode.TOO_MANY_SESSIONS, exc.message, flat)
+        log.info("session_refused", user_id=user_id, peer=peer, reason=exc.code)
+        return ws
     except SwitchboardError as exc:  # the cluster cannot say right now: retry soon
         await _refuse(ws, CloseCode.INTERNAL_ERROR,
                       f"cannot {'resume' if token else 'open'} a session right now "
@@ -643,6 +652,7 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
     # everything after last_seq arrives in order, then live frames, with no gap or duplicate.
     hello = protocol.server_frame("connection_established", {
         "client_id": session.client_id,
+        "user_id": session.user_id,
         "client_type": session.client_type,
         "session_token": session.token,
         "resumed": resumed,
@@ -673,11 +683,14 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
     # Reading system channels takes an observer credential on every connect: a session that
     # subscribed with one and resumes without it is taken off them.
     session.observer = identity is not None and identity.observer
+    session.identity = _session_identity(identity, session.user_id)
     if not session.observer and not session.channels.isdisjoint(SYSTEM_CHANNELS):
         for channel in SYSTEM_CHANNELS:
             registry.leave(session, channel)
     connections.add(conn)
     conn.start()
+    if identity is not None and identity.subs:
+        gateway.channels.join_claimed(session, identity.subs)
     (CONNECTS_RESUMED if resumed else CONNECTS_NEW).inc()
     if identity is not None and identity.expires_at is not None:
         conn.expiry = _close_at_expiry(conn, identity.expires_at)
@@ -711,23 +724,49 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
 def _requested_client_id(request: web.Request, identity: Any) -> tuple[str | None, bool]:
     """The client_id this connection asks for, and whether its path addresses it.
 
-    ``?client_id=`` asks for an id (another is picked when it is taken). Seed 001's
-    ``/agent_backend/ws/{session_id}`` *addresses* one: the session_id is the client_id, so it
-    must be a valid one (else 400). A verified identity (JWT ``sub``) is the client_id, and a
-    path naming another is refused (403).
+    ``?client_id=`` asks for an id (another is picked when it is taken; with a verified JWT,
+    one of the user's own sessions is resumed). Seed 001's ``/agent_backend/ws/{session_id}``
+    *addresses* one: the session_id is the client_id, so it must be a valid one (else 400);
+    with a verified JWT it must be the token's ``sub`` (403 otherwise: nobody takes over an id
+    that names another user).
     """
     path_id = request.match_info.get("session_id")
     if path_id is not None and not valid_client_id(path_id):
         raise ProtocolError("the session_id in /agent_backend/ws/{session_id} must be 1-128 "
                             "letters, digits or -_.:@", code="invalid_request")
-    if identity is not None and identity.verified:
-        if path_id is not None and path_id != identity.subject:
-            raise ForbiddenError("the session_id in the path is not the one your token is for",
-                                 code="forbidden")
-        return identity.subject, False
+    if (path_id is not None and identity is not None and identity.verified
+            and path_id != identity.subject):
+        raise ForbiddenError("the session_id in the path is not the one your token is for",
+                             code="forbidden")
     if path_id is not None:
         return path_id, True
     return request.query.get("client_id") or None, False
+
+
+def _user_id(request: web.Request, identity: Identity | None) -> str | None:
+    """The user this connection acts for: a verified JWT's ``sub`` (``?user_id=`` naming
+    another is refused, 403), else the ``user_id`` it declares (WS_AUTH=token / none; it
+    must be a valid id, 400), else None (anonymous)."""
+    declared = request.query.get("user_id") or None
+    if declared is not None and not valid_client_id(declared):
+        raise ProtocolError("user_id must be 1-128 letters, digits or -_.:@",
+                            code="invalid_request")
+    if identity is not None and identity.verified:
+        if declared is not None and declared != identity.user_id:
+            raise ForbiddenError("user_id is not the user your token is for",
+                                 code="forbidden")
+        return identity.user_id
+    return declared
+
+
+def _session_identity(identity: Identity | None, user_id: str | None) -> Identity | None:
+    """Who the channel rules see for this connection: its credential, as the session's user
+    (a declared user is not ``authenticated`` without WS_AUTH)."""
+    if identity is None:
+        return None if user_id is None else Identity(subject=None, user_id=user_id)
+    if identity.user_id == user_id:
+        return identity
+    return dataclasses.replace(identity, user_id=user_id)
 
 
 def _wants_flat(request: web.Request) -> bool:

@@ -36,6 +36,7 @@ class CloseCode(enum.IntEnum):
     RATE_LIMITED = 4009
     TOKEN_EXPIRED = 4010
     IDLE_TIMEOUT = 4011
+    TOO_MANY_SESSIONS = 4012
 
 
 CLOSE_DESCRIPTIONS: dict[int, str] = {
@@ -55,6 +56,7 @@ CLOSE_DESCRIPTIONS: dict[int, str] = {
     4009: "rate limited",
     4010: "auth token expired",
     4011: "idle timeout",
+    4012: "too many sessions for this user",
 }
 
 
@@ -76,14 +78,15 @@ class CloseAction(enum.Enum):
     STOP = "stop"  #: do not reconnect
 
 
-_STOP_CODES = frozenset({1000, 1002, 1003, 1007, 1008, 4000, 4001})
+_STOP_CODES = frozenset({1000, 1002, 1003, 1007, 1008, 4000, 4001, 4012})
 
 
 def close_action(code: int | None) -> CloseAction:
     """Map a close code to the reconnect policy of the wire contract.
 
-    1000 normal, 4000 replaced and 4001 session ended stop the client, as do protocol/policy
-    violations (1002, 1003, 1007, 1008) which a retry would only repeat. 4003 means the session
+    1000 normal, 4000 replaced, 4001 session ended and 4012 too many sessions for the user
+    stop the client, as do protocol/policy violations (1002, 1003, 1007, 1008) which a retry
+    would only repeat. 4003 means the session
     token is not valid: start a fresh session. 4009 waits at least the rate-limit delay. 4010
     needs a new auth token. Everything else (1001, 1006 lost connection, 1009, 1011, 4008,
     4011, unknown codes) reconnects and resumes.

@@ -6,6 +6,7 @@ export interface ServerFrameData {
   /** First frame of every connection: the session and whether it was resumed. */
   connection_established: {
     client_id: string;
+    user_id: string | null;
     client_type: string;
     session_token: string;
     resumed: boolean;
@@ -44,9 +45,12 @@ export interface ServerFrameData {
     supported_types?: Array<string>;
     available_channels?: Array<string>;
     channel?: string;
+    reason?: string;
     retry_after?: number;
     close_code?: number;
     max_channels?: number;
+    user_id?: string;
+    max_sessions_per_user?: number;
     stream_id?: string;
     partial_content?: string;
     call_id?: string;
@@ -187,18 +191,66 @@ export interface ServerFrameData {
     broker?: Record<string, unknown>;
     [key: string]: unknown;
   };
-  /** Joined a channel (channel_count: how many the session has; list_channels lists them). */
+  /** Joined a channel (channel_count: how many the session has; list_channels lists them). server_side: the backend subscribed the session (the JWT's subs, POST /clients/{id}/channels). */
   subscribed: {
     channel: string;
     channel_count: number;
     subscribers: number;
+    server_side?: boolean;
     [key: string]: unknown;
   };
-  /** Left a channel. */
+  /** Left a channel (server_side: the backend unsubscribed the session). */
   unsubscribed: {
     channel: string;
     was_subscribed: boolean;
     channel_count: number;
+    server_side?: boolean;
+    [key: string]: unknown;
+  };
+  /** A publish was delivered to the channel's subscribers (every node): live recipients, and offline ones that keep it. */
+  published: {
+    channel: string;
+    message_id: string;
+    recipients: number;
+    queued: number;
+    [key: string]: unknown;
+  };
+  /** A client's publication on a channel you are subscribed to: data is what it published (or what PUBLISH_WEBHOOK_URL rewrote it to); channel and from {client_id, user_id} are at the frame's top level. */
+  publication: Record<string, unknown>;
+  /** Who is in a channel: its sessions (at most PRESENCE_LIMIT, by client_id; offline ones stay until they expire), their users, the whole count. */
+  presence: {
+    channel: string;
+    count: number;
+    sessions: Array<{
+      client_id: string;
+      user_id: string | null;
+      connected: boolean;
+      [key: string]: unknown;
+    }>;
+    users: Array<string>;
+    truncated: boolean;
+    [key: string]: unknown;
+  };
+  /** A session joined a channel you are in (its rule has join_leave). */
+  join: {
+    channel: string;
+    client_id: string;
+    user_id: string | null;
+    [key: string]: unknown;
+  };
+  /** A session left a channel you are in (unsubscribed, or its session ended or expired; not a socket drop). */
+  leave: {
+    channel: string;
+    client_id: string;
+    user_id: string | null;
+    [key: string]: unknown;
+  };
+  /** A channel's recent frames (publications and broadcasts), oldest first, each as it was sent (without seq); a live frame may also be in it: dedupe by message_id. */
+  channel_history: {
+    channel: string;
+    frames: Array<Record<string, unknown>>;
+    count: number;
+    limit: number;
     [key: string]: unknown;
   };
   /** Channels with subscriber counts. */
@@ -232,6 +284,12 @@ export type KeptServerFrameType =
   | "status_response"
   | "subscribed"
   | "unsubscribed"
+  | "published"
+  | "publication"
+  | "presence"
+  | "join"
+  | "leave"
+  | "channel_history"
   | "channels_list"
   | "message";
 
@@ -279,7 +337,7 @@ export interface ClientFrameData {
   heartbeat: Record<string, unknown>;
   /** The server's counters. */
   get_status: Record<string, unknown>;
-  /** Join a channel. */
+  /** Join a channel (where CHANNEL_RULES allows). */
   subscribe: {
     channel: string;
     [key: string]: unknown;
@@ -291,4 +349,21 @@ export interface ClientFrameData {
   };
   /** Channels with subscriber counts. */
   list_channels: Record<string, unknown>;
+  /** Publish to a channel where its rule allows (subscribers get publication). */
+  publish: {
+    channel: string;
+    data: Record<string, unknown>;
+    [key: string]: unknown;
+  };
+  /** Who is in a channel, where its rule allows presence. */
+  presence: {
+    channel: string;
+    [key: string]: unknown;
+  };
+  /** A channel's recent frames, for a subscriber (the rule's history). */
+  channel_history: {
+    channel: string;
+    limit?: number;
+    [key: string]: unknown;
+  };
 }

@@ -39,7 +39,7 @@ export declare const CloseCode: Readonly<{
   NORMAL: 1000; GOING_AWAY: 1001; PROTOCOL_ERROR: 1002; UNSUPPORTED_DATA: 1003; ABNORMAL: 1006;
   INVALID_DATA: 1007; POLICY_VIOLATION: 1008; MESSAGE_TOO_BIG: 1009; INTERNAL_ERROR: 1011;
   REPLACED: 4000; SESSION_ENDED: 4001; INVALID_SESSION: 4003; SLOW_CONSUMER: 4008;
-  RATE_LIMITED: 4009; TOKEN_EXPIRED: 4010; IDLE_TIMEOUT: 4011;
+  RATE_LIMITED: 4009; TOKEN_EXPIRED: 4010; IDLE_TIMEOUT: 4011; TOO_MANY_SESSIONS: 4012;
 }>;
 
 export type CloseActionName = "resume" | "backoff" | "new_token" | "fresh_session" | "stop";
@@ -72,7 +72,7 @@ export declare const DEFAULT_REPLY_TYPES: Readonly<Record<string, readonly strin
 export declare const STATE_EVENTS: readonly StateEventName[];
 export declare function connectQuery(state: {
   clientId?: string | null; clientType?: string | null; sessionToken?: string | null;
-  lastSeq?: number; token?: string | null;
+  lastSeq?: number; token?: string | null; userId?: string | null;
 }): Record<string, string>;
 /** The `exp` claim (seconds since the epoch) of a JWT, or null. */
 export declare function tokenExpiry(token: string | null | undefined): number | null;
@@ -102,6 +102,10 @@ export interface SwitchboardOptions {
   clientId?: string;
   /** Sent as `client_type` (the API can filter and target clients by it). */
   clientType?: string;
+  /** Sent as `user_id` with WS_AUTH=none or token: the user this client acts for (several
+   * sessions of one user are reached together by `POST /send_message {user_id}`). With
+   * WS_AUTH=jwt the token's `sub` is the user. */
+  userId?: string;
   /** WS_AUTH token or JWT, sent as `?token=`. */
   token?: string;
   /** Called before every connection attempt, after close 4010 and before the JWT's `exp`. */
@@ -218,6 +222,8 @@ export declare class Switchboard {
   readonly state: ClientState;
   readonly connected: boolean;
   clientId: string | null;
+  /** The session's user (from connection_established); null: anonymous. */
+  userId: string | null;
   sessionToken: string | null;
   /** The highest seq delivered to handlers (persisted after each frame). */
   lastSeq: number;
@@ -253,7 +259,15 @@ export declare class Switchboard {
   ping(options?: RequestOptions): Promise<ServerFrame<"pong">>;
   subscribe(channel: string, options?: RequestOptions): Promise<ServerFrame<"subscribed">>;
   unsubscribe(channel: string, options?: RequestOptions): Promise<ServerFrame<"unsubscribed">>;
-  publish(channel: string, data?: Record<string, unknown>, options?: RequestOptions): Promise<AnyFrame>;
+  /** Publish where the channel's rule allows; subscribers get `publication` frames. */
+  publish(channel: string, data?: Record<string, unknown>,
+          options?: RequestOptions): Promise<ServerFrame<"published">>;
+  /** Who is in a channel (where its rule allows presence); `join` / `leave` frames follow
+   * changes where the rule has join_leave. */
+  presence(channel: string, options?: RequestOptions): Promise<ServerFrame<"presence">>;
+  /** A subscribed channel's recent frames (its rule's history), oldest first. */
+  channelHistory(channel: string, options?: RequestOptions & { limit?: number }
+                 ): Promise<ServerFrame<"channel_history">>;
   chat(content: string, options?: { role?: string; timeout?: number; signal?: AbortSignal }):
     Promise<ServerFrame<"chat_response" | "stream_end">>;
   callTool<R = unknown>(name: string, params?: Record<string, unknown>,

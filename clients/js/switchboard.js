@@ -36,6 +36,7 @@ export const CloseCode = Object.freeze({
   RATE_LIMITED: 4009,
   TOKEN_EXPIRED: 4010,
   IDLE_TIMEOUT: 4011,
+  TOO_MANY_SESSIONS: 4012,
 });
 
 /** What the client does after a close code (see {@link closeAction}). */
@@ -47,7 +48,7 @@ export const CloseAction = Object.freeze({
   STOP: "stop",
 });
 
-const STOP_CODES = new Set([1000, 1002, 1003, 1007, 1008, 4000, 4001]);
+const STOP_CODES = new Set([1000, 1002, 1003, 1007, 1008, 4000, 4001, 4012]);
 
 /**
  * The reconnect policy of the wire contract (the same table as the Python client's
@@ -93,6 +94,9 @@ export const DEFAULT_REPLY_TYPES = Object.freeze({
   list_tools: ["tools_list"],
   list_channels: ["channels_list"],
   tool_result: ["tool_result_ack"],
+  publish: ["published"],
+  presence: ["presence"],
+  channel_history: ["channel_history"],
 });
 
 /** The client's own events; a server frame of one of these types reaches only `"*"`. */
@@ -104,7 +108,7 @@ const STATE_EVENT_SET = new Set(STATE_EVENTS);
 /**
  * The query of a connection attempt: who we are, the session to resume, the auth token.
  * @param {{clientId?: string|null, clientType?: string|null, sessionToken?: string|null,
- *          lastSeq?: number, token?: string|null}} state
+ *          lastSeq?: number, token?: string|null, userId?: string|null}} state
  * @returns {Record<string, string>}
  */
 export function connectQuery(state) {
@@ -112,6 +116,7 @@ export function connectQuery(state) {
   const query = {};
   if (state.clientId) query.client_id = state.clientId;
   if (state.clientType) query.client_type = state.clientType;
+  if (state.userId) query.user_id = state.userId;
   if (state.sessionToken) {
     query.session_token = state.sessionToken;
     query.last_seq = String(state.lastSeq || 0);
@@ -272,6 +277,9 @@ export class Switchboard {
     this._WebSocket = WS;
     this.clientType = options.clientType || null;
     this._requestedClientId = options.clientId || null;
+    /** The user this client acts for: `options.userId` (WS_AUTH=none/token), then what the
+     * server says (a JWT's sub); null: anonymous. */
+    this.userId = options.userId || null;
     this.backoff = { ...DEFAULT_BACKOFF, ...(options.backoff || {}) };
     this.maxReconnectAttempts = options.maxReconnectAttempts ?? Infinity;
     this.connectTimeout = options.connectTimeout ?? 10000;
@@ -489,6 +497,7 @@ export class Switchboard {
     const url = new URL(this.url);
     for (const [key, value] of Object.entries(connectQuery({
       clientId: this.clientId, clientType: this.clientType, sessionToken: this.sessionToken,
+      userId: this.options.userId || null,
       lastSeq: this.lastSeq, token }))) {
       url.searchParams.set(key, value);
     }
@@ -551,6 +560,7 @@ export class Switchboard {
     }
     this._sessionLost = false;
     if (typeof data.client_id === "string") this.clientId = data.client_id;
+    if (data.user_id !== undefined) this.userId = data.user_id;
     if (typeof data.session_token === "string") this.sessionToken = data.session_token;
     this.connectionInfo = data;
     this._attempt = 0;
@@ -844,9 +854,34 @@ export class Switchboard {
     return this.request("unsubscribe", { channel }, options);
   }
 
-  /** Publish to a channel, where the server allows clients to (a `publish` frame). */
+  /**
+   * Publish to a channel, where its rule allows (a `publish` frame). Resolves with the
+   * `published` frame {channel, message_id, recipients, queued}; subscribers (this client
+   * too, if subscribed) get a `publication` frame {channel, data, from}. A refusal rejects
+   * with RequestError `forbidden_channel` (its frame's data.reason says why).
+   */
   publish(channel, data = {}, options) {
-    return this.request("publish", { channel, data }, { expect: ["published"], ...options });
+    return this.request("publish", { channel, data }, options);
+  }
+
+  /**
+   * Who is in a channel (where its rule allows presence): resolves with the `presence`
+   * frame {channel, count, sessions: [{client_id, user_id, connected}], users, truncated}.
+   * Changes arrive as `join` / `leave` frames where the rule has join_leave:
+   * `sb.on("join", (f) => …)`.
+   */
+  presence(channel, options) {
+    return this.request("presence", { channel }, options);
+  }
+
+  /**
+   * A subscribed channel's recent frames (its rule's history): resolves with the
+   * `channel_history` frame {channel, frames, count, limit}, oldest first. A frame may also
+   * arrive live: compare `message_id`s.
+   */
+  channelHistory(channel, { limit, ...options } = {}) {
+    const data = limit === undefined ? { channel } : { channel, limit };
+    return this.request("channel_history", data, options);
   }
 
   /** Send a chat message; resolves with `chat_response` or, streamed, `stream_end`. */

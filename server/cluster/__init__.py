@@ -12,6 +12,8 @@ Imported only by app wiring (:func:`server.app.create_backend`) when ``BROKER_UR
 ``membership``     heartbeats: which nodes are alive
 ``ownership``      :class:`~server.seams.Directory`: who holds each session, moving it
 ``views``          listings, channel counts and status over every node
+``users``          the sessions of each user, and MAX_SESSIONS_PER_USER across nodes
+``channels``       presence (each channel's members) and channel history
 ``idempotency``    :class:`~server.seams.Idempotency`: keys shared by every node
 =================  =====================================================================
 
@@ -23,11 +25,13 @@ from __future__ import annotations
 from typing import Any
 
 from server.cluster.bus import RedisPeers
+from server.cluster.channels import ClusterChannels
 from server.cluster.idempotency import RedisIdempotency
 from server.cluster.journal import RedisJournal
 from server.cluster.membership import Membership, key_ttl
 from server.cluster.ownership import RedisDirectory
 from server.cluster.store import RedisStore
+from server.cluster.users import ClusterUsers
 from server.cluster.views import ClusterViews
 from server.config import Settings
 from server.seams import default_node_id
@@ -50,7 +54,10 @@ class RedisBackend:
         self.membership = Membership(self.store, registry)
         views = ClusterViews(self.store, registry, self.journal, self.peers)
         self.directory = RedisDirectory(self.store, registry, self.journal, self.membership,
-                                        self.peers, views, history_limit=settings.history_limit)
+                                        self.peers, views, ClusterUsers(self.store, registry),
+                                        ClusterChannels(self.store, registry, self.journal,
+                                                        settings),
+                                        history_limit=settings.history_limit)
         self.idempotency = RedisIdempotency(self.store, settings.idempotency_ttl)
 
     @property

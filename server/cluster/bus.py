@@ -32,7 +32,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from server.cluster.store import ALL_TOPIC, UNREACHABLE, RedisStore, node_topic, redact_url
-from server.errors import PeerUnreachable, SessionMoved, SwitchboardError, Unavailable
+from server.errors import (
+    ClientNotFound,
+    PeerUnreachable,
+    SessionMoved,
+    SwitchboardError,
+    Unavailable,
+)
 from server.seams import PeerHandler
 
 log = structlog.get_logger("switchboard.cluster.bus")
@@ -44,7 +50,8 @@ RECONNECT_CAP = 2.0
 START_WAIT = 5.0
 #: Errors a handler raises that are raised again, as such, on the asking node.
 _ERRORS_BY_CODE: dict[str, type[SwitchboardError]] = {
-    SessionMoved.code: SessionMoved, Unavailable.code: Unavailable}
+    SessionMoved.code: SessionMoved, Unavailable.code: Unavailable,
+    ClientNotFound.code: ClientNotFound}
 
 
 class _Waiting:

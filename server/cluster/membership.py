@@ -21,6 +21,7 @@ from server.cluster.store import (
     alive_key,
     h_key,
     s_key,
+    u_key,
 )
 from server.sessions import SessionRegistry
 
@@ -94,4 +95,6 @@ class Membership:
             for client_id in self.registry.sessions:
                 pipe.expire(s_key(client_id), ttl)
                 pipe.expire(h_key(client_id), ttl)
+            for user_id in self.registry.users:
+                pipe.expire(u_key(user_id), ttl)
         await pipe.execute()

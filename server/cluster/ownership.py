@@ -35,9 +35,11 @@ from typing import Any
 import structlog
 
 from server.cluster.bus import RedisPeers
+from server.cluster.channels import ClusterChannels
 from server.cluster.journal import RedisJournal
 from server.cluster.membership import Membership
 from server.cluster.store import IDX_KEY, RedisStore, s_key, text
+from server.cluster.users import ClusterUsers
 from server.cluster.views import ClusterViews
 from server.errors import (
     ClientNotFound,
@@ -46,7 +48,14 @@ from server.errors import (
     SessionMoved,
     Unavailable,
 )
-from server.seams import Broadcast, SessionInfo, Where
+from server.seams import (
+    Broadcast,
+    MemberChange,
+    Presence,
+    SessionInfo,
+    Where,
+    may_resume,
+)
 from server.sessions import Session, SessionRegistry, token_digest
 
 log = structlog.get_logger("switchboard.cluster.ownership")
@@ -67,14 +76,17 @@ class RedisDirectory:
     """Where sessions are, in a cluster: this node's registry, and Redis for the rest."""
 
     def __init__(self, store: RedisStore, registry: SessionRegistry, journal: RedisJournal,
-                 membership: Membership, peers: RedisPeers, views: ClusterViews, *,
-                 history_limit: int) -> None:
+                 membership: Membership, peers: RedisPeers, views: ClusterViews,
+                 users: ClusterUsers, channels: ClusterChannels, *, history_limit: int
+                 ) -> None:
         self.store = store
         self.registry = registry
         self.journal = journal
         self.membership = membership
         self.peers = peers
         self.views = views
+        self.users = users
+        self.channels = channels
         self.history_limit = history_limit
         #: Sessions being loaded here (resume / take-over): requests for them wait.
         self.claiming: dict[str, asyncio.Future[None]] = {}
@@ -131,25 +143,29 @@ class RedisDirectory:
                               f"right now; retry shortly")
         await self._adopt(client_id, node)  # None: another node has it now (asked next)
 
-    async def claim_id(self, client_id: str) -> str | None:
+    async def claim_id(self, client_id: str, user_id: str | None = None,
+                       per_user: int = 0) -> str | None:
         if self.registry.get(client_id) is not None:
             return None
+        if user_id is not None:
+            return await self.users.claim(client_id, user_id, per_user)
         async with self.store.guard():
             ok = await self.store.scripts["reserve_id"](
                 keys=[s_key(client_id), IDX_KEY],
                 args=[self.me, self.store.key_ttl, client_id, repr(time.time())])
         return client_id if ok == 1 else None
 
-    async def resume(self, client_id: str, token: str | None) -> Session | None:
+    async def resume(self, client_id: str, token: str | None,
+                     user_id: str | None = None) -> Session | None:
         local = await self.held(client_id)
         if local is not None:
-            return local if token is None or local.token_matches(token) else None
+            return local if self._may_resume(local, token, user_id) else None
         self.store.require_healthy()
         asked_to_write = False
         for _ in range(MAX_HOPS):
             async with self.store.guard():
-                digest, owner = (text(v) for v in await self.store.redis.hmget(
-                    s_key(client_id), ["token", "node"]))
+                digest, owner, owner_user = (text(v) for v in await self.store.redis.hmget(
+                    s_key(client_id), ["token", "node", "user_id"]))
             if not digest and owner and owner != self.me and not asked_to_write:
                 # A reservation: the session was opened on ``owner`` an instant ago and is not
                 # written yet. Have it written, then look again.
@@ -157,12 +173,13 @@ class RedisDirectory:
                 with contextlib.suppress(Unavailable):
                     await self.peers.request(owner, "flush", {}, timeout=TAKEOVER_TIMEOUT)
                 continue
-            if not digest or (token is not None and not hmac.compare_digest(
-                    digest.encode(), token_digest(token).encode())):
-                return None  # unknown, expired, or the wrong token
+            if not digest or not may_resume(owner_user or None, user_id, token is not None) or (
+                    token is not None and not hmac.compare_digest(
+                        digest.encode(), token_digest(token).encode())):
+                return None  # unknown, expired, the wrong token or another user's
             local = await self._settled_local(client_id)
             if local is not None:  # a send took it over here while we read Redis
-                return local if token is None or local.token_matches(token) else None
+                return local if self._may_resume(local, token, user_id) else None
             future = self._begin_claim(client_id)
             try:
                 crashed = await self._take_from(client_id, owner)
@@ -189,6 +206,14 @@ class RedisDirectory:
                 self._end_claim(client_id, future)
         raise Unavailable(f"session {client_id!r} kept moving between nodes; retry")
 
+    @staticmethod
+    def _may_resume(session: Session, token: str | None, user_id: str | None) -> bool:
+        return may_resume(session.user_id, user_id, token is not None) and (
+            token is None or session.token_matches(token))
+
+    async def user_clients(self, user_id: str) -> list[str]:
+        return await self.users.clients(user_id)
+
     async def ended(self, client_id: str) -> None:
         await self.journal.flush()
 
@@ -205,15 +230,32 @@ class RedisDirectory:
             done.set_result(None)
 
     async def sessions(self, *, channel: str | None = None, client_type: str | None = None,
-                       connected: bool | None = None) -> list[SessionInfo]:
+                       connected: bool | None = None, user_id: str | None = None
+                       ) -> list[SessionInfo]:
+        ids = None if user_id is None else await self.users.clients(user_id)
         return await self.views.sessions(channel=channel, client_type=client_type,
-                                         connected=connected)
+                                         connected=connected, user_id=user_id, ids=ids)
 
     async def channel_counts(self) -> dict[str, int]:
         return await self.views.channel_counts()
 
     async def status(self, here: dict[str, Any]) -> dict[str, Any]:
         return await self.views.status(here)
+
+    async def record_membership(self, changes: list[MemberChange]) -> list[tuple[bool, bool]]:
+        return await self.channels.record(changes)
+
+    async def presence(self, channel: str, limit: int) -> Presence:
+        return await self.channels.presence(channel, limit)
+
+    async def stale_members(self, budget: int) -> list[MemberChange]:
+        return await self.channels.stale(budget)
+
+    async def record_channel_frame(self, channel: str, frame: bytes, keep: int) -> None:
+        await self.channels.record_frame(channel, frame, keep)
+
+    async def channel_frames(self, channel: str, limit: int) -> list[bytes]:
+        return await self.channels.frames(channel, limit)
 
     # --- leaving ------------------------------------------------------------------------------
 

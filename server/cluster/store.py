@@ -4,11 +4,17 @@ Lua scripts (``lua/*.lua``, package data), and sessions to and from their Redis 
 Keys (all start with ``sb:``; a single Redis primary, not Redis Cluster: the scripts derive
 keys from ids):
 
-``sb:s:{id}``      hash: SHA-256 of the session token (never the token), client_type, ``node``
+``sb:s:{id}``      hash: SHA-256 of the session token (never the token), client_type,
+                   ``user_id`` (``""``: anonymous), ``node``
                    (the owner; ``""`` once released by a node that stopped), connected,
                    times, channels, ``seq``, counters, ``history_size``, ``gap``
 ``sb:h:{id}``      list: the last HISTORY_LIMIT history entries (:func:`pack_entry`)
 ``sb:idx``         sorted set of session ids (listings), scored by connection time
+``sb:u:{user}``    set: the client ids of a user's sessions (expires with the last of them)
+``sb:p:{channel}`` hash: the channel's members, client_id -> user_id (presence)
+``sb:pch``         set: the channels that have members (for the stale-member sweep)
+``sb:ch:{channel}`` list: the channel's recent frames (its ``history`` rule), with
+                   ``sb:chb:{channel}`` their bytes; ``sb:chidx`` the channels that have one
 ``sb:alive:{n}``   expires NODE_TIMEOUT after node ``n``'s last heartbeat
 ``sb:idem:{key}``  an idempotency key and, once known, its answer
 ``sb:boot``        set once per dataset: if it changes, Redis lost our data
@@ -55,7 +61,8 @@ CONNECT_TIMEOUT = 1.0
 #: Errors meaning "Redis is unreachable right now" (as opposed to a bad command).
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError,
                TimeoutError)
-SCRIPTS = ("write_session", "write_progress", "delete_session", "reserve_id", "cas_owner")
+SCRIPTS = ("write_session", "write_progress", "delete_session", "reserve_id", "cas_owner",
+           "reserve_user_id", "presence", "channel_history")
 
 
 def s_key(client_id: str) -> str:
@@ -64,6 +71,10 @@ def s_key(client_id: str) -> str:
 
 def h_key(client_id: str) -> str:
     return f"{PREFIX}h:{client_id}"
+
+
+def u_key(user_id: str) -> str:
+    return f"{PREFIX}u:{user_id}"
 
 
 def alive_key(node: str) -> str:
@@ -257,6 +268,7 @@ def session_fields(session: Session, node: str, history_len: int) -> dict[str, s
     return {
         "token": token_digest(session.token) if session.token else session.token_hash,
         "client_type": session.client_type,
+        "user_id": session.user_id or "",
         "node": node,
         "connected": "1" if session.outbox is not None and node else "0",
         "connected_at": repr(session.connected_at),
@@ -279,7 +291,7 @@ def session_from_redis(client_id: str, fields: dict[bytes, bytes], history: Iter
     keeps only the digest) until the client presents it."""
     f = {k.decode(): v.decode() for k, v in fields.items()}
     session = Session(client_id, f.get("client_type") or "default", history_limit,
-                      orjson.loads(f.get("meta") or "{}"))
+                      orjson.loads(f.get("meta") or "{}"), f.get("user_id") or None)
     session.token = ""
     session.token_hash = f.get("token") or ""
     session.connected_at = float(f.get("connected_at") or time.time())

@@ -57,13 +57,17 @@ class ClusterViews:
         await self.journal.flush()
         return [self._report(), *await others.replies(SYNC_TIMEOUT)]
 
-    async def everything(self) -> list[SessionInfo]:
-        """Every session in the cluster with its node (this node's own from memory), as of
-        the last :meth:`_sync`."""
+    async def everything(self, ids: list[str] | None = None) -> list[SessionInfo]:
+        """Every session in the cluster (or those of ``ids``) with its node (this node's own
+        from memory), as of the last :meth:`_sync`."""
         store = self.store
         held = self.registry.sessions
         async with store.guard():
-            ids = [text(i) for i in await store.redis.zrange(IDX_KEY, 0, -1)]
+            if ids is None:
+                ids = [text(i) for i in await store.redis.zrange(IDX_KEY, 0, -1)]
+                mine = list(held.values())
+            else:
+                mine = [held[i] for i in ids if i in held]
             remote_ids = [i for i in ids if i not in held]
             pipe = store.redis.pipeline(transaction=False)
             for client_id in remote_ids:
@@ -72,7 +76,7 @@ class ClusterViews:
             gone = [cid for cid, row in zip(remote_ids, rows, strict=True) if not row]
             if gone:
                 await store.redis.zrem(IDX_KEY, *gone)
-        out = [SessionInfo.of(s, store.me) for s in held.values()]
+        out = [SessionInfo.of(s, store.me) for s in mine]
         for client_id, row in zip(remote_ids, rows, strict=True):
             if not row or b"token" not in row:
                 continue  # a reservation for a session being opened
@@ -83,12 +87,15 @@ class ClusterViews:
         return out
 
     async def sessions(self, *, channel: str | None = None, client_type: str | None = None,
-                       connected: bool | None = None) -> list[SessionInfo]:
+                       connected: bool | None = None, user_id: str | None = None,
+                       ids: list[str] | None = None) -> list[SessionInfo]:
+        """The sessions matching the filters (among ``ids`` when given)."""
         await self._sync()
-        return [info for info in await self.everything()
+        return [info for info in await self.everything(ids)
                 if (channel is None or channel in info.session.channels)
                 and (client_type is None or info.session.client_type == client_type)
-                and (connected is None or info.connected == connected)]
+                and (connected is None or info.connected == connected)
+                and (user_id is None or info.session.user_id == user_id)]
 
     async def channel_counts(self) -> dict[str, int]:
         await self._sync()

@@ -174,10 +174,10 @@ async def test_every_answer_fits_the_document(make_gateway: MakeGateway) -> None
                    expect=200)
     await api.call("GET", "/ws/status", expect=200)
 
-    alice = await live.connect(client_id="alice", client_type="browser")
+    alice = await live.connect(client_id="alice", client_type="browser", user_id="ann")
     await alice.send("subscribe", {"channel": "news"})
     await alice.recv_type("subscribed")
-    bob = await live.connect(client_id="bob")
+    bob = await live.connect(client_id="bob", user_id="bo")
     await bob.close()
     live.clients.remove(bob)
     await live.offline("bob")
@@ -190,6 +190,37 @@ async def test_every_answer_fits_the_document(make_gateway: MakeGateway) -> None
     await api.call("GET", "/clients/{client_id}", path={"client_id": "alice"}, expect=200)
     await api.call("GET", "/clients/{client_id}", path={"client_id": "bob"}, expect=200)
     await api.call("GET", "/clients/{client_id}", path={"client_id": "nobody"}, expect=404)
+    await api.call("GET", "/clients", query="user_id=ann", expect=200)
+    await api.call("GET", "/users/{user_id}", path={"user_id": "ann"}, expect=200)
+    await api.call("GET", "/users/{user_id}", path={"user_id": "nobody"}, expect=404)
+
+    # Server-side subscriptions and presence.
+    await api.call("POST", "/clients/{client_id}/channels", path={"client_id": "alice"},
+                   json={"channel": "sports"}, expect=200)
+    await api.call("POST", "/clients/{client_id}/channels", path={"client_id": "alice"},
+                   json={"channel": "tool_activity"}, expect=403)
+    await api.call("POST", "/clients/{client_id}/channels", path={"client_id": "nobody"},
+                   json={"channel": "sports"}, expect=404)
+    await api.call("POST", "/clients/{client_id}/channels", path={"client_id": "alice"},
+                   json={}, expect=422)
+    await api.call("DELETE", "/clients/{client_id}/channels/{channel}",
+                   path={"client_id": "alice", "channel": "sports"}, expect=200)
+    await api.call("DELETE", "/clients/{client_id}/channels/{channel}",
+                   path={"client_id": "nobody", "channel": "sports"}, expect=404)
+    await api.call("POST", "/users/{user_id}/channels", path={"user_id": "ann"},
+                   json={"channel": "sports"}, expect=200)
+    await api.call("POST", "/users/{user_id}/channels", path={"user_id": "ann"},
+                   json={"channel": "tool_activity"}, expect=403)
+    await api.call("POST", "/users/{user_id}/channels", path={"user_id": "nobody"},
+                   json={"channel": "sports"}, expect=404)
+    await api.call("DELETE", "/users/{user_id}/channels/{channel}",
+                   path={"user_id": "ann", "channel": "sports"}, expect=200)
+    await api.call("DELETE", "/users/{user_id}/channels/{channel}",
+                   path={"user_id": "nobody", "channel": "sports"}, expect=404)
+    await api.call("GET", "/channels/{channel}/presence", path={"channel": "news"},
+                   expect=200)
+    await api.call("GET", "/channels/{channel}/presence", path={"channel": "news"},
+                   query="limit=0", expect=422)
 
     # Delivery.
     await api.call("POST", "/send_message", json={"client_id": "alice", "content": "hi"},
@@ -202,6 +233,14 @@ async def test_every_answer_fits_the_document(make_gateway: MakeGateway) -> None
                    headers={"Idempotency-Key": "k1"}, expect=200)
     await api.call("POST", "/send_message", json={"client_id": "nobody", "content": "x"},
                    expect=404)
+    await api.call("POST", "/send_message", json={"user_id": "ann", "content": "x"},
+                   expect=200)
+    await api.call("POST", "/send_message", json={"user_id": "bo", "content": "x"},
+                   expect=202)
+    await api.call("POST", "/send_message", json={"user_id": "nobody", "content": "x"},
+                   expect=404)
+    await api.call("POST", "/send_message", json={"user_id": "ann", "client_id": "alice",
+                                                   "content": "x"}, expect=422)
     await api.call("POST", "/send_message", json={"content": "x"}, expect=422)
     await api.call("POST", "/send_message", json={"client_id": "alice"}, expect=422)
     await api.call("POST", "/send_message", data=b"{not json",

@@ -454,9 +454,10 @@ async def test_stream_reaches_a_client_held_by_the_other_node(
 
 async def test_jwt_client_resumes_its_own_session_on_the_other_node_without_token(
         make_gateway: MakeGateway, redis_url: str) -> None:
-    """A WS_AUTH=jwt client reconnecting on the other node without session_token gets its
-    own session (its sub) back with what was queued (it got a random client_id when the id
-    check only looked in the local registry)."""
+    """A WS_AUTH=jwt client reconnecting on the other node with its client_id but without
+    session_token gets its own session back (the session is its sub's) with what was
+    queued (it got a random client_id when the id check only looked in the local
+    registry)."""
     import time
 
     import jwt
@@ -469,14 +470,14 @@ async def test_jwt_client_resumes_its_own_session_on_the_other_node_without_toke
     def token() -> str:
         return jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, secret, "HS256")
 
-    first = await a.connect(token=token())
-    assert first.client_id == "alice"
+    first = await a.connect(token=token(), client_id="alice")
+    assert first.client_id == "alice" and first.hello["data"]["user_id"] == "alice"
     await first.close()
     await wait_redis(b, "alice", node="a", connected="0")
     status, body = await b.api("POST", "/send_message",
                                {"client_id": "alice", "content": "while away"})
     assert status == 202, body
-    again = await b.connect(token=token(), last_seq=0)
+    again = await b.connect(token=token(), client_id="alice", last_seq=0)
     assert again.client_id == "alice"
     assert again.hello["data"]["resumed"] is True and again.hello["data"]["recovered"] is True
     frame = await again.recv()

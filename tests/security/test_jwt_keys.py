@@ -73,10 +73,10 @@ async def test_rs256_and_es256_tokens_verified_with_keys_from_the_jwks(
     jwks.keys.append(jwk(ec_key(), "e1"))
     live = await jwks_gateway(make_gateway, jwks)
     client = await live.connect(token=token(rsa_key(), "RS256", kid="k1", sub="alice"))
-    assert client.client_id == "alice"
+    assert client.hello["data"]["user_id"] == "alice"
     other = await live.connect(
         headers={"Authorization": f"Bearer {token(ec_key(), 'ES256', kid='e1', sub='bob')}"})
-    assert other.client_id == "bob"
+    assert other.hello["data"]["user_id"] == "bob"
     assert jwks.hits == 1  # fetched once, then served from the cache
 
 
@@ -88,7 +88,7 @@ async def test_a_rotated_key_is_fetched_once(make_gateway: MakeGateway, jwks: Jw
     jwks.keys.append(jwk(rsa_key("b"), "k2"))
     for sub in ("bob", "carol", "dave"):
         client = await live.connect(token=token(rsa_key("b"), "RS256", kid="k2", sub=sub))
-        assert client.client_id == sub
+        assert client.hello["data"]["user_id"] == sub
     assert jwks.hits == 2
     # k1 still works, from the cache
     await live.connect(token=token(rsa_key(), "RS256", kid="k1", sub="erin"))
@@ -172,7 +172,7 @@ async def test_wrong_audience_or_issuer_is_401_before_the_upgrade(make_gateway: 
 async def test_es256_with_a_pem_public_key(make_gateway: MakeGateway) -> None:
     live = await make_gateway(ws_auth="jwt", ws_jwt_public_key=public_pem(ec_key()))
     client = await live.connect(token=token(ec_key(), "ES256", sub="alice"))
-    assert client.client_id == "alice"
+    assert client.hello["data"]["user_id"] == "alice"
     for presented in (token(ec_key("other"), "ES256"),  # another key
                       token(rsa_key(), "RS256"),  # another algorithm
                       forge_hs256({"sub": "x", "exp": 2**31}, public_pem(ec_key()).encode())):

@@ -121,14 +121,18 @@ async def jwt_gateway(make_gateway: MakeGateway) -> LiveGateway:
     return await make_gateway(ws_auth="jwt", ws_jwt_secret=SECRET)
 
 
-async def test_jwt_sub_becomes_the_client_id(make_gateway: MakeGateway) -> None:
+async def test_jwt_sub_is_the_user_of_the_session(make_gateway: MakeGateway) -> None:
+    """The token's sub is the session's user (connection_established says so, the API
+    lists it); the client_id is the one asked for, or a generated one."""
     live = await jwt_gateway(make_gateway)
-    client = await live.connect(token=make_jwt("alice"), client_id="mallory")
-    assert client.client_id == "alice"
+    client = await live.connect(token=make_jwt("alice"), client_id="tab-1")
+    assert client.client_id == "tab-1" and client.hello["data"]["user_id"] == "alice"
     bearer = await live.connect(headers={"Authorization": f"Bearer {make_jwt('bob')}"})
-    assert bearer.client_id == "bob"
-    status, body = await live.api("GET", "/clients/alice")
-    assert status == 200 and body["connected"], body
+    assert bearer.hello["data"]["user_id"] == "bob" and bearer.client_id != "bob"
+    info = await live.client_info("tab-1")
+    assert info["user_id"] == "alice" and info["connected"], info
+    status, body = await _refused(live, token=make_jwt("alice"), user_id="mallory")
+    assert status == 403 and "user_id" in body["error"]["message"], body
 
 
 async def test_a_jwt_must_be_for_the_session_id_in_the_agent_backend_path(
@@ -188,7 +192,7 @@ async def test_a_live_socket_is_closed_with_4010_when_its_jwt_expires(
     # The session survives for resume with a fresh token; other sockets are untouched.
     await steady.send("ping", message_id="p1")
     assert (await steady.recv_type("pong"))["reply_to"] == "p1"
-    resumed = await live.connect(token=make_jwt("alice"), client_id="alice",
+    resumed = await live.connect(token=make_jwt("alice"), client_id=client.client_id,
                                  session_token=client.session_token, last_seq=0)
     assert resumed.hello["data"]["resumed"] is True
 
@@ -213,46 +217,56 @@ async def test_unauthenticated_sockets_have_no_expiry_timer(make_gateway: MakeGa
     assert conn.expiry is None
 
 
-async def test_a_jwt_client_cannot_resume_another_subjects_session(
+async def test_a_jwt_client_cannot_resume_another_users_session(
         make_gateway: MakeGateway) -> None:
-    """Mallory holds a valid JWT of her own and somehow alice's session_token: her client id
-    is her JWT's sub, so the resume is checked against her own (absent) session: 4003."""
+    """Mallory holds a valid JWT of her own and somehow alice's session_token: the session is
+    alice's user's, so the resume is refused (4003) and alice's session is untouched. Without
+    the token, asking for alice's client_id gives mallory a session of her own."""
     live = await jwt_gateway(make_gateway)
-    alice = await live.connect(token=make_jwt("alice"))
+    alice = await live.connect(token=make_jwt("alice"), client_id="alice-tab")
     await alice.close()
     await wait_for(lambda: not live.connections, what="alice gone")
-    mallory = await live.connect(token=make_jwt("mallory"), client_id="alice",
+    mallory = await live.connect(token=make_jwt("mallory"), client_id="alice-tab",
                                  session_token=alice.session_token, expect_hello=False)
     error = await mallory.recv()
     assert error["type"] == "error" and error["data"]["code"] == "invalid_session", error
     assert await mallory.recv_close() == CloseCode.INVALID_SESSION == 4003
-    assert (await live.client_info("alice"))["connected"] is False  # untouched
+    assert (await live.client_info("alice-tab"))["connected"] is False  # untouched
+    other = await live.connect(token=make_jwt("mallory"), client_id="alice-tab")
+    assert other.client_id != "alice-tab" and other.hello["data"]["resumed"] is False
+    assert other.hello["data"]["user_id"] == "mallory"
+    assert (await live.client_info("alice-tab"))["connected"] is False
 
 
 async def test_a_jwt_resumes_its_own_session_without_session_token(
         make_gateway: MakeGateway) -> None:
-    """The JWT proves the subject, so reconnecting with a fresh JWT (no session_token) gets
-    the same session back, with what was queued meanwhile replayed after last_seq, and a
-    fresh session_token (the old one no longer resumes it)."""
+    """The JWT proves the user, so reconnecting with a fresh JWT and the session's client_id
+    (no session_token) gets the same session back, with what was queued meanwhile replayed
+    after last_seq, and a fresh session_token (the old one no longer resumes it). Without a
+    client_id it is a new session of the same user."""
     live = await jwt_gateway(make_gateway)
-    alice = await live.connect(token=make_jwt("alice"))
+    alice = await live.connect(token=make_jwt("alice"), client_id="laptop")
     await alice.close()
     await wait_for(lambda: not live.connections, what="alice gone")
     status, body = await live.api("POST", "/send_message",
-                                  {"client_id": "alice", "content": "while away"})
+                                  {"client_id": "laptop", "content": "while away"})
     assert status == 202, body
-    again = await live.connect(token=make_jwt("alice"), last_seq=0)
-    assert again.client_id == "alice"
+    again = await live.connect(token=make_jwt("alice"), client_id="laptop", last_seq=0)
+    assert again.client_id == "laptop"
     assert again.hello["data"]["resumed"] is True
     assert again.hello["data"]["session_token"] != alice.session_token
     frame = await again.recv()
     assert frame["data"]["content"] == "while away" and frame["seq"] == 1, frame
     await again.close()
-    stale = await live.connect(token=make_jwt("alice"), session_token=alice.session_token,
-                               expect_hello=False)
+    stale = await live.connect(token=make_jwt("alice"), client_id="laptop",
+                               session_token=alice.session_token, expect_hello=False)
     assert await stale.recv_close() == CloseCode.INVALID_SESSION
-    fresh = await live.connect(token=make_jwt("alice"), session_token=again.session_token)
+    fresh = await live.connect(token=make_jwt("alice"), client_id="laptop",
+                               session_token=again.session_token)
     assert fresh.hello["data"]["resumed"] is True
+    second = await live.connect(token=make_jwt("alice"))
+    assert second.hello["data"]["resumed"] is False and second.client_id != "laptop"
+    assert second.hello["data"]["user_id"] == "alice"
 
 
 def test_a_short_jwt_secret_refuses_to_start() -> None:

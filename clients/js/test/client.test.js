@@ -276,7 +276,7 @@ describe("JWT auth (WS_AUTH=jwt)", () => {
       const back = await sb.once("connected", { timeout: 10000 });
       assert.equal(back.resumed, true);
       assert.ok(issued >= 2);
-      await gw.call("POST", "/send_message", { client_id: "js-jwt", content: "still here" });
+      await gw.call("POST", "/send_message", { user_id: "js-jwt", content: "still here" });
       await until(() => seen.includes("still here"));
 
       sb.refreshBefore = 1500; // now: reconnect before the server has to close it

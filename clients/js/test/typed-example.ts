@@ -16,7 +16,8 @@ const sb = new Switchboard("ws://127.0.0.1:9004/", {
 
 const server: { [K in keyof ServerFrameData]: (frame: ServerFrame<K>) => unknown } = {
   connection_established: (f) => [f.data.session_token.length, f.data.last_seq, f.data.resumed,
-                                  f.data.recovered, f.data.replayed, f.data.client_id],
+                                  f.data.recovered, f.data.replayed, f.data.client_id,
+                                  f.data.user_id ?? "anonymous"],
   connection_ack: (f) => f.data.message,
   pong: (f) => f.data.client_id.toUpperCase(),
   heartbeat_response: (f) => f.data.client_id.toUpperCase(),
@@ -36,8 +37,17 @@ const server: { [K in keyof ServerFrameData]: (frame: ServerFrame<K>) => unknown
                                        f.data.end_time],
   tools_list: (f) => f.data.tools.map((t) => `${t.name} (${t.risk_level})`),
   status_response: (f) => f.data.connected_clients + f.data.uptime,
-  subscribed: (f) => f.data.channel.length > 0 && f.data.channel_count > 0 && f.data.subscribers > 0,
+  subscribed: (f) => f.data.channel.length > 0 && f.data.channel_count > 0 && f.data.subscribers > 0
+                     && f.data.server_side !== true,
   unsubscribed: (f) => f.data.was_subscribed,
+  published: (f) => [f.data.channel, f.data.message_id, f.data.recipients + f.data.queued],
+  publication: (f) => [f.channel, f.data["text"], (f["from"] as { user_id: string | null }).user_id],
+  presence: (f) => f.data.sessions.map((s) => `${s.client_id}:${s.user_id ?? "-"}:${s.connected}`)
+                   .concat(f.data.users).length + f.data.count + Number(f.data.truncated),
+  join: (f) => [f.data.channel, f.data.client_id, f.data.user_id],
+  leave: (f) => [f.data.channel, f.data.client_id, f.data.user_id],
+  channel_history: (f) => f.data.frames.map((frame) => frame["message_id"]).length + f.data.count
+                          + f.data.limit,
   channels_list: (f) => Object.entries(f.data.channels).map(([name, n]) => name + n),
   message: (f) => f.data.content,
 };
@@ -58,6 +68,9 @@ const client: { [K in keyof ClientFrameData]: ClientFrameData[K] } = {
   subscribe: { channel: "news" },
   unsubscribe: { channel: "news" },
   list_channels: {},
+  publish: { channel: "news", data: { text: "hi" } },
+  presence: { channel: "news" },
+  channel_history: { channel: "news", limit: 10 },
 };
 
 sb.on("connected", (e) => { if (!e.recovered) console.log("reload state after", e.lastSeq); });
@@ -74,6 +87,10 @@ async function main(): Promise<void> {
   }
   const pong: ServerFrame<"pong"> = await sb.ping({ timeout: 5000 });
   const joined = await sb.subscribe("news");
+  const published = await sb.publish("news", { text: "hello" });
+  const present = await sb.presence("news");
+  const recent = await sb.channelHistory("news", { limit: 5 });
+  console.log(sb.userId, published.data.recipients, present.data.users, recent.data.count);
   const answer = await sb.chat("hi");
   const id = sb.send("chat_message", { content: "stream please", stream: true });
   let text = "";

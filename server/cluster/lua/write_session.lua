@@ -19,5 +19,11 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
+-- The user's set of sessions (sb:u:{user}): kept as long as one of its sessions is.
+local user = redis.call('HGET', KEYS[1], 'user_id')
+if user and user ~= '' then
+  redis.call('SADD', 'sb:u:' .. user, ARGV[6])
+  redis.call('EXPIRE', 'sb:u:' .. user, ARGV[2])
+end
 if (not node) and ARGV[4] ~= '1' then return 2 end
 return 1
