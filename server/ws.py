@@ -631,7 +631,7 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
             session = await gateway.open_session(client_id, client_type, meta={
                 "remote": peer, "user_agent": user_agent}, user_id=user_id)
     except TooManySessions as exc:
-        await _refuse(ws, CloseCode.TOO_MANY_SESSIONS, exc.message, flat)
+        await _refuse(ws, CloseCode.TOO_MANY_SESSIONS, exc.message, flat, **exc.details)
         log.info("session_refused", user_id=user_id, peer=peer, reason=exc.code)
         return ws
     except SwitchboardError as exc:  # the cluster cannot say right now: retry soon
@@ -806,9 +806,9 @@ def _close_at_expiry(conn: Connection, expires_at: float) -> asyncio.TimerHandle
 
 
 async def _refuse(ws: web.WebSocketResponse, code: CloseCode, message: str,
-                  flat: bool = False) -> None:
+                  flat: bool = False, **details: Any) -> None:
     encoded = protocol.encode(protocol.error_frame(code.name.lower(), message,
-                                                   close_code=int(code)))
+                                                   close_code=int(code), **details))
     if flat:
         encoded = protocol.to_flat(encoded, None)  # no session, so no client_id
     with contextlib.suppress(ConnectionError, RuntimeError):

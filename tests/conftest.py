@@ -275,9 +275,13 @@ class LiveGateway:
         return {"Authorization": f"Bearer {self.api_token}"} if self.api_token else {}
 
     async def connect(self, path: str = "/", *, expect_hello: bool = True,
-                      headers: dict[str, str] | None = None, **query: Any) -> WSClient:
+                      headers: dict[str, str] | None = None, node: Node | None = None,
+                      **query: Any) -> WSClient:
+        """A client on :attr:`ws_node` (or ``node``: on two nodes, ``live.api_node`` puts it
+        beside the API, so a test can have one session on each node)."""
         params = {k: str(v) for k, v in query.items() if v is not None}
-        ws = await self.http.ws_connect(self.ws_server.make_url(path), params=params,
+        server = (node or self.ws_node).ws_server
+        ws = await self.http.ws_connect(server.make_url(path), params=params,
                                         headers=headers, autoping=True)
         if not expect_hello:
             return WSClient(ws, {})

@@ -149,7 +149,11 @@ async def test_node_killed_sessions_resume_elsewhere_or_expire(
     await ready(http, p1)
     await ready(http, p2)
     keeper = await connect(http, p1, client_id="keeper")
-    await connect(http, p1, client_id="left")
+    left = await connect(http, p1, client_id="left")
+    await left.send("subscribe", {"channel": "room:k"})
+    await left.recv_type("subscribed")
+    await until(lambda: get(http, f"{p2.api}/channels/room:k/presence"),
+                lambda r: r[0] == 200 and r[1]["count"] == 1, p2, "left in room:k")
     for i in range(3):
         status, body = await post(http, f"{p2.api}/send_message",
                                   {"client_id": "keeper", "content": f"m{i}"})
@@ -190,6 +194,12 @@ async def test_node_killed_sessions_resume_elsewhere_or_expire(
                 "the dead node's other session to expire")
     status, body = await get(http, f"{p2.api}/clients")
     assert [c["client_id"] for c in body["clients"]] == ["keeper"], body
+    # it never left room:k (its node died): the next presence read finds it gone and records
+    # the leave, once
+    status, body = await get(http, f"{p2.api}/channels/room:k/presence")
+    assert status == 200 and body["sessions"] == [] and body["count"] == 0, body
+    status, body = await get(http, f"{p2.api}/channels")
+    assert body["channels"] == [], body
     assert p2.stop() == 0, p2.output()
 
 

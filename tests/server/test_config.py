@@ -98,6 +98,11 @@ def test_values_are_read_from_the_environment() -> None:
     ({"MAX_SESSIONS": "5000"}, "MAX_SESSIONS"),  # below MAX_CONNECTIONS (10000)
     ({"MAX_CHANNELS_PER_CLIENT": "0"}, "MAX_CHANNELS_PER_CLIENT"),
     ({"MAX_JSON_DEPTH": "500"}, "MAX_JSON_DEPTH"),  # more than the encoder can write back
+    ({"MAX_SESSIONS_PER_USER": "0"}, "MAX_SESSIONS_PER_USER"),
+    ({"PRESENCE_LIMIT": "lots"}, "PRESENCE_LIMIT"),
+    ({"CHANNEL_HISTORY_BYTES": "10"}, "CHANNEL_HISTORY_BYTES"),
+    ({"CHANNEL_HISTORY_CHANNELS": "0"}, "CHANNEL_HISTORY_CHANNELS"),
+    ({"CHANNEL_HISTORY_TTL": "-5"}, "CHANNEL_HISTORY_TTL"),
 ])
 def test_a_bad_value_names_the_variable_on_one_line(env: dict[str, str], variable: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 TOPOLOGY_FREE = sorted([*ROOT.glob("api/*.py"), *ROOT.glob("handlers/*.py"),
                         *(ROOT / "server" / name for name in (
                             "ws.py", "gateway.py", "seams.py", "sessions.py", "streams.py",
-                            "router.py", "protocol.py", "tools.py", "webhooks.py"))])
+                            "router.py", "protocol.py", "tools.py", "webhooks.py",
+                            "channels.py", "channel_history.py"))])
 CLUSTER_MODULE_MAX_LINES = 500
 
 

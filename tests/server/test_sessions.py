@@ -370,3 +370,56 @@ def test_channels_per_session_are_capped() -> None:
         reg.join(alice, "c")
     assert refused.value.code == "too_many_channels"
     assert alice.channels == {"a", "b"} and "c" not in reg.channels
+
+
+class Recorder:
+    """A Lifecycle that records what the registry tells it."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []
+
+    def joined(self, session: Session, channel: str) -> None:
+        self.seen.append(("joined", session.client_id, channel))
+
+    def left(self, session: Session, channel: str) -> None:
+        self.seen.append(("left", session.client_id, channel))
+
+    def ended(self, session: Session, reason: str) -> None:
+        self.seen.append(("ended", session.client_id, f"{reason}:{sorted(session.channels)}"))
+
+
+def test_the_lifecycle_hears_real_joins_leaves_and_ends_never_moves() -> None:
+    reg = registry(session_ttl=0.0)
+    heard = reg.lifecycle = Recorder()
+    a = reg.create("a", "t", user_id="u")
+    reg.join(a, "c1")
+    reg.join(a, "c1")  # already: nothing
+    reg.join(a, "c2")
+    reg.leave(a, "c1")
+    reg.leave(a, "c1")  # not subscribed: nothing
+    reg.end("a", "expired")
+    b = reg.create("b", "t")
+    reg.join(b, "c3")
+    reg.let_go("b")  # moved to another node: nothing
+    reg.adopt(b)  # and back: nothing
+    assert heard.seen == [("joined", "a", "c1"), ("joined", "a", "c2"), ("left", "a", "c1"),
+                          ("ended", "a", "expired:['c2']"), ("joined", "b", "c3")]
+    outbox = FakeOutbox()
+    reg.attach(b, outbox)
+    reg.detach(b, outbox)  # SESSION_TTL=0: the drop ends it
+    assert heard.seen[-1] == ("ended", "b", "disconnected:['c3']")
+
+
+def test_the_registry_indexes_each_users_sessions() -> None:
+    reg = registry()
+    a = reg.create("a", "t", user_id="alice")
+    reg.create("b", "t", user_id="alice")
+    reg.create("c", "t")
+    assert list(reg.users) == ["alice"] and list(reg.users["alice"]) == ["a", "b"]
+    assert [s.client_id for s in reg.select(user_id="alice")] == ["a", "b"]
+    reg.join(a, "news")
+    assert [s.client_id for s in reg.select(user_id="alice", channel="news")] == ["a"]
+    reg.end("a")
+    reg.let_go("b")
+    assert reg.users == {}
+    assert a.describe()["user_id"] == "alice"
