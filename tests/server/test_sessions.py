@@ -407,7 +407,7 @@ def test_the_lifecycle_hears_real_joins_leaves_and_ends_never_moves() -> None:
     outbox = FakeOutbox()
     reg.attach(b, outbox)
     reg.detach(b, outbox)  # SESSION_TTL=0: the drop ends it
-    assert heard.seen[-1] == ("ended", "b", "disconnected:['c3']")
+    assert heard.seen[-1] == ("ended", "b", "disconnected:[]")
 
 
 def test_the_registry_indexes_each_users_sessions() -> None:
