@@ -117,6 +117,47 @@ class SwitchboardAPI:
             body["idempotency_key"] = idempotency_key
         return await self.request("POST", "send_message", json=body)
 
+    async def send_to_user(
+        self,
+        user_id: str,
+        content: Any,
+        *,
+        message_type: str | None = None,
+        data: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> dict[str, Any]:
+        """``POST /send_message`` with ``user_id``: to every session of the user;
+        ``{user_id, message_id, sessions: [{client_id, status, seq}], delivered, queued}``."""
+        body: dict[str, Any] = {"user_id": user_id, "content": content}
+        if message_type is not None:
+            body["message_type"] = message_type
+        if data is not None:
+            body["data"] = dict(data)
+        if idempotency_key is not None:
+            body["idempotency_key"] = idempotency_key
+        return await self.request("POST", "send_message", json=body)
+
+    async def user(self, user_id: str) -> dict[str, Any]:
+        """``GET /users/{id}``: the user's sessions (404 -> :class:`APIError`)."""
+        return await self.request("GET", ("users", user_id))
+
+    async def presence(self, channel: str, *, limit: int | None = None) -> dict[str, Any]:
+        """``GET /channels/{channel}/presence``: its sessions and users on every node."""
+        return await self.request("GET", ("channels", channel, "presence"),
+                                  params={"limit": limit})
+
+    async def subscribe(self, channel: str, *, client_id: str | None = None,
+                        user_id: str | None = None) -> dict[str, Any]:
+        """Subscribe one session (``client_id``) or every session of a user (``user_id``)
+        to ``channel``, server-side."""
+        return await self.request("POST", (*_owner(client_id, user_id), "channels"),
+                                  json={"channel": channel})
+
+    async def unsubscribe(self, channel: str, *, client_id: str | None = None,
+                          user_id: str | None = None) -> dict[str, Any]:
+        """The opposite of :meth:`subscribe`."""
+        return await self.request("DELETE", (*_owner(client_id, user_id), "channels", channel))
+
     async def call_tool(
         self,
         client_id: str,
@@ -251,6 +292,15 @@ _REASONS = {
     503: "not ready",
     504: "timed out",
 }
+
+
+def _owner(client_id: str | None, user_id: str | None) -> tuple[str, str]:
+    """The path of one session or of a user's sessions (exactly one must be given)."""
+    if client_id is not None and user_id is None:
+        return "clients", client_id
+    if user_id is not None and client_id is None:
+        return "users", user_id
+    raise ValueError("give exactly one of client_id or user_id")
 
 
 def _path(path: str | tuple[str, ...]) -> str:

@@ -175,6 +175,7 @@ class SwitchboardClient:
         *,
         client_id: str | None = None,
         client_type: str | None = None,
+        user_id: str | None = None,
         token: TokenSource | None = None,
         session_token: str | None = None,
         last_seq: int = 0,
@@ -192,6 +193,10 @@ class SwitchboardClient:
         self.client_id = client_id
         self._requested_client_id = client_id
         self.client_type = client_type
+        #: The user this client acts for (sent as ``user_id`` with WS_AUTH=none/token; a JWT's
+        #: ``sub`` decides with jwt): updated from ``connection_established``.
+        self.user_id = user_id
+        self._declared_user_id = user_id
         self.session_token = session_token
         self.last_seq = last_seq
         self.reconnect = reconnect
@@ -493,6 +498,29 @@ class SwitchboardClient:
         """Unsubscribe from ``channel``; returns ``unsubscribed``."""
         return await self.request("unsubscribe", {"channel": channel}, timeout=timeout)
 
+    async def publish(self, channel: str, data: Mapping[str, Any] | None = None,
+                      timeout: float | None = 10.0) -> Frame:
+        """Publish to ``channel`` where its rule allows; returns ``published`` {channel,
+        message_id, recipients, queued} or raises :class:`RequestError`
+        (``forbidden_channel``). Subscribers get a ``publication`` frame."""
+        return await self.request("publish", {"channel": channel, "data": dict(data or {})},
+                                  timeout=timeout)
+
+    async def presence(self, channel: str, timeout: float | None = 10.0) -> dict[str, Any]:
+        """Who is in ``channel`` (where its rule allows presence): the ``presence`` frame's
+        data {channel, count, sessions, users, truncated}. Changes arrive as ``join`` /
+        ``leave`` frames where the rule has join_leave (``client.on("join", ...)``)."""
+        return (await self.request("presence", {"channel": channel}, timeout=timeout)).data
+
+    async def channel_history(self, channel: str, limit: int | None = None,
+                              timeout: float | None = 10.0) -> list[dict[str, Any]]:
+        """A subscribed channel's recent frames (its rule's history), oldest first."""
+        data: dict[str, Any] = {"channel": channel}
+        if limit is not None:
+            data["limit"] = limit
+        reply = await self.request("channel_history", data, timeout=timeout)
+        return list(reply.data["frames"])
+
     async def get_status(self, timeout: float | None = 10.0) -> dict[str, Any]:
         """Return the ``data`` of the server's ``status_response``."""
         return (await self.request("get_status", {}, timeout=timeout)).data
@@ -564,6 +592,8 @@ class SwitchboardClient:
             params["client_id"] = self.client_id
         if self.client_type:
             params["client_type"] = self.client_type
+        if self._declared_user_id:
+            params["user_id"] = self._declared_user_id
         if self.session_token:
             params["session_token"] = self.session_token
             params["last_seq"] = str(self.last_seq)
@@ -656,6 +686,8 @@ class SwitchboardClient:
             self.last_seq = 0
         if isinstance(data.get("client_id"), str):
             self.client_id = data["client_id"]
+        if "user_id" in data:
+            self.user_id = data["user_id"]
         if isinstance(data.get("session_token"), str):
             self.session_token = data["session_token"]
         self.connection_info = dict(data)

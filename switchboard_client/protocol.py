@@ -114,6 +114,9 @@ DEFAULT_REPLY_TYPES: dict[str, frozenset[str]] = {
     "subscribe": frozenset({"subscribed"}),
     "unsubscribe": frozenset({"unsubscribed"}),
     "get_status": frozenset({"status_response"}),
+    "publish": frozenset({"published"}),
+    "presence": frozenset({"presence"}),
+    "channel_history": frozenset({"channel_history"}),
 }
 
 

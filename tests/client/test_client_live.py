@@ -321,3 +321,42 @@ async def test_cli_api_messages_shows_the_history(live_gateway: LiveGateway) -> 
         lines = out.getvalue().splitlines()
         assert any(line.startswith("→") and "get_status" in line for line in lines)
         assert any(line.startswith("←") and "💬 message  kept" in line for line in lines)
+
+
+async def test_users_channels_and_presence_from_the_python_client(make_gateway: MakeGateway
+                                                                  ) -> None:
+    """Two sessions of one user (user_id=), publish / presence / channel_history and the
+    join frame from the client; send to the user, presence and server-side subscriptions
+    from SwitchboardAPI."""
+    live = await make_gateway(channel_rules=(
+        '{"room:*": {"subscribe": "any", "publish": "any", "presence": true, '
+        '"join_leave": true, "history": 5}}'))
+    tab, phone = make_client(live, user_id="ann"), make_client(live, user_id="ann")
+    watcher = make_client(live, user_id="bo")
+    recorder = FrameRecorder(watcher)
+    async with tab, phone, watcher, SwitchboardAPI(live.api_url, live.api_token) as api:
+        assert tab.user_id == phone.user_id == "ann" and tab.client_id != phone.client_id
+        await watcher.subscribe("room:1")
+        await tab.subscribe("room:1")
+        join = await within(recorder.next("join"))
+        assert join.data == {"channel": "room:1", "client_id": tab.client_id, "user_id": "ann"}
+        published = await tab.publish("room:1", {"text": "hi"})
+        assert published.data["recipients"] == 2
+        publication = await within(recorder.next("publication"))
+        assert publication.data == {"text": "hi"}
+        assert publication.get("from") == {"client_id": tab.client_id, "user_id": "ann"}
+        who = await watcher.presence("room:1")
+        assert who["count"] == 2 and who["users"] == ["ann", "bo"]
+        assert [f["data"] for f in await watcher.channel_history("room:1")] == [{"text": "hi"}]
+        with pytest.raises(RequestError) as refused:
+            await tab.publish("elsewhere", {})
+        assert refused.value.code == "forbidden_channel"
+
+        sent = await api.send_to_user("ann", "to both tabs")
+        assert sent["delivered"] == 2
+        assert (await api.user("ann"))["total"] == 2
+        assert (await api.presence("room:1"))["count"] == 2
+        subscribed = await api.subscribe("room:2", user_id="ann")
+        assert len(subscribed["sessions"]) == 2
+        await api.unsubscribe("room:2", client_id=phone.client_id)
+        assert (await api.presence("room:2"))["count"] == 1

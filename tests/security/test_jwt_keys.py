@@ -5,6 +5,7 @@ and issuer checks and algorithm confusion, each refused with 401 before the upgr
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from server.auth import JwksKeys, KeySetUnavailable, TokenRejected
 from server.keys import SECURITY
 from server.metrics import REGISTRY
 from tests.conftest import LiveGateway, MakeGateway, wait_for
+from tests.handlers.test_channels import subscribe
 from tests.jwt_tools import HS_SECRET, ec_key, forge_hs256, jwk, public_pem, rsa_key, token
 from tests.security.test_ws_handshake import _refused
 
@@ -228,3 +230,24 @@ async def test_a_hanging_jwks_never_blocks_the_event_loop(make_gateway: MakeGate
     status, body = await waiting
     assert status == 503 and body["error"]["code"] == "auth_unavailable", body
     jwks.gate.set()
+
+
+async def test_rs256_users_hold_several_sessions_and_their_claims_open_channels(
+        make_gateway: MakeGateway, jwks: Jwks) -> None:
+    """Two tabs of alice with RS256 tokens from the JWKS: two sessions of one user, both
+    reached by a send to the user; the token's channels claim opens team:red, not team:blue."""
+    live = await jwks_gateway(make_gateway, jwks, channel_rules=json.dumps(
+        {"team:*": {"subscribe": "claim"}}))
+    presented = token(rsa_key(), "RS256", kid="k1", sub="alice", channels=["team:red"])
+    tabs = [await live.connect(token=presented),
+            await live.connect(token=presented, node=live.api_node)]
+    for tab in tabs:
+        assert tab.hello["data"]["user_id"] == "alice"
+        assert (await subscribe(tab, "team:red"))["type"] == "subscribed"
+        refused = await subscribe(tab, "team:blue")
+        assert refused["data"]["code"] == "forbidden_channel", refused
+    status, body = await live.api("POST", "/send_message", {"user_id": "alice",
+                                                            "content": "both"})
+    assert status == 200 and body["delivered"] == 2, body
+    for tab in tabs:
+        assert (await tab.recv_type("message"))["message_id"] == body["message_id"]

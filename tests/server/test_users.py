@@ -144,7 +144,7 @@ async def test_max_sessions_per_user_ends_the_oldest_offline_then_refuses(
     evicted_before = limit_hits("sessions_per_user")
     third = await live.connect(user_id="alice")
     assert third.hello["data"]["resumed"] is False
-    status, user = await live.api("GET", "/users/alice")
+    _, user = await live.api("GET", "/users/alice")
     assert sorted(s["client_id"] for s in user["sessions"]) == sorted(
         [newer.client_id, third.client_id]), user
     assert limit_hits("sessions_per_user") > evicted_before
@@ -163,7 +163,7 @@ async def test_max_sessions_per_user_ends_the_oldest_offline_then_refuses(
     assert await refused.recv_close() == CloseCode.TOO_MANY_SESSIONS == 4012
     assert not CloseCode.TOO_MANY_SESSIONS.reconnect
     assert limit_hits("sessions_per_user") > refused_before
-    status, user = await live.api("GET", "/users/alice")
+    _, user = await live.api("GET", "/users/alice")
     assert user["total"] == 2 and user["connected"] == 2, user
     await live.connect(user_id="bob")  # another user is not concerned
 

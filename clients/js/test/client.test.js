@@ -232,6 +232,66 @@ describe("one gateway, memory broker", () => {
   });
 });
 
+describe("users, channels and presence (CHANNEL_RULES)", () => {
+  let gw;
+  const open = [];
+  const make = (options) => { const c = client(gw.ws, options); open.push(c); return c; };
+  const rules = {
+    "room:*": { subscribe: "any", publish: "any", presence: true, join_leave: true, history: 2 },
+    "*": { subscribe: "any" },
+  };
+
+  before(async () => { gw = await new Gateway({ CHANNEL_RULES: JSON.stringify(rules) }).start(); });
+  after(async () => {
+    for (const c of open) await c.close();
+    await gw.stop();
+  });
+
+  test("two tabs of one user, publish, presence, join events, history, send to the user", async () => {
+    const tabs = [make({ userId: "ann" }), make({ userId: "ann" })];
+    for (const tab of tabs) {
+      await tab.connect();
+      assert.equal(tab.userId, "ann");
+      await tab.subscribe("room:1");
+    }
+    assert.notEqual(tabs[0].clientId, tabs[1].clientId);
+    const bo = make({ userId: "bo" });
+    await bo.connect();
+    const joined = tabs[0].once("join", { timeout: 5000 });
+    await bo.subscribe("room:1");
+    const join = await joined;
+    assert.deepEqual(join.data, { channel: "room:1", client_id: bo.clientId, user_id: "bo" });
+
+    const arriving = tabs[1].once("publication", { timeout: 5000 });
+    const published = await bo.publish("room:1", { text: "hello" });
+    assert.equal(published.type, "published");
+    assert.equal(published.data.recipients, 3);
+    const publication = await arriving;
+    assert.deepEqual(publication.data, { text: "hello" });
+    assert.deepEqual(publication.from, { client_id: bo.clientId, user_id: "bo" });
+    assert.equal(publication.message_id, published.data.message_id);
+
+    const present = await tabs[0].presence("room:1");
+    assert.equal(present.data.count, 3);
+    assert.deepEqual(present.data.users, ["ann", "bo"]);
+    const recent = await bo.channelHistory("room:1");
+    assert.deepEqual(recent.data.frames.map((f) => f.data.text), ["hello"]);
+
+    await assert.rejects(bo.publish("news", { text: "no" }), (err) => err instanceof RequestError
+      && err.code === "forbidden_channel" && /CHANNEL_RULES|nobody/.test(err.frame.data.reason));
+
+    const got = tabs.map((tab) => tab.once("message", { timeout: 5000 }));
+    const { status, body } = await gw.call("POST", "/send_message", { user_id: "ann", content: "hi" });
+    assert.equal(status, 200);
+    assert.equal(body.delivered, 2);
+    for (const frame of await Promise.all(got)) assert.equal(frame.message_id, body.message_id);
+
+    const left = tabs[0].once("leave", { timeout: 5000 });
+    await bo.unsubscribe("room:1");
+    assert.equal((await left).data.client_id, bo.clientId);
+  });
+});
+
 describe("a restarted gateway (memory broker: the session is gone)", () => {
   test("re-subscribes after the fresh session and keeps receiving", async () => {
     const gw = await new Gateway().start();
