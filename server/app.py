@@ -167,7 +167,12 @@ async def _backend_ctx(app: web.Application) -> AsyncIterator[None]:
     if gateway.channels.rules.enabled:
         log.info("channel_rules", rules=gateway.channels.rules.describe())
     yield
-    # The sessions' membership changes are recorded (and announced) before the node leaves.
+    if not gateway.settings.sessions_survive_restart:
+        # memory://: the sessions end with the process; their ends (and the leaves that go
+        # with them) are reported like any other, for EVENTS_WEBHOOK_URL's backend.
+        for client_id in list(gateway.registry.sessions):
+            gateway.registry.end(client_id, "shutdown")
+    # The membership changes are recorded (and announced) before the node leaves.
     await gateway.channels.close(min(gateway.settings.shutdown_timeout or 1.0, 5.0))
     await gateway.cancel_tasks()
     await backend.stop()

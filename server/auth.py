@@ -81,10 +81,11 @@ MAX_ROLES = 256
 class Identity:
     """An authenticated (or declared) WebSocket client.
 
-    ``subject`` becomes the connection's client_id today (the JWT ``sub``; with WS_AUTH=token
-    the ``client_id`` query parameter). ``user_id`` is the user the connection acts for (the
-    JWT ``sub``); ``channels``, ``subs`` and ``roles`` come from the JWT claims of the same
-    names (see the module doc).
+    ``subject`` is the JWT ``sub`` (with WS_AUTH=token the ``client_id`` query parameter).
+    ``user_id`` is the user the connection acts for: the JWT ``sub``, or (WS_AUTH=token /
+    none) the ``user_id`` it declares (server.ws); a user may hold several sessions.
+    ``channels``, ``subs`` and ``roles`` come from the JWT claims of the same names (see the
+    module doc).
     """
 
     subject: str | None

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 import structlog
@@ -63,6 +63,15 @@ STALE_SWEEP_BUDGET = 2000
 SYNC_TIMEOUT = 2.0
 
 
+class Ended(NamedTuple):
+    """A session's end, queued behind the leaves of its channels (``session_ended`` follows
+    their ``member_removed``)."""
+
+    client_id: str
+    user_id: str | None
+    reason: str
+
+
 class ChannelService:
     """See the module doc. ``hooks`` / ``events`` are None when nothing is configured."""
 
@@ -73,7 +82,7 @@ class ChannelService:
         self.rules = rules
         self.hooks = hooks
         self.events = events
-        self.changes: deque[MemberChange] = deque()
+        self.changes: deque[MemberChange | Ended] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -103,8 +112,7 @@ class ChannelService:
     def ended(self, session: Session, reason: str) -> None:
         for channel in sorted(session.channels):
             self.left(session, channel)
-        self._emit("session_ended", client_id=session.client_id, user_id=session.user_id,
-                   reason=reason)
+        self._note(Ended(session.client_id, session.user_id, reason))
 
     def started(self, session: Session) -> None:
         """A new session (not a resume, not a move)."""
@@ -115,7 +123,7 @@ class ChannelService:
         if self.events is not None:
             self.events.emit_event(kind, **fields)
 
-    def _note(self, change: MemberChange) -> None:
+    def _note(self, change: MemberChange | Ended) -> None:
         self.changes.append(change)
         self._idle.clear()
         self._wake.set()
@@ -169,15 +177,21 @@ class ChannelService:
                 await self._wake.wait()
                 continue
             batch = [changes.popleft() for _ in range(min(BATCH, len(changes)))]
+            members = [change for change in batch if isinstance(change, MemberChange)]
             try:
-                results = await directory.record_membership(batch)
+                results = iter(await directory.record_membership(members) if members else ())
             except Exception as exc:  # the cluster cannot be reached: keep them, retry
                 changes.extendleft(reversed(batch))
                 log.warning("membership_not_recorded", changes=len(changes),
                             error=f"{type(exc).__name__}: {exc}", retry_in=RETRY_DELAY)
                 await asyncio.sleep(RETRY_DELAY)
                 continue
-            for change, (changed, edge) in zip(batch, results, strict=True):
+            for change in batch:
+                if isinstance(change, Ended):
+                    self._emit("session_ended", client_id=change.client_id,
+                               user_id=change.user_id, reason=change.reason)
+                    continue
+                changed, edge = next(results)
                 if changed:
                     try:
                         await self._announce(change, edge)

@@ -16,6 +16,14 @@ Events (``type`` and the fields each carries besides ``id`` and ``timestamp``):
 ``member_removed``    ``channel``, ``client_id``, ``user_id``
 ====================  ============================================================
 
+Who emits them (server/channels.py, server/gateway.py): the node that holds the session, once
+over the cluster. A session starts when it is opened (not on resume); it ends when it expires
+(``reason`` ``expired``), is evicted (``evicted``: MAX_SESSIONS or MAX_SESSIONS_PER_USER), is
+ended by the API (``deleted``), is taken over through seed 001's path (``replaced``), its
+socket drops with SESSION_TTL=0 (``disconnected``) or a memory:// gateway stops
+(``shutdown``); its ``member_removed`` events come first. A socket drop is no end and no
+leave. A channel is occupied by its first member anywhere and vacated by its last.
+
 One POST carries up to ``EVENTS_BATCH_SIZE`` events; the first event of a batch waits at most
 ``EVENTS_BATCH_WAIT`` seconds for others. The body::
 

@@ -85,7 +85,8 @@ class Lifecycle(Protocol):
 
     def ended(self, session: Session, reason: str) -> None:
         """``session`` ends (its channels are still set): ``expired``, ``evicted``,
-        ``deleted``, ``replaced``, ``disconnected`` (SESSION_TTL=0)."""
+        ``deleted``, ``replaced``, ``disconnected`` (SESSION_TTL=0), ``shutdown`` (a
+        memory:// gateway stopping)."""
 
 
 #: One frame in a session's history: ``(pos, outbound, data, at)``. ``pos`` is the frame's

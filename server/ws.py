@@ -787,7 +787,7 @@ async def _take_over(gateway: Gateway, client_id: str, peer: str) -> None:
     and its history dropped: only a session_token resumes a session with its history."""
     try:
         await gateway.disconnect(client_id, code=CloseCode.REPLACED,
-                                 reason=CloseCode.REPLACED.explanation)
+                                 reason=CloseCode.REPLACED.explanation, end_reason="replaced")
     except SwitchboardError as exc:  # another node's "not found" comes back by its code
         if exc.code == ClientNotFound.code:
             return

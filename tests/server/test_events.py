@@ -186,3 +186,20 @@ async def test_the_gateway_runs_the_emitter_and_drains_it_on_shutdown(
     await node.ws_server.close()
     assert [e["type"] for e in delivered_events(backend)] == ["session_started"]
     assert signature_ok(SECRET, backend.headers[0], backend.bodies[0])
+
+
+@pytest.mark.one_node("with redis:// the sessions outlive the node that stops: they end later")
+async def test_a_memory_gateway_stopping_reports_its_sessions_ending(
+        make_gateway: MakeGateway, backend: Backend) -> None:
+    """memory://: the sessions die with the process, and the backend hears so (once): their
+    members leave, the channel is vacated, each session ends with reason shutdown."""
+    backend.handler = reply_json({})
+    live = await make_gateway(events_webhook_url=backend.url, events_batch_wait=30.0)
+    client = await live.connect(user_id="alice")
+    await client.send("subscribe", {"channel": "room"})
+    await client.recv_type("subscribed")
+    await live.ws_node.ws_server.close()
+    seen = [(e["type"], e.get("reason")) for e in delivered_events(backend)]
+    assert seen == [("session_started", None), ("member_added", None),
+                    ("channel_occupied", None), ("member_removed", None),
+                    ("channel_vacated", None), ("session_ended", "shutdown")], seen
