@@ -9,6 +9,10 @@ RSS measured while it happens.
 * Kept sessions are capped (MAX_SESSIONS), the longest offline evicted first, never a
   connected one; an evicted session's resume gets 4003. Stored header values are cut.
 * Channels per connection are capped (MAX_CHANNELS_PER_CLIENT) and the replies stay O(1).
+* Sessions per user are capped (MAX_SESSIONS_PER_USER, issue 13): the user's session offline
+  longest is ended first, and when all are connected a new one is closed with 4012.
+* Channel history is capped in frames, bytes and channels (CHANNEL_HISTORY_*), presence
+  listings at PRESENCE_LIMIT.
 
 Waits are bounded by deadlines on the event itself (never sleeps as synchronisation).
 """
@@ -242,3 +246,115 @@ async def test_channels_per_connection_are_capped_and_replies_stay_small(
 async def _still_served(client: WSClient) -> None:
     await client.send("ping", message_id="still")
     assert (await client.recv_type("pong"))["reply_to"] == "still"
+
+
+# --- 5. sessions per user --------------------------------------------------------------------
+
+USER_CYCLES = 800
+
+
+def _cycle_user(port: int, count: int) -> None:
+    for _ in range(count):
+        client = RawWebSocket(port, "/?user_id=mallory")
+        assert client.status == 101
+        client.recv()  # the greeting: the session exists
+        client.close()
+
+
+async def test_sessions_per_user_are_capped_oldest_offline_first_then_4012(
+        tmp_path: Path, nodes: list[Node], http: aiohttp.ClientSession) -> None:
+    """One user opening session after session (fresh ids, dropped at once) never holds more
+    than MAX_SESSIONS_PER_USER; with all of them connected the next is refused with 4012;
+    other users are served throughout."""
+    node = spawn_ready(tmp_path, "per-user", MAX_SESSIONS_PER_USER="16", LOG_FORMAT="json")
+    nodes.append(node)
+    bystander = await connect(http, node, user_id="alice")
+    baseline = node.rss()
+    await asyncio.gather(*(asyncio.to_thread(_cycle_user, node.ws_port, USER_CYCLES // 4)
+                           for _ in range(4)))
+    code, user = await until(lambda: get(http, f"{node.api}/users/mallory"),
+                             lambda r: r[0] == 200 and r[1]["connected"] == 0, node,
+                             "mallory's sockets gone")
+    assert user["total"] == 16, user
+    state = await status(http, node)
+    assert state["total_sessions"] == 17, state  # mallory's 16 and alice's one
+    assert await metric(http, node, "switchboard_limit_hits_total",
+                        limit="sessions_per_user") >= USER_CYCLES - 16
+    growth = node.rss() - baseline
+    assert growth < 16 * MIB, f"RSS grew {growth / MIB:.0f} MiB with 17 sessions kept"
+    # All 16 connected: the 17th is refused, and nothing of mallory's is ended for it.
+    tabs = [await connect(http, node, user_id="mallory") for _ in range(16)]
+    ws = await http.ws_connect(node.ws, params={"user_id": "mallory"})
+    refusal = orjson.loads((await ws.receive(timeout=5)).data)
+    assert refusal["data"]["code"] == "too_many_sessions", refusal
+    assert (await ws.receive(timeout=5)).type in (aiohttp.WSMsgType.CLOSE,
+                                                  aiohttp.WSMsgType.CLOSED)
+    assert ws.close_code == 4012
+    code, user = await get(http, f"{node.api}/users/mallory")
+    assert user["connected"] == 16 and user["total"] == 16, user
+    await _still_served(bystander)
+    for tab in (*tabs, bystander):
+        await tab.close()
+    no_traceback(node)
+
+
+# --- 6. channel history and presence -----------------------------------------------------------
+
+async def test_channel_history_and_presence_listings_are_capped(
+        tmp_path: Path, nodes: list[Node], http: aiohttp.ClientSession) -> None:
+    """A client publishing 60 KB frames to 400 channels that keep 100 frames each: without
+    the caps 24 MB of channel history; with CHANNEL_HISTORY_CHANNELS=20 and
+    CHANNEL_HISTORY_BYTES=64 KiB at most 1.25 MiB are kept (the least recently written rings
+    and the oldest frames go, counted). 60 sessions in one channel: presence lists 50
+    (PRESENCE_LIMIT), counts 60, says truncated."""
+    rules = ('{"room:*": {"subscribe": "any", "publish": "any", "presence": true, '
+             '"history": 100}}')
+    node = spawn_ready(tmp_path, "channel-caps", CHANNEL_RULES=rules, LOG_FORMAT="json",
+                       CHANNEL_HISTORY_BYTES="65536", CHANNEL_HISTORY_CHANNELS="20",
+                       PRESENCE_LIMIT="50", WS_RATE_LIMIT="100000", WS_RATE_BURST="100000",
+                       # the publisher's own session history (its 60 KB frames) stays small
+                       SEND_QUEUE_BYTES=str(MIB), HISTORY_BYTES=str(2 * MIB))
+    nodes.append(node)
+    publisher = await connect(http, node, user_id="mallory")
+    baseline = node.rss()
+    blob = "x" * 60_000
+    for n in range(400):
+        await publisher.send("publish", {"channel": f"room:{n}", "data": {"blob": blob}},
+                             message_id=f"p{n}")
+        assert (await publisher.recv_type("published", timeout=30))["reply_to"] == f"p{n}"
+    for n in range(3):  # two frames of 60 KB do not fit in 64 KiB: the oldest goes
+        await publisher.send("publish", {"channel": "room:399", "data": {"n": n, "b": blob}})
+        await publisher.recv_type("published", timeout=30)
+    growth = node.rss() - baseline
+    # 1.25 MiB of channel history, 2 MiB of the publisher's session history, the allocator's
+    # churn; without the caps the rings alone would hold 24 MB.
+    assert growth < 16 * MIB, f"RSS grew {growth / MIB:.0f} MiB for 3.25 MiB of history"
+    assert await metric(http, node, "switchboard_limit_hits_total",
+                        limit="channel_history_channels") == 380
+    assert await metric(http, node, "switchboard_limit_hits_total",
+                        limit="channel_history_bytes") >= 3
+    await publisher.send("subscribe", {"channel": "room:399"})
+    await publisher.recv_type("subscribed")
+    await publisher.send("channel_history", {"channel": "room:399"})
+    kept = (await publisher.recv_type("channel_history"))["data"]["frames"]
+    assert [f["data"]["n"] for f in kept] == [2]
+    await publisher.send("subscribe", {"channel": "room:0"})
+    await publisher.recv_type("subscribed")
+    await publisher.send("channel_history", {"channel": "room:0"})
+    assert (await publisher.recv_type("channel_history"))["data"]["frames"] == []
+
+    members = [await connect(http, node, user_id=f"u{i}") for i in range(59)]
+    for member in members:
+        await member.send("subscribe", {"channel": "room:0"})
+        await member.recv_type("subscribed")
+    code, body = await get(http, f"{node.api}/channels/room:0/presence")
+    assert code == 200 and body["count"] == 60 and body["truncated"] is True, body
+    assert len(body["sessions"]) == 50 and len(body["users"]) == 50
+    await publisher.send("presence", {"channel": "room:0"})
+    answer = await publisher.recv_type("presence")
+    assert answer["data"]["count"] == 60 and len(answer["data"]["sessions"]) == 50
+    assert await metric(http, node, "switchboard_limit_hits_total",
+                        limit="presence_listing") == 2
+    for client in (publisher, *members):
+        await client.close()
+    no_traceback(node)
