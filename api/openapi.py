@@ -607,7 +607,8 @@ def build_paths() -> dict[str, Schema]:
                             "`limit` (PRESENCE_LIMIT) are listed; `count` is all of them.",
                 parameters=[_query("limit", {"type": "integer", "minimum": 1,
                                              "maximum": 100_000},
-                                   "most sessions listed (at most PRESENCE_LIMIT)")])},
+                                   "most sessions listed (above PRESENCE_LIMIT: "
+                                   "PRESENCE_LIMIT)")])},
         "/users/{user_id}": {
             "parameters": [USER_ID_PARAM],
             "get": _op("A user's sessions", "clients",

@@ -17,6 +17,8 @@ from server.security import OBSERVER_TICKET_TTL
 from server.sessions import iso_time
 
 MAX_PAGE = 1000
+#: The largest PRESENCE_LIMIT (a presence ``limit`` above the configured one is lowered to it).
+MAX_PRESENCE_LIMIT = 100_000
 JSON_TYPES = ("application/json",)
 
 routes = web.RouteTableDef()
@@ -317,11 +319,11 @@ async def channels(request: web.Request) -> web.Response:
 @routes.get("/channels/{channel}/presence")
 async def presence(request: web.Request) -> web.Response:
     gateway = gw(request)
-    limit = query_int(request, "limit", gateway.settings.presence_limit, 1,
-                      gateway.settings.presence_limit)
+    most = gateway.settings.presence_limit
+    limit = query_int(request, "limit", most, 1, MAX_PRESENCE_LIMIT)
     assert limit is not None
     return json_response(await gateway.channels.presence(
-        request.match_info["channel"], limit=limit, everywhere=True))
+        request.match_info["channel"], limit=min(limit, most), everywhere=True))
 
 
 @routes.get("/handlers")
