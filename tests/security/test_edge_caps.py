@@ -272,7 +272,7 @@ async def test_sessions_per_user_are_capped_oldest_offline_first_then_4012(
     baseline = node.rss()
     await asyncio.gather(*(asyncio.to_thread(_cycle_user, node.ws_port, USER_CYCLES // 4)
                            for _ in range(4)))
-    code, user = await until(lambda: get(http, f"{node.api}/users/mallory"),
+    _, user = await until(lambda: get(http, f"{node.api}/users/mallory"),
                              lambda r: r[0] == 200 and r[1]["connected"] == 0, node,
                              "mallory's sockets gone")
     assert user["total"] == 16, user
@@ -290,7 +290,7 @@ async def test_sessions_per_user_are_capped_oldest_offline_first_then_4012(
     assert (await ws.receive(timeout=5)).type in (aiohttp.WSMsgType.CLOSE,
                                                   aiohttp.WSMsgType.CLOSED)
     assert ws.close_code == 4012
-    code, user = await get(http, f"{node.api}/users/mallory")
+    _, user = await get(http, f"{node.api}/users/mallory")
     assert user["connected"] == 16 and user["total"] == 16, user
     await _still_served(bystander)
     for tab in (*tabs, bystander):
