@@ -448,7 +448,12 @@ def test_a_live_process_survives_arbitrary_api_bodies(edge: Node) -> None:
             answer = response.read()
         finally:
             connection.close()
-        assert response.status < 500, (path, sent[:200], response.status, answer[:300])
+        # A tool call to the connected target that never answers is a 504 "timeout", the
+        # documented answer; any other 5xx is the gateway failing.
+        timed_out = (path == "/call_tool" and response.status == 504
+                     and b'"code":"timeout"' in answer)
+        assert response.status < 500 or timed_out, (path, sent[:200], response.status,
+                                                     answer[:300])
 
     check()
     target.close()
