@@ -108,14 +108,8 @@ class SwitchboardAPI:
         idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """``POST /send_message``: ``{status: delivered|queued, message_id, seq}``."""
-        body: dict[str, Any] = {"client_id": client_id, "content": content}
-        if message_type is not None:
-            body["message_type"] = message_type
-        if data is not None:
-            body["data"] = dict(data)
-        if idempotency_key is not None:
-            body["idempotency_key"] = idempotency_key
-        return await self.request("POST", "send_message", json=body)
+        return await self.request("POST", "send_message", json=_message_body(
+            {"client_id": client_id}, content, message_type, data, idempotency_key))
 
     async def send_to_user(
         self,
@@ -128,14 +122,8 @@ class SwitchboardAPI:
     ) -> dict[str, Any]:
         """``POST /send_message`` with ``user_id``: to every session of the user;
         ``{user_id, message_id, sessions: [{client_id, status, seq}], delivered, queued}``."""
-        body: dict[str, Any] = {"user_id": user_id, "content": content}
-        if message_type is not None:
-            body["message_type"] = message_type
-        if data is not None:
-            body["data"] = dict(data)
-        if idempotency_key is not None:
-            body["idempotency_key"] = idempotency_key
-        return await self.request("POST", "send_message", json=body)
+        return await self.request("POST", "send_message", json=_message_body(
+            {"user_id": user_id}, content, message_type, data, idempotency_key))
 
     async def user(self, user_id: str) -> dict[str, Any]:
         """``GET /users/{id}``: the user's sessions (404 -> :class:`APIError`)."""
@@ -314,3 +302,18 @@ def _decode(raw: bytes, content_type: str) -> Any:
         except orjson.JSONDecodeError:
             pass
     return raw.decode("utf-8", errors="replace")
+
+
+def _message_body(target: dict[str, Any], content: Any, message_type: str | None,
+                  data: Mapping[str, Any] | None, idempotency_key: str | None
+                  ) -> dict[str, Any]:
+    """A ``POST /send_message`` body for ``target`` (``client_id`` or ``user_id``); fields
+    left ``None`` are omitted so the gateway's defaults apply."""
+    body: dict[str, Any] = {**target, "content": content}
+    if message_type is not None:
+        body["message_type"] = message_type
+    if data is not None:
+        body["data"] = dict(data)
+    if idempotency_key is not None:
+        body["idempotency_key"] = idempotency_key
+    return body
