@@ -154,8 +154,10 @@ SERVER_FRAMES: dict[str, ServerFrame] = {
                                         "risk_level": enum("low", "medium", "high")})}})),
     "status_response": ServerFrame("The server's counters.", STATUS),
     "subscribed": ServerFrame("Joined a channel (channel_count: how many the session has; "
-                              "list_channels lists them). server_side: the backend subscribed "
-                              "the session (the JWT's subs, POST /clients/{id}/channels).",
+                              "list_channels lists them; subscribers: the channel's sessions "
+                              "on the node holding this one, presence counts every node). "
+                              "server_side: the backend subscribed the session (the JWT's "
+                              "subs, POST /clients/{id}/channels).",
                               data({"channel": STRING, "channel_count": NONNEG,
                                     "subscribers": NONNEG}, {"server_side": BOOL})),
     "unsubscribed": ServerFrame("Left a channel (server_side: the backend unsubscribed the "

@@ -228,27 +228,37 @@ class Gateway:
         when they are all connected, ``TooManySessions``."""
         if client_id is not None and not valid_client_id(client_id):
             client_id = None
-        if user_id is not None:
-            client_id = await self._claim_for_user(client_id, user_id)
-        elif client_id is not None:
-            client_id = await self.backend.directory.claim_id(client_id)
+        # Every new session's id is claimed in the directory first, a generated one too: the
+        # client learns its id from the greeting, sent after this, so by the time it (or a
+        # backend it told) names the session, any node can find it.
+        client_id = await self._claim(client_id, user_id)
         session = self.registry.create(client_id, client_type, meta, user_id)
         self.channels.started(session)
         return session
 
-    async def _claim_for_user(self, client_id: str | None, user_id: str) -> str:
+    async def _claim(self, client_id: str | None, user_id: str | None) -> str:
+        """``client_id`` if free everywhere, else a generated id, claimed (for ``user_id``,
+        within MAX_SESSIONS_PER_USER)."""
         directory = self.backend.directory
         limit = self.settings.max_sessions_per_user
         for _ in range(MAX_HOPS):
             try:
                 while True:
                     wanted = client_id or generate_client_id()
-                    claimed = await directory.claim_id(wanted, user_id, limit)
+                    try:
+                        claimed = await directory.claim_id(wanted, user_id, limit)
+                    except Unavailable:
+                        if client_id is not None or user_id is not None:
+                            raise  # uniqueness or the user's cap cannot be checked: retry
+                        # A generated id is unique without asking (128 random bits): the
+                        # claim only makes it findable at once elsewhere. Without the
+                        # directory the session still opens; its node writes it later.
+                        return wanted
                     if claimed is not None:
                         return claimed
                     client_id = None  # taken: a generated one then
             except TooManySessions:
-                if not await self._end_oldest_offline(user_id):
+                if user_id is None or not await self._end_oldest_offline(user_id):
                     HOT.limit_hit("sessions_per_user")
                     raise
         raise Unavailable(f"user {user_id!r} keeps opening sessions; retry")

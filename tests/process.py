@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.conftest_redis import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "run_websocket_server.py"
@@ -26,12 +27,6 @@ START_TIMEOUT = 30.0
 #: An API token that passes the strength rule (32+ bytes): tests bind the API to loopback
 #: anyway, where any token is accepted.
 STRONG_TOKEN = "operator-test-token-0123456789abcdefXYZ"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def base_env(**settings: str) -> dict[str, str]:

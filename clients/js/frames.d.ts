@@ -191,7 +191,7 @@ export interface ServerFrameData {
     broker?: Record<string, unknown>;
     [key: string]: unknown;
   };
-  /** Joined a channel (channel_count: how many the session has; list_channels lists them). server_side: the backend subscribed the session (the JWT's subs, POST /clients/{id}/channels). */
+  /** Joined a channel (channel_count: how many the session has; list_channels lists them; subscribers: the channel's sessions on the node holding this one, presence counts every node). server_side: the backend subscribed the session (the JWT's subs, POST /clients/{id}/channels). */
   subscribed: {
     channel: string;
     channel_count: number;

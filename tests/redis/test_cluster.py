@@ -9,6 +9,7 @@ other with nothing lost.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from typing import Any
 
@@ -255,6 +256,30 @@ async def test_requested_client_id_is_unique_across_nodes(
     second = await b.connect(client_id="unique")
     assert first.client_id == "unique"
     assert second.client_id != "unique"
+
+
+@pytest.mark.parametrize("query", [{}, {"client_id": "named"}, {"user_id": "alice"}],
+                         ids=["generated", "requested", "user"])
+async def test_a_new_session_is_found_from_every_node_before_the_write_behind(
+        pair: tuple[LiveGateway, LiveGateway], query: dict[str, str]) -> None:
+    """A client learns its id from the greeting and may hand it to a backend, which calls the
+    API of another node at once. The id (a generated one too) is claimed in Redis before the
+    greeting, so that call finds the session even while the holder has not yet written it."""
+    a, b = pair
+    journal = b.gateway.backend.journal  # type: ignore[attr-defined]
+    journal._task.cancel()  # the holder's write-behind stalls (a busy node, a slow Redis)
+    with contextlib.suppress(asyncio.CancelledError):
+        await journal._task
+    try:
+        client = await b.connect(**query)
+        status, info = await a.api("GET", f"/clients/{client.client_id}")
+        assert status == 200 and info["client_id"] == client.client_id, info
+        status, sent = await a.api("POST", "/send_message",
+                                   {"client_id": client.client_id, "content": "first"})
+        assert status == 200 and sent["status"] == "delivered", sent
+        assert (await client.recv_type("message"))["data"]["content"] == "first"
+    finally:
+        journal.start()
 
 
 async def test_session_of_a_stopped_node_is_adopted(
