@@ -51,7 +51,7 @@ test: $(VENV)/.deps-test $(JS_DEPS)
 # the tests then drive the same WebSocket API a browser gives the client.
 js-test: $(VENV)/.deps-test $(JS_DEPS)
 	cd $(JS) && ./node_modules/.bin/tsc --noEmit -p . && \
-	  SWITCHBOARD_PYTHON=$(abspath $(PY)) node --experimental-websocket --test --test-reporter=spec test/*.test.js
+	  SWITCHBOARD_PYTHON=$(abspath $(PY)) node --experimental-websocket --test --test-timeout=90000 --test-reporter=spec test/*.test.js
 
 lint: $(VENV)/.deps-test
 	$(PY) -m ruff check .

@@ -39,6 +39,10 @@ export async function until(probe, { timeout = 10000, what = "condition" } = {})
   }
 }
 
+/** Gateway processes not yet exited: killed when the test file's process exits. */
+const running = new Set();
+process.on("exit", () => { for (const proc of running) proc.kill("SIGKILL"); });
+
 /** A gateway process; `restart()` starts it again on the same ports (same environment). */
 export class Gateway {
   constructor(env = {}) {
@@ -60,6 +64,15 @@ export class Gateway {
                       { cwd: this.dir, env, stdio: ["ignore", "pipe", "pipe"] });
     this.proc.stdout.on("data", (d) => { this.logs += d; });
     this.proc.stderr.on("data", (d) => { this.logs += d; });
+    // A test that fails (or times out, --test-timeout) before its gateway.stop() must not keep
+    // the test file alive through the child's pipes: nothing here holds the event loop open,
+    // and whatever is still running when the file exits is killed.
+    this.proc.unref();
+    this.proc.stdout.unref();
+    this.proc.stderr.unref();
+    const proc = this.proc;
+    running.add(proc);
+    proc.once("exit", () => running.delete(proc));
     const exited = new Promise((resolve) => this.proc.once("exit", resolve));
     this.exited = exited;
     await until(async () => {
@@ -90,7 +103,8 @@ export class Gateway {
   async stop() {
     if (this.proc && this.proc.exitCode === null) {
       this.proc.kill("SIGTERM");
-      await this.exited;
+      const alive = setInterval(() => {}, 1000); // the child is unref'd: wait for it here
+      try { await this.exited; } finally { clearInterval(alive); }
     }
   }
 
