@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from server.cluster.journal import RedisJournal
-from server.cluster.store import RedisStore, s_key, text
+from server.cluster.store import PREFIX, RedisStore, s_key, text
 from server.config import Settings
 from server.metrics import HOT
 from server.seams import Member, MemberChange, Presence
@@ -33,20 +33,20 @@ from server.sessions import SessionRegistry
 
 #: Changes recorded by one script call.
 BATCH = 256
-PCH_KEY = "sb:pch"
-CHIDX_KEY = "sb:chidx"
+PCH_KEY = f"{PREFIX}pch"
+CHIDX_KEY = f"{PREFIX}chidx"
 
 
 def p_key(channel: str) -> str:
-    return f"sb:p:{channel}"
+    return f"{PREFIX}p:{channel}"
 
 
 def ch_key(channel: str) -> str:
-    return f"sb:ch:{channel}"
+    return f"{PREFIX}ch:{channel}"
 
 
 def chb_key(channel: str) -> str:
-    return f"sb:chb:{channel}"
+    return f"{PREFIX}chb:{channel}"
 
 
 class ClusterChannels:
