@@ -401,7 +401,7 @@ class Gateway:
         targets = self.registry.select(channel=sent.channel, client_type=sent.client_type)
         if sent.exclude is not None:
             targets = (s for s in targets if s.client_id != sent.exclude)
-        pushed, queued = self.registry.fan_out(targets, sent.body)
+        pushed, queued = self.registry.fan_out(targets, sent.body, sent.message_id)
         HOT.frames_out_queued += queued
         return pushed, queued
 
@@ -729,7 +729,7 @@ class Gateway:
         observers = [s for s in self.registry.select(channel=TOOL_ACTIVITY_CHANNEL)
                      if s is not session]
         if observers:
-            self.registry.fan_out(observers, encoded)
+            self.registry.fan_out(observers, encoded, frame["message_id"])
 
     async def _to_session(self, session: Session, encoded: bytes) -> None:
         """A frame for a session this node was serving a moment ago (a tool run awaited

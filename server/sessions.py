@@ -7,7 +7,11 @@ client that resumes with ``session_token`` and ``last_seq`` gets every frame it 
 
 History holds encoded frames in both directions. Server frames kept in history get the
 session's next ``seq`` (strictly +1); client frames are recorded at the position of the last
-server frame, so paging by ``after_seq`` / ``before_seq`` keeps the conversation in order.
+server frame, so paging by ``after_seq`` / ``before_seq`` keeps the conversation in order. A
+server frame is kept as it was encoded, without its ``seq`` (the entry holds the seq): a
+broadcast's bytes are kept once, shared by every recipient's history, and the bytes with the
+``seq`` are made only for a live connection (:meth:`SessionRegistry.fan_out`) or a replay
+(:func:`wire`).
 
 Nothing here touches a socket: a connected session has an :class:`Outbox` (implemented by the
 WebSocket endpoint) that takes encoded frames without blocking. Nothing here awaits either:
@@ -62,8 +66,11 @@ class Journal(Protocol):
     def appended(self, session: Session, entry: HistoryEntry) -> None:
         """One history entry was kept (a delivered or a received frame)."""
 
-    def fanned_out(self, sessions: list[Session]) -> None:
-        """One broadcast frame was kept by each of ``sessions`` (each one's last entry)."""
+    def fanned_out(self, sessions: list[Session], body: bytes, message_id: str | None,
+                   at: float) -> None:
+        """One broadcast frame was kept by each of ``sessions``: each one's last entry is
+        ``(session.seq, True, body, at)``, the same ``body`` object for all of them;
+        ``message_id`` is the frame's (None when the caller did not say)."""
 
     def ended(self, client_id: str) -> None:
         """The session is gone (ended, expired): forget it."""
@@ -91,23 +98,35 @@ class Lifecycle(Protocol):
 
 #: One frame in a session's history: ``(pos, outbound, data, at)``. ``pos`` is the frame's
 #: ``seq`` for server frames (``outbound``) and the seq of the last server frame before it for
-#: client frames; ``data`` the encoded frame; ``at`` the wall-clock time it was kept.
+#: client frames; ``data`` the encoded frame (a server frame without its ``seq``: see
+#: :func:`wire`; a broadcast's ``data`` is one bytes object shared by every recipient's entry,
+#: so a history counts its bytes but a broadcast is in memory once); ``at`` the wall-clock
+#: time it was kept.
 #:
 #: A plain tuple on purpose: CPython's garbage collector stops tracking a tuple of atomic
 #: values, while an instance of a class is traversed by every full collection. A gateway
 #: keeps HISTORY_LIMIT frames per session (100,000 with 1,000 sessions): as objects they made
 #: each full collection a pause of tens of milliseconds, seen as paced-delivery p99 latency.
+#: Every element is atomic (int, bool, bytes, float: no container), so CPython untracks the
+#: tuple at its first collection; a shared broadcast is still just a bytes object.
 HistoryEntry = tuple[int, bool, bytes, float]
+
+
+def wire(entry: HistoryEntry) -> bytes:
+    """The bytes a client gets for a history entry: a server frame with its ``seq``, a client
+    frame as it was received."""
+    pos, outbound, data, _ = entry
+    return protocol.with_seq(data, pos) if outbound else data
 
 
 def entry_as_dict(entry: HistoryEntry) -> dict[str, Any]:
     """The public view of a history entry (``GET /clients/{id}/messages``)."""
-    pos, outbound, data, _ = entry
+    pos, outbound = entry[0], entry[1]
     return {
         "direction": "out" if outbound else "in",
         "seq": pos if outbound else None,
         "after_seq": None if outbound else pos,
-        "frame": protocol.decode(data),
+        "frame": protocol.decode(wire(entry)),
     }
 
 
@@ -148,7 +167,9 @@ class Session:
         self.history: Sequence[HistoryEntry] = ()
         self.history_limit = history_limit
         #: At least the bytes of the encoded frames in ``history`` (an upper bound: see
-        #: :meth:`trim_history`); history never holds more than HISTORY_BYTES.
+        #: :meth:`trim_history`); history never holds more than HISTORY_BYTES. A shared
+        #: broadcast counts in full in each recipient's history: the cap bounds what one
+        #: session can replay (and keep alive), whatever others share.
         self.history_bytes = 0
         self.seq = 0
         self.outbox: Outbox | None = None
@@ -254,7 +275,8 @@ class Session:
         complete = bool(entries) and entries[0][0] == last_seq + 1
         if self.gap is not None and last_seq < self.gap[1]:
             complete = False  # some frames died with the node that held the session
-        return [data for _, data in entries], complete
+        with_seq = protocol.with_seq
+        return [with_seq(data, pos) for pos, data in entries], complete
 
     def page(self, *, limit: int, after_seq: int | None = None,
              before_seq: int | None = None) -> dict[str, Any]:
@@ -526,24 +548,28 @@ class SessionRegistry:
         """
         session.seq += 1
         seq = session.seq
-        data = protocol.with_seq(encoded, seq)
-        entry = (seq, True, data, time.time())
+        entry = (seq, True, encoded, time.time())
         session.remember(entry, self.history_bytes)
         session.messages_out += 1
         self.counters.total_messages_sent += 1
         if self.journal is not None and self.holds(session):
             self.journal.appended(session, entry)
         outbox = session.outbox
-        return seq, outbox is not None and outbox.push(data)
+        return seq, outbox is not None and outbox.push(protocol.with_seq(encoded, seq))
 
     def deliver_ephemeral(self, session: Session, encoded: bytes) -> bool:
         """Push a frame that is not kept in history (no seq): pong, connection_established."""
         outbox = session.outbox
         return outbox is not None and outbox.push(encoded)
 
-    def fan_out(self, sessions: Iterable[Session], encoded: bytes) -> tuple[int, int]:
-        """The one fan-out loop: deliver one encoded frame to many sessions.
+    def fan_out(self, sessions: Iterable[Session], encoded: bytes,
+                message_id: str | None = None) -> tuple[int, int]:
+        """The one fan-out loop: deliver one encoded frame (``message_id`` is its id) to many
+        sessions.
 
+        Every recipient's history keeps the same ``encoded`` object (with its own seq in the
+        entry); the bytes with the seq are made for live connections only, and each is handed
+        exactly the bytes of its seq (how they are framed is the connection's business).
         Returns ``(pushed, queued)``: frames handed to live connections, and frames kept for
         sessions that are offline (or whose connection is overflowing) until they resume.
         """
@@ -554,30 +580,30 @@ class SessionRegistry:
         now = time.time()
         counters = self.counters
         max_bytes = self.history_bytes
+        size = len(encoded)
         # protocol.with_seq, unrolled: the frame's tail is sliced once for every recipient.
         tail = encoded[1:]
         for session in sessions:
             session.seq += 1
             seq = session.seq
-            data = b'{"seq":%d,%b' % (seq, tail)
             history = session.history
             if type(history) is deque:  # Session.remember, inlined for the common case
-                history.append((seq, True, data, now))
-                kept = session.history_bytes + len(data)
+                history.append((seq, True, encoded, now))
+                kept = session.history_bytes + size
                 session.history_bytes = kept
                 if kept > max_bytes:
                     session.trim_history(max_bytes)
             else:
-                session.remember((seq, True, data, now), max_bytes)
+                session.remember((seq, True, encoded, now), max_bytes)
             session.messages_out += 1
             outbox = session.outbox
-            if outbox is not None and outbox.push(data):
+            if outbox is not None and outbox.push(b'{"seq":%d,%b' % (seq, tail)):
                 pushed += 1
             else:
                 queued += 1
         counters.total_messages_sent += pushed + queued
         if journal is not None:
-            journal.fanned_out(sessions)  # type: ignore[arg-type]
+            journal.fanned_out(sessions, encoded, message_id, now)  # type: ignore[arg-type]
         return pushed, queued
 
     def record_inbound(self, session: Session, data: bytes) -> None:

@@ -169,8 +169,9 @@ class Connection:
         self.queue: deque[bytes] | None = None
         self.queued_bytes = 0
         #: The greeting and the resume replay, sent before the live queue. Not counted against
-        #: the queue limits: the replayed frames are the history's own bytes (bounded by
-        #: HISTORY_LIMIT), and counting them would close a resuming client with 4008 at once.
+        #: the queue limits: the replayed frames are the history's frames (bounded by
+        #: HISTORY_LIMIT and HISTORY_BYTES), and counting them would close a resuming client
+        #: with 4008 at once.
         self.backlog: list[bytes] = []
         self.close_code: int | None = None
         self.close_reason = ""

@@ -9,6 +9,8 @@ Imported only by app wiring (:func:`server.app.create_backend`) when ``BROKER_UR
                    (``lua/*.lua``), sessions to and from their Redis form
 ``bus``            :class:`~server.seams.Peers`: requests between nodes over pub/sub
 ``journal``        :class:`~server.sessions.Journal`: the registry's changes, written behind
+``shared``         broadcast frames stored once (bodies by message id, references in
+                   histories) and how long a body lives
 ``membership``     heartbeats: which nodes are alive
 ``ownership``      :class:`~server.seams.Directory`: who holds each session, moving it
 ``views``          listings, channel counts and status over every node
@@ -51,7 +53,7 @@ class RedisBackend:
         self.peers = RedisPeers(self.store)
         self.journal = RedisJournal(self.store, registry, history_limit=settings.history_limit)
         registry.journal = self.journal
-        self.membership = Membership(self.store, registry)
+        self.membership = Membership(self.store, registry, self.journal.shared)
         views = ClusterViews(self.store, registry, self.journal, self.peers)
         self.directory = RedisDirectory(self.store, registry, self.journal, self.membership,
                                         self.peers, views, ClusterUsers(self.store, registry),

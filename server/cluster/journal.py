@@ -1,30 +1,45 @@
 """The write-behind journal: what the registry changes, written to Redis behind its back.
 
 :class:`RedisJournal` is the registry's :class:`~server.sessions.Journal`. The registry calls
-it synchronously on the hot path, and all it does there is note what changed (a few dict
-operations); one task flushes the notes with a pipeline of Lua scripts, one Redis round trip
-after the change when idle, batching more under load: ``write_progress`` carries the
-counters and new history entries of up to 256 sessions in one call (each session's new
-frames in one argument), ``write_session`` rewrites a session's whole hash (connect,
-channels, a move) and ``delete_session`` forgets one. Every write checks that this node still
-owns the session; when another node does (it took the session over while this one was cut
-off), the journal tells its owner (:attr:`RedisJournal.on_lost`).
+it synchronously on the hot path, and all it does there is note what changed: a few dict
+operations per unicast frame, and per broadcast one record (the recipients, their seqs, the
+body), never a step per recipient beyond reading its seq. One task flushes the notes with a
+pipeline of Lua scripts, one Redis round trip after the change when idle, batching more
+under load, in the order they were noted:
+
+* ``write_progress``: the counters and new inline history entries of up to 256 sessions in one
+  call (each session's new frames in one argument);
+* ``append_refs``: the broadcasts noted one after another, each body written once
+  (``sb:m:{message_id}``) and a reference appended to each recipient's history, one RPUSH per
+  session for all its references in the call (:mod:`server.cluster.shared`);
+* ``write_session``: a session's whole hash (connect, channels, a move), last, and its whole
+  history too when it must be rewritten; ``delete_session``: forget one, first.
+
+Every write checks that this node still owns the session; when another node does (it took the
+session over while this one was cut off), the journal tells its owner
+(:attr:`RedisJournal.on_lost`). A session's counters in its hash are written with its unicast
+frames and full writes; those of sessions that only got broadcasts are brought up to date
+before every listing (:meth:`RedisJournal.flush` with ``counters``).
 
 While Redis is unreachable the notes are dropped (memory stays bounded however long the
 outage): the sessions concerned are rewritten in full once it is back, and every session this
 node holds when Redis lost its data (a restart without persistence: the ``sb:boot`` marker
-changed), so nothing a node holds is lost.
+changed), with the broadcast bodies their histories reference, so nothing a node holds is
+lost.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
+from array import array
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
+from server.cluster.shared import SharedBodies, m_key, pack_body
 from server.cluster.store import (
     IDX_KEY,
     UNREACHABLE,
@@ -41,6 +56,29 @@ log = structlog.get_logger("switchboard.cluster.journal")
 
 #: Sessions written by one progress script call (bounds how long Redis is busy with it).
 PROGRESS_BATCH = 256
+#: References appended by one ``append_refs`` call, at most (a broadcast to more recipients
+#: held by one node is split): bounds how long Redis is busy with one script.
+REFS_PER_CALL = 32_768
+#: append_refs reads the seqs as little-endian 64-bit integers.
+BIG_ENDIAN = sys.byteorder == "big"
+
+#: Inline entries noted for sessions (client id -> the session and its new entries), in the
+#: order noted since the last broadcast.
+Segment = dict[str, tuple[Session, list[HistoryEntry]]]
+
+
+class FanOut:
+    """One broadcast as noted: its recipients held here, each one's seq for it, the body."""
+
+    __slots__ = ("at", "body", "message_id", "seqs", "sessions")
+
+    def __init__(self, sessions: list[Session], body: bytes, message_id: str, at: float
+                 ) -> None:
+        self.sessions = sessions
+        self.seqs = [session.seq for session in sessions]
+        self.body = body
+        self.message_id = message_id
+        self.at = at
 
 
 class RedisJournal:
@@ -51,15 +89,22 @@ class RedisJournal:
         self.store = store
         self.registry = registry
         self.history_limit = history_limit
-        self.entries: dict[str, list[HistoryEntry]] = {}
-        self.dirty: dict[str, Session] = {}
+        #: Inline entries noted since the last broadcast.
+        self.entries: Segment = {}
+        #: What was noted before, in order: segments of inline entries and broadcasts.
+        self.noted: list[Segment | FanOut] = []
         #: Sessions whose own fields changed (connect, channels…): the full hash is written.
-        self.full: set[str] = set()
+        self.dirty: dict[str, Session] = {}
         self.ended_ids: set[str] = set()
         #: Sessions to write with another owner than this node (a hand-over; "" = released).
         self.owners: dict[str, str] = {}
         #: Sessions to rewrite in full, history included.
         self.resync: set[str] = set()
+        #: The seq each session's counters were last written with (see :meth:`flush`).
+        self.counted: dict[str, int] = {}
+        self.counters_wanted = False
+        #: The broadcast bodies the histories here hold.
+        self.shared = SharedBodies()
         self.waiters: list[asyncio.Future[None]] = []
         self.wake = asyncio.Event()
         self.healthy = asyncio.Event()
@@ -76,29 +121,42 @@ class RedisJournal:
 
     def changed(self, session: Session) -> None:
         self.dirty[session.client_id] = session
-        self.full.add(session.client_id)
         self.wake.set()
 
     def appended(self, session: Session, entry: HistoryEntry) -> None:
-        client_id = session.client_id
-        entries = self.entries.get(client_id)
-        if entries is None:
-            self.entries[client_id] = [entry]
+        pending = self.entries.get(session.client_id)
+        if pending is None:
+            self.entries[session.client_id] = (session, [entry])
         else:
-            entries.append(entry)
-        self.dirty[client_id] = session
+            pending[1].append(entry)
         self.wake.set()
 
-    def fanned_out(self, sessions: list[Session]) -> None:
-        append = self.appended
-        for session in sessions:
-            append(session, session.history[-1])
+    def fanned_out(self, sessions: list[Session], body: bytes, message_id: str | None,
+                   at: float) -> None:
+        if not sessions:
+            return
+        if message_id is None:  # no id to keep the body under: inline, session by session
+            for session in sessions:
+                self.appended(session, session.history[-1])
+            return
+        if not self.store.healthy:  # written in full once Redis is back (bounded memory)
+            for session in sessions:
+                self.resync.add(session.client_id)
+                self.dirty[session.client_id] = session
+            self.wake.set()
+            return
+        self.shared.register(message_id, body)
+        if self.entries:
+            self.noted.append(self.entries)
+            self.entries = {}
+        self.noted.append(FanOut(sessions, body, message_id, at))
+        self.wake.set()
 
     def ended(self, client_id: str) -> None:
         self.dirty.pop(client_id, None)
         self.entries.pop(client_id, None)
         self.resync.discard(client_id)
-        self.full.discard(client_id)
+        self.counted.pop(client_id, None)
         self.ended_ids.add(client_id)
         self.wake.set()
 
@@ -113,10 +171,12 @@ class RedisJournal:
         """Undo :meth:`hand_over` (the other node could not take the session)."""
         self.owners.pop(client_id, None)
 
-    async def flush(self) -> None:
-        """Return once everything noted so far is in Redis (raises Unavailable if not)."""
+    async def flush(self, *, counters: bool = False) -> None:
+        """Return once everything noted so far is in Redis (raises Unavailable if not);
+        ``counters``: and the counters of every session held here (listings read them)."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.waiters.append(future)
+        self.counters_wanted |= counters
         self.wake.set()
         await future
 
@@ -154,19 +214,27 @@ class RedisJournal:
             if not waiter.done():
                 waiter.set_exception(Unavailable("Redis is unreachable"))
 
+    def _drop_notes(self) -> None:
+        """Redis is unreachable: forget the notes, and rewrite their sessions in full once it
+        is back instead of keeping their frames twice (bounded memory however long it lasts).
+        """
+        sessions = self.registry.sessions
+        for noted in (*self.noted, self.entries):
+            ids = ([s.client_id for s in noted.sessions] if isinstance(noted, FanOut)
+                   else list(noted))
+            for client_id in ids:
+                session = sessions.get(client_id)
+                if session is not None:
+                    self.resync.add(client_id)
+                    self.dirty[client_id] = session
+        self.noted, self.entries = [], {}
+
     async def _flush_forever(self) -> None:
         while True:
             await self.wake.wait()
             if not self.store.healthy:
                 self._fail_waiters()
-                # Rewrite these sessions in full once Redis is back, instead of keeping their
-                # frames twice: bounded memory however long the outage.
-                for client_id in self.entries:
-                    session = self.registry.sessions.get(client_id)
-                    if session is not None:
-                        self.resync.add(client_id)
-                        self.dirty[client_id] = session
-                self.entries.clear()
+                self._drop_notes()
                 self.wake.clear()
                 await self.healthy.wait()
                 continue
@@ -184,26 +252,45 @@ class RedisJournal:
                 self.wake.set()
 
     async def _flush_once(self) -> None:
-        entries, self.entries = self.entries, {}
+        noted, self.noted = self.noted, []
+        if self.entries:
+            noted.append(self.entries)
+            self.entries = {}
         dirty, self.dirty = self.dirty, {}
         ended, self.ended_ids = self.ended_ids, set()
         owners, self.owners = self.owners, {}
         resync, self.resync = self.resync, set()
-        full, self.full = self.full, set()
+        counters, self.counters_wanted = self.counters_wanted, False
         waiters, self.waiters = self.waiters, []
-        if dirty or ended:
+        if counters:  # a listing is coming: sessions that got only broadcasts since
+            held = self.registry.sessions
+            counted = self.counted
+            stale: Segment = {cid: (s, []) for cid, s in held.items()
+                              if counted.get(cid) != s.seq and cid not in dirty}
+            if stale:
+                noted.append(stale)
+        if noted or dirty or ended:
             try:
-                await self._write(entries, dirty, ended, owners, resync, full)
+                await self._write(noted, dirty, ended, owners, resync)
             except BaseException as exc:
                 # Keep what could not be written: it is rewritten in full later.
+                sessions = self.registry.sessions
+                for item in noted:
+                    pairs = (zip([s.client_id for s in item.sessions], item.sessions,
+                                 strict=True) if isinstance(item, FanOut)
+                             else ((cid, s) for cid, (s, _) in item.items()))
+                    for client_id, session in pairs:
+                        if sessions.get(client_id) is session:
+                            self.dirty[client_id] = session
+                            self.resync.add(client_id)
                 for client_id, session in dirty.items():
-                    if self.registry.sessions.get(client_id) is session:
+                    if sessions.get(client_id) is session:
                         self.dirty[client_id] = session
                         self.resync.add(client_id)
-                        self.full.add(client_id)
                     if client_id in owners:
                         self.owners.setdefault(client_id, owners[client_id])
                 self.ended_ids |= ended
+                self.counters_wanted |= counters
                 for waiter in waiters:
                     if not waiter.done():
                         waiter.set_exception(Unavailable(f"Redis is unreachable: {exc}"))
@@ -212,55 +299,85 @@ class RedisJournal:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _write(self, entries: dict[str, list[HistoryEntry]], dirty: dict[str, Session],
-                     ended: set[str], owners: dict[str, str], resync: set[str],
-                     full: set[str]) -> None:
+    async def _write(self, noted: list[Segment | FanOut], dirty: dict[str, Session],
+                     ended: set[str], owners: dict[str, str], resync: set[str]) -> None:
+        """One pipeline: deletes, then what was noted in order (inline entries and counters,
+        broadcast references), then full writes (hash, and history when rewritten), which
+        come last so a hand-over records the new owner after this node's last frames."""
         store = self.store
         me = store.me
-        write = store.scripts["write_session"]
-        progress = store.scripts["write_progress"]
-        delete = store.scripts["delete_session"]
+        scripts = store.scripts
         limit = str(self.history_limit)
+        keep_max = str(self.history_limit + max(1, self.history_limit // 8))
         ttl = str(store.key_ttl)
+        counted = self.counted
         pipe = store.redis.pipeline(transaction=False)
+        #: What each command's reply is about: "" (nothing to read), a list of client ids
+        #: (one code each), "refs" (the exceptions only) or a client id (one code).
         order: list[str | list[str]] = []
-        batch: list[str] = []
-        batch_args: list[Any] = []
         for client_id in ended:
-            await delete(keys=[s_key(client_id), h_key(client_id), IDX_KEY],
-                         args=[me, client_id], client=pipe)
+            await scripts["delete_session"](keys=[s_key(client_id), h_key(client_id), IDX_KEY],
+                                            args=[me, client_id], client=pipe)
             order.append("")
-        for client_id, session in dirty.items():
-            rewrite = client_id in resync
-            items = list(session.history) if rewrite else entries.get(client_id, ())
-            if not rewrite and client_id not in full and client_id not in owners:
+        refs: list[Any] = []
+        refs_count = 0
+
+        async def send_refs() -> None:
+            nonlocal refs, refs_count
+            if refs:
+                await scripts["append_refs"](args=[me, limit, keep_max, ttl, *refs], client=pipe)
+                order.append("refs")
+                refs, refs_count = [], 0
+
+        for item in noted:
+            if isinstance(item, FanOut):
+                body = pack_body(item.body, item.at)
+                sessions, seqs = item.sessions, item.seqs
+                for start in range(0, len(sessions), REFS_PER_CALL):
+                    part = sessions[start:start + REFS_PER_CALL]
+                    if refs_count + len(part) > REFS_PER_CALL:
+                        await send_refs()
+                    packed = array("q", seqs[start:start + REFS_PER_CALL])
+                    if BIG_ENDIAN:
+                        packed.byteswap()
+                    refs += (item.message_id, body, " ".join([s.client_id for s in part]),
+                             packed.tobytes())
+                    refs_count += len(part)
+                continue
+            await send_refs()  # entries after these broadcasts come after them
+            batch: list[str] = []
+            batch_args: list[Any] = []
+            for client_id, (session, items) in item.items():
+                if client_id in resync:
+                    continue  # rewritten in full below
                 batch.append(client_id)
+                counted[client_id] = session.seq
                 packed = [pack_entry(e) for e in items]
                 batch_args += (client_id, session.seq, session.messages_in,
                                session.messages_out, repr(session.last_activity),
                                len(session.history), len(packed),
                                b"".join(b"%d:%s" % (len(x), x) for x in packed))
                 if len(batch) >= PROGRESS_BATCH:
-                    await progress(args=[me, limit, ttl, *batch_args], client=pipe)
+                    await scripts["write_progress"](args=[me, limit, ttl, *batch_args],
+                                                    client=pipe)
                     order.append(batch)
                     batch, batch_args = [], []
-                continue
-            fields = session_fields(session, owners.get(client_id, me), len(session.history))
-            # The list is trimmed to what the registry holds (its byte cap may keep fewer than
-            # HISTORY_LIMIT frames); never to 0 (LTRIM -0 would keep everything).
-            kept = str(max(1, len(session.history)))
-            args: list[Any] = [me, ttl, kept, "1" if rewrite else "0",
-                               repr(session.connected_at), client_id, str(len(fields))]
-            for name, value in fields.items():
-                args.append(name)
-                args.append(value)
-            args.extend(pack_entry(e) for e in items)
-            await write(keys=[s_key(client_id), h_key(client_id), IDX_KEY], args=args,
-                        client=pipe)
+            if batch:
+                await scripts["write_progress"](args=[me, limit, ttl, *batch_args], client=pipe)
+                order.append(batch)
+        await send_refs()
+        # The bodies the rewritten histories reference, each once (however many share it).
+        rewritten = [s for cid, s in dirty.items() if cid in resync]
+        bodies = {mid: (body, at) for s in rewritten
+                  for mid, body, at in self.shared.referenced(s.history)}
+        for message_id, (body, at) in bodies.items():
+            pipe.set(m_key(message_id), pack_body(body, at), ex=store.key_ttl)
+            order.append("")
+        for client_id, session in dirty.items():
+            await self._write_full(pipe, session, owners.get(client_id, me),
+                                   client_id in resync)
             order.append(client_id)
-        if batch:
-            await progress(args=[me, limit, ttl, *batch_args], client=pipe)
-            order.append(batch)
+            counted[client_id] = session.seq
         results = await pipe.execute(raise_on_error=False)
         flat: list[tuple[str, Any]] = []
         for ids, result in zip(order, results, strict=True):
@@ -268,14 +385,45 @@ class RedisJournal:
                 if isinstance(result, UNREACHABLE):
                     raise result
                 log.error("cluster_write_failed", client_id=ids, error=str(result))
+            elif ids == "refs":
+                flat.extend(zip(result[::2], result[1::2], strict=True))
             elif isinstance(ids, list):
                 flat.extend(zip(ids, result, strict=True))
             elif ids:
                 flat.append((ids, result))
+        sessions = self.registry.sessions
         for client_id, result in flat:
+            if isinstance(client_id, bytes):
+                client_id = client_id.decode()
             if result == 2:
-                if self.registry.sessions.get(client_id) is dirty[client_id]:
+                session = sessions.get(client_id)
+                if session is not None and client_id not in resync:
                     self.resync.add(client_id)
-                    self.changed(dirty[client_id])
+                    self.changed(session)
             elif result == 0 and client_id not in owners:
                 self.on_lost(client_id)
+
+    async def _write_full(self, pipe: Any, session: Session, owner: str, rewrite: bool
+                          ) -> None:
+        """A session's hash (``owner`` as its node) and, when ``rewrite``, its whole history
+        (the broadcast bodies it references are written by the caller)."""
+        store = self.store
+        ttl = str(store.key_ttl)
+        entries: list[bytes] = []
+        if rewrite:
+            shared = self.shared
+            entries = [pack_entry(e, shared.message_id(e[2]) if e[1] else None)
+                       for e in session.history]
+        fields = session_fields(session, owner, len(session.history))
+        # The list is trimmed to what the registry holds (its byte cap may keep fewer than
+        # HISTORY_LIMIT frames); never to 0 (LTRIM -0 would keep everything).
+        kept = str(max(1, len(session.history)))
+        args: list[Any] = [store.me, ttl, kept, "1" if rewrite else "0",
+                           repr(session.connected_at), session.client_id, str(len(fields))]
+        for name, value in fields.items():
+            args.append(name)
+            args.append(value)
+        args.extend(entries)
+        await store.scripts["write_session"](
+            keys=[s_key(session.client_id), h_key(session.client_id), IDX_KEY], args=args,
+            client=pipe)

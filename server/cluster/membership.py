@@ -2,7 +2,7 @@
 
 Every ``HEARTBEAT_INTERVAL`` seconds a node sets ``sb:alive:{node}`` to expire
 ``NODE_TIMEOUT`` seconds later and, every third of the key TTL, refreshes the expiry of the
-sessions it holds. A node
+sessions it holds and of the broadcast bodies their histories hold. A node
 whose alive key expired is dead: another node may take its sessions over. A node that stops
 cleanly deletes its key at once (:meth:`Membership.leave`).
 """
@@ -15,6 +15,7 @@ import time
 
 import structlog
 
+from server.cluster.shared import SharedBodies, m_key
 from server.cluster.store import (
     UNREACHABLE,
     RedisStore,
@@ -42,9 +43,11 @@ def key_ttl(session_ttl: float) -> int:
 class Membership:
     """This node's heartbeat, and what it knows of the others."""
 
-    def __init__(self, store: RedisStore, registry: SessionRegistry) -> None:
+    def __init__(self, store: RedisStore, registry: SessionRegistry, shared: SharedBodies
+                 ) -> None:
         self.store = store
         self.registry = registry
+        self.shared = shared
         self.refreshed_at = 0.0
         self._task: asyncio.Task[None] | None = None
         store.on_state_change(self._state_changed)
@@ -97,4 +100,6 @@ class Membership:
                 pipe.expire(h_key(client_id), ttl)
             for user_id in self.registry.users:
                 pipe.expire(u_key(user_id), ttl)
+            for message_id in self.shared.live():
+                pipe.expire(m_key(message_id), ttl)
         await pipe.execute()

@@ -185,7 +185,8 @@ class RedisDirectory:
                 crashed = await self._take_from(client_id, owner)
                 if crashed is None:
                     continue  # someone else took it meanwhile: ask them
-                fields, session = await self.store.load(client_id, self.history_limit)
+                fields, session = await self.store.load(client_id, self.history_limit,
+                                                        self.journal.shared)
                 if session is None:
                     return None
                 if text(fields.get(b"node")) != self.me:
@@ -331,7 +332,8 @@ class RedisDirectory:
                 raise _not_found(client_id)
             if result != 1:
                 return None
-            _, session = await self.store.load(client_id, self.history_limit)
+            _, session = await self.store.load(client_id, self.history_limit,
+                                               self.journal.shared)
             if session is None:
                 raise _not_found(client_id)
             if session.disconnected_at is None:

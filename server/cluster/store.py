@@ -7,8 +7,16 @@ keys from ids):
 ``sb:s:{id}``      hash: SHA-256 of the session token (never the token), client_type,
                    ``user_id`` (``""``: anonymous), ``node``
                    (the owner; ``""`` once released by a node that stopped), connected,
-                   times, channels, ``seq``, counters, ``history_size``, ``gap``
-``sb:h:{id}``      list: the last HISTORY_LIMIT history entries (:func:`pack_entry`)
+                   times, channels, ``seq``, counters, ``history_size``, ``gap``. The
+                   counters lag behind broadcasts (written with unicasts, connects, moves
+                   and before every listing); the history list is the truth for ``seq``.
+``sb:h:{id}``      list: the last HISTORY_LIMIT history entries, oldest first: inline entries
+                   (:func:`pack_entry`: ``0``/``1 <pos> <ms> <frame>``, a server frame
+                   without its seq) and broadcast references (``2 <seq> <message id>``, up to
+                   HISTORY_LIMIT + 1/8 of them before a trim); lives ``key_ttl`` after the
+                   owner last refreshed it
+``sb:m:{mid}``     string: one broadcast frame, ``<ms> <frame>``, shared by the histories that
+                   reference it (:mod:`server.cluster.shared`: its lifetime)
 ``sb:idx``         sorted set of session ids (listings), scored by connection time
 ``sb:u:{user}``    set: the client ids of a user's sessions (expires with the last of them)
 ``sb:p:{channel}`` hash: the channel's members, client_id -> user_id (presence)
@@ -18,6 +26,12 @@ keys from ids):
 ``sb:alive:{n}``   expires NODE_TIMEOUT after node ``n``'s last heartbeat
 ``sb:idem:{key}``  an idempotency key and, once known, its answer
 ``sb:boot``        set once per dataset: if it changes, Redis lost our data
+
+The keys of one session (``sb:s:``, ``sb:h:``) always go together, and every script writes
+the keys of the sessions it is given and the bodies they reference, never another session's:
+sessions could be spread over several primaries by a hash of the client id, a script call
+per primary, each holding the bodies its sessions reference (docs/CAPACITY.md). New keys for
+sessions should follow that rule.
 
 Redis trouble is visible, never silent: :attr:`RedisStore.healthy` is False from the moment
 a command finds Redis unreachable (or the pub/sub subscription breaks) until the peer bus
@@ -46,6 +60,14 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from server.cluster.shared import (
+    REF,
+    SharedBodies,
+    m_key,
+    pack_ref,
+    unpack_body,
+    unpack_ref,
+)
 from server.errors import Unavailable
 from server.sessions import HistoryEntry, Session, token_digest
 
@@ -61,8 +83,8 @@ CONNECT_TIMEOUT = 1.0
 #: Errors meaning "Redis is unreachable right now" (as opposed to a bad command).
 UNREACHABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError,
                TimeoutError)
-SCRIPTS = ("write_session", "write_progress", "delete_session", "reserve_id", "cas_owner",
-           "reserve_user_id", "presence", "channel_history")
+SCRIPTS = ("write_session", "write_progress", "append_refs", "delete_session", "reserve_id",
+           "cas_owner", "reserve_user_id", "presence", "channel_history")
 
 
 def s_key(client_id: str) -> str:
@@ -235,31 +257,72 @@ class RedisStore:
                                                      args=[expected, self.me])
         return text(result) if isinstance(result, bytes) else int(result)
 
-    async def load(self, client_id: str, history_limit: int
+    async def load(self, client_id: str, history_limit: int, shared: SharedBodies
                    ) -> tuple[dict[bytes, bytes], Session | None]:
         """A session's hash and, when it is a real session (not a bare reservation), the
-        session rebuilt from it with its history."""
+        session rebuilt from it with its history: broadcast references resolved to the bodies
+        this node holds (``shared``) or fetches (and then holds, their expiry refreshed)."""
         async with self.guard():
             pipe = self.redis.pipeline(transaction=True)
             pipe.hgetall(s_key(client_id))
-            pipe.lrange(h_key(client_id), 0, -1)
+            pipe.lrange(h_key(client_id), -history_limit, -1)
             fields, history = await pipe.execute()
-        if not fields or b"token" not in fields:
-            return fields or {}, None
-        return fields, session_from_redis(client_id, fields, history, history_limit)
+            if not fields or b"token" not in fields:
+                return fields or {}, None
+            wanted = sorted({unpack_ref(raw)[1] for raw in history if raw.startswith(REF)}
+                            - shared.by_id.keys())
+            fetched: dict[str, tuple[bytes, float]] = {}
+            if wanted:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.mget([m_key(mid) for mid in wanted])
+                for mid in wanted:
+                    pipe.expire(m_key(mid), self.key_ttl)
+                values = (await pipe.execute())[0]
+                fetched = {mid: unpack_body(raw) for mid, raw in zip(wanted, values, strict=True)
+                           if raw is not None}
+        entries = resolve_history(history, shared, fetched)
+        return fields, session_from_redis(client_id, fields, entries, history_limit)
 
 
 # --- sessions in Redis ---------------------------------------------------------------------
 
 
-def pack_entry(entry: HistoryEntry) -> bytes:
+def pack_entry(entry: HistoryEntry, message_id: str | None = None) -> bytes:
+    """An entry as kept in ``sb:h:{id}``: inline, or a reference to the broadcast body
+    ``message_id`` (which must be written too)."""
     pos, outbound, data, at = entry
+    if message_id is not None:
+        return pack_ref(pos, message_id)
     return b"%d %d %d " % (1 if outbound else 0, pos, int(at * 1000)) + data
 
 
 def unpack_entry(raw: bytes) -> HistoryEntry:
     outbound, pos, at, data = raw.split(b" ", 3)
     return (int(pos), outbound == b"1", data, int(at) / 1000)
+
+
+def resolve_history(history: list[bytes], shared: SharedBodies,
+                    fetched: dict[str, tuple[bytes, float]]) -> list[HistoryEntry]:
+    """Entries from a history list, references resolved to the bodies this node holds or
+    just ``fetched`` (registered in ``shared`` so every history here shares one object). A
+    reference whose body is gone ends the history there: only what follows it is kept."""
+    entries: list[HistoryEntry] = []
+    for raw in history:
+        if not raw.startswith(REF):
+            entries.append(unpack_entry(raw))
+            continue
+        pos, message_id = unpack_ref(raw)
+        body = shared.get(message_id)
+        if body is not None:
+            at = entries[-1][3] if entries else time.time()
+        elif message_id in fetched:
+            body, at = fetched.pop(message_id)
+            body = shared.register(message_id, body)
+        else:
+            entries.clear()  # a hole: keep history contiguous (resumes from before: partial)
+            continue
+        entries.append((pos, True, body, at))
+    return entries
 
 
 def session_fields(session: Session, node: str, history_len: int) -> dict[str, str]:
@@ -285,10 +348,12 @@ def session_fields(session: Session, node: str, history_len: int) -> dict[str, s
     }
 
 
-def session_from_redis(client_id: str, fields: dict[bytes, bytes], history: Iterable[bytes],
-                       history_limit: int) -> Session:
-    """Rebuild a :class:`Session` from its hash and history list. Its token is unknown (Redis
-    keeps only the digest) until the client presents it."""
+def session_from_redis(client_id: str, fields: dict[bytes, bytes],
+                       history: Iterable[HistoryEntry], history_limit: int) -> Session:
+    """Rebuild a :class:`Session` from its hash and history entries. Its token is unknown
+    (Redis keeps only the digest) until the client presents it. The hash's counters may lag
+    behind broadcasts written as references: the newest server frame in history says the
+    seq, and every server frame counted in ``messages_out``."""
     f = {k.decode(): v.decode() for k, v in fields.items()}
     session = Session(client_id, f.get("client_type") or "default", history_limit,
                       orjson.loads(f.get("meta") or "{}"), f.get("user_id") or None)
@@ -306,5 +371,9 @@ def session_from_redis(client_id: str, fields: dict[bytes, bytes], history: Iter
     if gap:
         before, _, after = gap.partition(":")
         session.gap = (int(before), int(after))
-    session.history = deque((unpack_entry(raw) for raw in history), maxlen=history_limit)
+    session.history = deque(history, maxlen=history_limit)
+    newest = next((pos for pos, outbound, _, _ in reversed(session.history) if outbound), 0)
+    if newest > session.seq:
+        session.messages_out += newest - session.seq
+        session.seq = newest
     return session

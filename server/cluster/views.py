@@ -1,7 +1,8 @@
 """Cluster-wide views: ``GET /clients``, ``GET /channels`` and ``GET /status`` over every node.
 
-A view first asks every node to write out what its journal noted and to report its counters
-(``flush``: a barrier a few milliseconds long), then reads the sessions from Redis (this
+A view first asks every node to write out what its journal noted, the counters of the sessions
+it holds included, and to report its own counters (``flush``: a barrier a few milliseconds
+long), then reads the sessions from Redis (this
 node's own from memory), so it shows what the API did just before, wherever that happened.
 Views are linear in the number of sessions (one ``HGETALL`` each, pipelined). A node that
 does not answer within SYNC_TIMEOUT is missing from ``/status``'s node list and counters; its
@@ -40,7 +41,7 @@ class ClusterViews:
         peers.handle("flush", self._flush_for_peer)
 
     async def _flush_for_peer(self, header: dict[str, Any], body: bytes) -> dict[str, Any]:
-        await self.journal.flush()
+        await self.journal.flush(counters=bool(header.get("counters")))
         return self._report()
 
     def _report(self) -> dict[str, Any]:
@@ -53,8 +54,8 @@ class ClusterViews:
     async def _sync(self) -> list[dict[str, Any]]:
         """Return once every node (that answers within SYNC_TIMEOUT) wrote what it noted; the
         reports of those nodes, this one first."""
-        others = await self.peers.publish_all("flush", {})
-        await self.journal.flush()
+        others = await self.peers.publish_all("flush", {"counters": True})
+        await self.journal.flush(counters=True)
         return [self._report(), *await others.replies(SYNC_TIMEOUT)]
 
     async def everything(self, ids: list[str] | None = None) -> list[SessionInfo]:

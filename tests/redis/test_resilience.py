@@ -33,6 +33,10 @@ async def test_redis_restart_mid_stream(make_gateway: MakeGateway,
     status, body = await a.api("POST", "/send_message", {"client_id": "on-b", "content": "pre"})
     assert status == 200, body
     assert (await on_b.recv_type("message"))["data"]["content"] == "pre"
+    # a broadcast: in Redis, its body once and a reference in each history (lost with Redis)
+    status, body = await a.api("POST", "/broadcast", {"message_type": "before"})
+    assert status == 200 and body["recipients"] == 2, body
+    before = await on_a.recv_type("before")
 
     own_redis_server.stop()
     await wait_for(lambda: not a.gateway.backend.healthy and not b.gateway.backend.healthy,
@@ -69,20 +73,24 @@ async def test_redis_restart_mid_stream(make_gateway: MakeGateway,
     assert (await on_b.recv_type("message"))["data"]["content"] == "post"
     status, body = await a.api("POST", "/broadcast", {"message_type": "again"})
     assert status == 200 and body["recipients"] == 2, body
+    redis = a.gateway.backend.store.redis  # type: ignore[attr-defined]
+    await eventually(lambda: redis.exists(f"sb:m:{before['message_id']}"), lambda n: n == 1,
+                     what="the body of the broadcast rewritten with the histories")
 
-    # nothing was lost: on-a moves to b and its history includes the frame sent during the
-    # outage (a held it and rewrote it into the new Redis)
+    # nothing was lost: on-a moves to b and its history includes the broadcast from before
+    # the restart (a rewrote its body with the history) and the frame sent during the outage
+    # (a held it and rewrote it into the new Redis)
     last_seq = during["seq"]
     await on_a.recv_type("again")
     await on_a.close()
     await wait_redis(b, "on-a", node="a", connected="0")
     moved = await b.connect(client_id="on-a", session_token=on_a.session_token, last_seq=0)
     data = moved.hello["data"]
-    assert data["resumed"] is True and data["recovered"] is True and data["replayed"] == 2
-    replayed = [await moved.recv() for _ in range(2)]
-    assert [(f["seq"], f["type"]) for f in replayed] == [(last_seq, "message"),
-                                                          (last_seq + 1, "again")]
-    assert replayed[0]["data"]["content"] == "during"
+    assert data["resumed"] is True and data["recovered"] is True and data["replayed"] == 3
+    replayed = [await moved.recv() for _ in range(3)]
+    assert [(f["seq"], f["type"]) for f in replayed] == [
+        (before["seq"], "before"), (last_seq, "message"), (last_seq + 1, "again")]
+    assert replayed[0] == before and replayed[1]["data"]["content"] == "during"
 
 def test_workers_refused_with_memory_broker() -> None:
     with pytest.raises(ConfigError) as info:

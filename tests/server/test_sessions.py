@@ -165,6 +165,37 @@ def test_fan_out_serialises_once_and_stamps_each_sessions_own_seq() -> None:
     assert contents(c.replay_after(0)[0]) == ["all"]
 
 
+def test_a_broadcast_is_kept_once_and_each_client_gets_the_bytes_of_its_own_seq() -> None:
+    reg = registry()
+    a, b, c = reg.create("a", "t"), reg.create("b", "t"), reg.create("c", "t")
+    box_a, box_c = FakeOutbox(), FakeOutbox()
+    reg.attach(a, box_a)
+    reg.attach(c, box_c)
+    reg.deliver(c, frame("first"))
+    encoded = frame("all")
+    reg.fan_out([a, b, c], encoded, "m1")
+    # every history holds the one encoded object; its byte count is each session's own
+    assert a.history[-1][2] is b.history[-1][2] is c.history[-1][2] is encoded
+    assert b.history_bytes == len(encoded) and c.history_bytes == len(frame("first")) + len(
+        encoded)
+    # live, replayed and listed frames are byte for byte what the seq makes of it
+    assert box_c.frames[-1] == protocol.with_seq(encoded, 2)
+    assert c.replay_after(0)[0] == box_c.frames
+    assert b.replay_after(0)[0] == [protocol.with_seq(encoded, 1)]
+    listed = [entry_as_dict(e)["frame"] for e in c.history]
+    assert [orjson.dumps(f) for f in listed] == box_c.frames  # "seq" first, as sent
+
+
+def test_history_entries_hold_only_atomic_values_so_the_collector_drops_them() -> None:
+    reg = registry()
+    a, b = reg.create("a", "t"), reg.create("b", "t")
+    reg.deliver(a, frame("one"))
+    reg.fan_out([a, b], frame("all"), "m1")
+    reg.record_inbound(a, b'{"type":"ping"}')
+    gc.collect()
+    assert not any(gc.is_tracked(entry) for s in (a, b) for entry in s.history)
+
+
 def test_attach_returns_the_replaced_connection_and_detach_ignores_stale_ones() -> None:
     reg = registry()
     session = reg.create("a", "t")

