@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import inspect
 import multiprocessing
 import os
 import platform
@@ -88,20 +89,25 @@ def redis_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
             "calls": calls, "commands": sum(calls.values())}
 
 
+#: Commands the nodes send while idle: heartbeats, key refreshes, connection health checks.
+QUIET = {"set", "expire", "publish", "exists", "ping", "client|setinfo", "client", "hello",
+         "subscribe", "select"}
+
+
 async def redis_quiet(url: str, settle: float = 0.3) -> dict[str, Any]:
     """Sample Redis once the nodes stopped writing (no command but INFO for ``settle`` s):
     the write-behind has caught up. Heartbeats (a SET every 2 s per node) are allowed for."""
-    deadline = time.monotonic() + DEADLINE
+    deadline = time.monotonic() + 60
     last = redis_sample(url)
     while True:
         await asyncio.sleep(settle)  # polling another process, bounded by the deadline
         now = redis_sample(url)
         moved = redis_delta(last, now)["calls"]
-        if not set(moved) - {"set", "expire", "publish"}:
+        if not set(moved) - QUIET:
             return now
         last = now
         if time.monotonic() > deadline:
-            raise SystemExit("Redis never went quiet")
+            raise SystemExit(f"Redis never went quiet: {moved}")
 
 
 # --- in-process fan-out -----------------------------------------------------------------------
@@ -153,15 +159,19 @@ async def inprocess_round(url: str, args: argparse.Namespace, node: str) -> dict
             registry.attach(session, outbox)
             sessions.append(session)
         frames = [frame_of(args.frame_bytes, n) for n in range(args.inproc_broadcasts * 2)]
+        fan_out = registry.fan_out
+        if "message_id" not in inspect.signature(fan_out).parameters:  # --server-from, older
+            def fan_out(targets: Any, encoded: bytes, message_id: str) -> Any:
+                return registry.fan_out(targets, encoded)
         for encoded, message_id in frames[: args.inproc_broadcasts]:  # warm-up: full history
-            registry.fan_out(sessions, encoded, message_id)
+            fan_out(sessions, encoded, message_id)
             await asyncio.sleep(0)
         if backend is not None:
             await backend.journal.flush()
             before = redis_sample(url)
         wall, cpu = time.perf_counter(), time.process_time()
         for encoded, message_id in frames[args.inproc_broadcasts:]:
-            registry.fan_out(sessions, encoded, message_id)
+            fan_out(sessions, encoded, message_id)
             await asyncio.sleep(0)  # the flusher runs when it can, as in a server
         if backend is not None:
             await backend.journal.flush()
@@ -229,9 +239,10 @@ class Client(asyncio.Protocol):
         self.transport.write(self.request)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for future in (self.hello, self.got):
-            if not future.done():
-                future.set_exception(ConnectionError("closed"))
+        if not self.hello.done():
+            self.hello.set_exception(ConnectionError("closed before the greeting"))
+        if self.expected >= 0 and not self.got.done():  # someone waits for frames
+            self.got.set_exception(ConnectionError(f"closed after {self.frames} frames"))
 
     def expect(self, frames: int) -> None:
         self.expected = frames
@@ -650,7 +661,12 @@ def main() -> int:
     parser.add_argument("--inproc-sessions", type=int, default=2_000)
     parser.add_argument("--inproc-broadcasts", type=int, default=100)
     parser.add_argument("--out", default=str(REPO / "docs" / "bench" / "capacity.md"))
+    parser.add_argument("--server-from", default="",
+                        help="inprocess only: import the gateway from this checkout (a "
+                             "baseline, e.g. `git archive main | tar -x -C DIR`)")
     args = parser.parse_args()
+    if args.server_from:
+        sys.path.insert(0, str(Path(args.server_from).resolve()))
     if args.quick:
         args.kept, args.connected, args.broadcasts, args.unicasts = 2_000, 200, 10, 200
         args.resumes, args.rounds, args.inproc_sessions, args.inproc_broadcasts = 50, 1, 500, 30
@@ -658,7 +674,7 @@ def main() -> int:
         if "--out" not in sys.argv:
             args.out = os.path.join(tempfile.gettempdir(), "capacity.md")
     args.nodes = [int(n) for n in str(args.nodes).split(",") if n.strip()]
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     parts = {p.strip() for p in args.parts.split(",")}
     inproc: dict[str, list[dict[str, Any]]] = {}

@@ -321,13 +321,14 @@ class RedisJournal:
             order.append("")
         refs: list[Any] = []
         refs_count = 0
+        audience: list[Session] | None = None  # the recipients of the last broadcast sent
 
         async def send_refs() -> None:
-            nonlocal refs, refs_count
+            nonlocal refs, refs_count, audience
             if refs:
                 await scripts["append_refs"](args=[me, limit, keep_max, ttl, *refs], client=pipe)
                 order.append("refs")
-                refs, refs_count = [], 0
+                refs, refs_count, audience = [], 0, None
 
         for item in noted:
             if isinstance(item, FanOut):
@@ -340,9 +341,12 @@ class RedisJournal:
                     packed = array("q", seqs[start:start + REFS_PER_CALL])
                     if BIG_ENDIAN:
                         packed.byteswap()
-                    refs += (item.message_id, body, " ".join([s.client_id for s in part]),
-                             packed.tobytes())
+                    # The same recipients as the broadcast before (a comparison by identity,
+                    # in C): the script reuses their list instead of splitting it again.
+                    ids = "" if part == audience else " ".join([s.client_id for s in part])
+                    refs += (item.message_id, body, ids, packed.tobytes())
                     refs_count += len(part)
+                    audience = part
                 continue
             await send_refs()  # entries after these broadcasts come after them
             batch: list[str] = []

@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import LiveGateway, MakeGateway, RECV_TIMEOUT
+from tests.conftest import RECV_TIMEOUT, LiveGateway, MakeGateway
 from tests.redis.test_cluster import wait_redis
 
 pytestmark = pytest.mark.redis

@@ -1,34 +1,43 @@
 -- Broadcasts written once: each body under sb:m:<message id>, and in the history of each
 -- recipient session this node owns a reference "2 <seq> <message id>" (~40 bytes).
 -- ARGV: me, limit, keep_max, ttl, then per broadcast: message id, body (pack_body), ids (the
--- recipients' client ids, separated by spaces), seqs (their seqs in the same order, each a
--- little-endian 64-bit integer: packing them costs the node next to nothing).
+-- recipients' client ids, separated by spaces; "" = the same recipients as the broadcast
+-- before: broadcasts to everyone are parsed once per call), seqs (their seqs in the same
+-- order, each a little-endian 64-bit integer: packing them costs the node next to nothing).
 -- One session's references from several broadcasts are pushed by one RPUSH, so under load
 -- (more broadcasts per flush) Redis does fewer commands per reference. The list is trimmed
 -- back to `limit` once it passes keep_max (amortised: one LTRIM per keep_max - limit refs).
 -- Returns the sessions not written, as id, code pairs: 0 (another node owns it), 2 (no hash).
 -- Keys are derived from the ids: one Redis primary (or one call per shard of sessions).
 local me, limit, keep_max, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local groups, order = {}, {}
+local groups, order, audience = {}, {}, {}
 local i = 5
 while i <= #ARGV do
   local mid, ids, seqs = ARGV[i], ARGV[i + 2], ARGV[i + 3]
   redis.call('SET', 'sb:m:' .. mid, ARGV[i + 1], 'EX', ttl)
   i = i + 4
   local suffix = ' ' .. mid
-  local ip, sp, ni = 1, 1, #ids
-  while ip <= ni do
-    local ie = string.find(ids, ' ', ip, true) or (ni + 1)
-    local id = string.sub(ids, ip, ie - 1)
-    local ref = string.format('2 %d%s', struct.unpack('<i8', seqs, sp), suffix)
-    ip, sp = ie + 1, sp + 8
-    local refs = groups[id]
-    if refs == nil then
-      groups[id] = {ref}
-      order[#order + 1] = id
-    else
-      refs[#refs + 1] = ref
+  if ids ~= '' then  -- new recipients: split them once, find (or start) each one's group
+    local ip, ni = 1, #ids
+    audience = {}
+    while ip <= ni do
+      local ie = string.find(ids, ' ', ip, true) or (ni + 1)
+      local id = string.sub(ids, ip, ie - 1)
+      ip = ie + 1
+      local refs = groups[id]
+      if refs == nil then
+        refs = {}
+        groups[id] = refs
+        order[#order + 1] = id
+      end
+      audience[#audience + 1] = refs
     end
+  end
+  local sp = 1
+  for j = 1, #audience do
+    local refs = audience[j]
+    refs[#refs + 1] = string.format('2 %d%s', struct.unpack('<i8', seqs, sp), suffix)
+    sp = sp + 8
   end
 end
 local out = {}
