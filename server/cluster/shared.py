@@ -2,9 +2,14 @@
 node's histories hold.
 
 A broadcast to N sessions is one body (``sb:m:{message_id}``, the frame as encoded, without a
-``seq``) and, in each recipient's history list ``sb:h:{id}``, a reference of ~40 bytes
-(``2 <seq> <message_id>``), where a unicast frame is kept inline. The registry does the same
-in memory: every recipient's history entry holds the one bytes object.
+``seq``) and, in each recipient's history list ``sb:h:{id}``, a reference of ~34 bytes
+(``2 <message_id>``: the same string for every recipient, so Redis formats nothing per
+recipient), where a unicast frame is kept inline. The seq of a bare reference is one less
+than the seq of the server frame after it: the last reference a script call appends to a
+history carries its seq (``3 <seq> <message_id>``), as does every inline server entry, and a
+trim only ever drops the oldest entries, so every bare reference has such an anchor after it
+(:func:`history_seqs`). The registry does the same in memory: every recipient's history
+entry holds the one bytes object.
 
 Lifetime of a body: written (``SET … EX key_ttl``) with the references, by every node whose
 sessions got the broadcast, and kept alive for as long as any history that holds it lives:
@@ -26,21 +31,48 @@ from collections.abc import Iterable, Iterator
 
 from server.sessions import HistoryEntry
 
-#: The first bytes of a reference in a history list (inline entries start with "0 " / "1 ").
-REF = b"2 "
+#: The first byte of a reference in a history list: bare (``2 <message_id>``) or with its seq
+#: (``3 <seq> <message_id>``); inline entries start with "0 " / "1 " (:func:`pack_entry`).
+REF, ANCHORED_REF = ord("2"), ord("3")
 
 
 def m_key(message_id: str) -> str:
     return f"sb:m:{message_id}"
 
 
+def is_ref(raw: bytes) -> bool:
+    return raw[0] in (REF, ANCHORED_REF)
+
+
 def pack_ref(pos: int, message_id: str) -> bytes:
-    return b"2 %d %s" % (pos, message_id.encode())
+    """A reference that carries its seq (what a rewritten history holds)."""
+    return b"3 %d %s" % (pos, message_id.encode())
 
 
-def unpack_ref(raw: bytes) -> tuple[int, str]:
-    _, pos, message_id = raw.split(b" ", 2)
-    return int(pos), message_id.decode()
+def unpack_ref(raw: bytes) -> tuple[int | None, str]:
+    """``(seq, message_id)`` of a reference; ``seq`` is None for a bare one."""
+    if raw[0] == ANCHORED_REF:
+        _, pos, message_id = raw.split(b" ", 2)
+        return int(pos), message_id.decode()
+    return None, raw[2:].decode()
+
+
+def history_seqs(history: list[bytes]) -> list[int | None]:
+    """The seq of each reference in a history list (None for inline entries, and for a bare
+    reference with no server frame after it, which a well-formed list never has): walking
+    back from the newest, a bare reference is one before the next server frame."""
+    seqs: list[int | None] = [None] * len(history)
+    after: int | None = None  # the seq of the next server frame
+    for i in range(len(history) - 1, -1, -1):
+        raw = history[i]
+        kind = raw[0]
+        if kind == REF:
+            after = seqs[i] = None if after is None else after - 1
+        elif kind == ANCHORED_REF:
+            after = seqs[i] = unpack_ref(raw)[0]
+        elif raw.startswith(b"1 "):  # an inline server frame: "1 <seq> ..."
+            after = int(raw.split(b" ", 2)[1])
+    return seqs
 
 
 def pack_body(body: bytes, at: float) -> bytes:

@@ -12,9 +12,10 @@ keys from ids):
                    and before every listing); the history list is the truth for ``seq``.
 ``sb:h:{id}``      list: the last HISTORY_LIMIT history entries, oldest first: inline entries
                    (:func:`pack_entry`: ``0``/``1 <pos> <ms> <frame>``, a server frame
-                   without its seq) and broadcast references (``2 <seq> <message id>``, up to
-                   HISTORY_LIMIT + 1/8 of them before a trim); lives ``key_ttl`` after the
-                   owner last refreshed it
+                   without its seq) and broadcast references (``2 <message id>``, or
+                   ``3 <seq> <message id>`` for the last one a script call appends:
+                   :mod:`server.cluster.shared`), up to HISTORY_LIMIT + 1/8 of them before
+                   a trim; lives ``key_ttl`` after the owner last refreshed it
 ``sb:m:{mid}``     string: one broadcast frame, ``<ms> <frame>``, shared by the histories that
                    reference it (:mod:`server.cluster.shared`: its lifetime)
 ``sb:idx``         sorted set of session ids (listings), scored by connection time
@@ -61,8 +62,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.cluster.shared import (
-    REF,
     SharedBodies,
+    history_seqs,
+    is_ref,
     m_key,
     pack_ref,
     unpack_body,
@@ -269,7 +271,7 @@ class RedisStore:
             fields, history = await pipe.execute()
             if not fields or b"token" not in fields:
                 return fields or {}, None
-            wanted = sorted({unpack_ref(raw)[1] for raw in history if raw.startswith(REF)}
+            wanted = sorted({unpack_ref(raw)[1] for raw in history if is_ref(raw)}
                             - shared.by_id.keys())
             fetched: dict[str, tuple[bytes, float]] = {}
             if wanted:
@@ -307,12 +309,16 @@ def resolve_history(history: list[bytes], shared: SharedBodies,
     just ``fetched`` (registered in ``shared`` so every history here shares one object). A
     reference whose body is gone ends the history there: only what follows it is kept."""
     entries: list[HistoryEntry] = []
-    for raw in history:
-        if not raw.startswith(REF):
+    seqs = history_seqs(history)
+    for raw, pos in zip(history, seqs, strict=True):
+        if not is_ref(raw):
             entries.append(unpack_entry(raw))
             continue
-        pos, message_id = unpack_ref(raw)
+        message_id = unpack_ref(raw)[1]
         body = shared.get(message_id)
+        if pos is None:  # no server frame after it to say its seq (never written so)
+            entries.clear()
+            continue
         if body is not None:
             at = entries[-1][3] if entries else time.time()
         elif message_id in fetched:

@@ -80,7 +80,7 @@ async def test_a_broadcast_is_one_body_and_a_small_reference_per_recipient(
     assert frame == b'{"seq":%d,%s' % (decoded["seq"], body[1:])  # the body, once
     for client_id in ("live", *kept):
         ref = await redis.lindex(f"sb:h:{client_id}", -1)
-        assert ref == b"2 1 " + message_id.encode() and len(ref) < 64
+        assert ref == b"3 1 " + message_id.encode() and len(ref) < 64
     assert 0 < await redis.ttl(f"sb:m:{message_id}") <= b.gateway.backend.store.key_ttl
 
 
@@ -114,6 +114,36 @@ async def test_a_moved_session_replays_and_pages_its_history_byte_for_byte(
     for frame in (orjson.loads(f) for f in live):
         if frame["type"] in ("one", "two", "three"):
             assert shared.get(frame["message_id"]) is not None
+
+
+async def test_broadcasts_written_in_one_script_call_replay_with_their_seqs_elsewhere(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    """Bare references (no seq) between an inline frame and the anchored last one: a node
+    that loads the list gives every frame its own seq, byte for byte."""
+    from server import protocol
+
+    a, b = pair
+    client = await b.connect(client_id="burst")
+    await wait_redis(a, "burst", node="b", connected="1")
+    status, _ = await a.api("POST", "/send_message", {"client_id": "burst", "content": "u"})
+    assert status == 200
+    live = await raw_frames(client.ws, 1)
+    session = b.gateway.registry.get("burst")
+    for n in range(5):  # in one tick: one flush, one append_refs call
+        frame = protocol.server_frame("burst", {"n": n})
+        b.gateway.registry.fan_out([session], protocol.encode(frame), frame["message_id"])
+    live += await raw_frames(client.ws, 5)
+    await flushed(b)
+    stored = await redis_of(b).lrange("sb:h:burst", 0, -1)
+    assert [raw[:2] for raw in stored] == [b"1 ", b"2 ", b"2 ", b"2 ", b"2 ", b"3 "], stored
+    await client.close()
+    await wait_redis(a, "burst", node="b", connected="0")
+
+    moved = await a.connect(client_id="burst", session_token=client.session_token, last_seq=0)
+    assert moved.hello["data"]["recovered"] is True and moved.hello["data"]["replayed"] == 6
+    assert await raw_frames(moved.ws, 6) == live
+    again = await b.connect(client_id="burst", session_token=moved.session_token, last_seq=3)
+    assert [orjson.loads(f)["seq"] for f in await raw_frames(again.ws, 3)] == [4, 5, 6]
 
 
 async def test_a_missing_body_ends_the_loaded_history_and_resume_says_so(
@@ -176,3 +206,10 @@ async def test_a_body_lives_while_a_history_holds_it_and_expires_after(
     await membership.beat()
     assert 0 < await redis.ttl(key) <= 3 < ttl  # no history holds it: left to expire
     assert b.gateway.backend.journal.shared.get(message_id) is None  # type: ignore[attr-defined]
+
+
+def test_bare_references_take_their_seq_from_the_next_server_frame() -> None:
+    from server.cluster.shared import history_seqs
+
+    trimmed_head = [b"2 m1", b"2 m2", b"3 7 m3", b"0 7 1 {}", b"2 m4", b"1 9 1 {}", b"2 m5"]
+    assert history_seqs(trimmed_head) == [5, 6, 7, None, 8, None, None]
