@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test js-test lint bench browser clean help
+.PHONY: run test js-test lint bench bench-capacity browser clean help
 
 help:
 	@echo "make run     start the gateway (WebSocket :9004, HTTP API :9005)"
@@ -12,6 +12,7 @@ help:
 	@echo "make js-test the JS client's type check and node tests only"
 	@echo "make lint    ruff check"
 	@echo "make bench   run the benchmarks (see docs/BENCHMARKS.md)"
+	@echo "make bench-capacity  Redis and node cost per session/broadcast (docs/CAPACITY.md)"
 	@echo "make browser install Debian's chromium for the browser tests"
 
 $(PY):
@@ -58,6 +59,11 @@ lint: $(VENV)/.deps-test
 
 bench: $(VENV)/.deps-bench
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# One real redis-server and 1, 2 and 4 gateway processes on loopback (~10 min; smaller:
+# BENCH_ARGS="--quick" or e.g. "--kept 5000 --connected 500 --nodes 1,2").
+bench-capacity: $(VENV)/.deps-bench
+	$(PY) -m bench.capacity $(BENCH_ARGS)
 
 browser:
 	@command -v chromium >/dev/null 2>&1 || { \

@@ -1,10 +1,11 @@
 """A seconds-long self-check of the benchmark machinery (no timing assertions).
 
-    python -m bench.selftest [--targets switchboard,bare,socketio]
+    python -m bench.selftest [--targets switchboard,bare,socketio] [--no-capacity]
 
 Starts each target with tiny sizes, runs every scenario once and checks what must hold
 whatever the machine's speed: every client connected, nothing lost, duplicated, reordered
-or seq-gapped, no HTTP error, every round trip answered. Exit status 0 when all hold, 1
+or seq-gapped, no HTTP error, every round trip answered; then ``bench.capacity --toy`` (a real
+redis-server, one and two gateway processes) runs clean. Exit status 0 when all hold, 1
 otherwise. Suitable for a test suite (``subprocess.run([sys.executable, "-m",
 "bench.selftest"])``): it only uses loopback and every wait is bounded.
 """
@@ -27,6 +28,7 @@ TINY: dict[str, dict[str, Any]] = {
     "roundtrip": {"clients": 5, "duration": 0.5},
     "unicast": {"clients": 20, "concurrency": 4, "duration": 0.5},
 }
+REPO = Path(__file__).resolve().parent.parent
 MUST_BE_ZERO = (*run.INTEGRITY, "handshake_errors", "rt_unanswered", "server_closes")
 
 
@@ -51,9 +53,29 @@ async def check(targets: list[str]) -> list[str]:
     return problems
 
 
+async def check_capacity() -> list[str]:
+    """``bench.capacity`` at toy sizes: it exits non-zero on any lost or miscounted frame,
+    failed resume or Redis that never settles."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.capacity", "--toy", stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, cwd=REPO)
+    try:
+        async with asyncio.timeout(240):
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return ["capacity: timed out"]
+    ok = proc.returncode == 0
+    print(f"{'capacity':<22} {'ok' if ok else 'FAILED'}", flush=True)
+    return [] if ok else [f"capacity: exit {proc.returncode}\n{out.decode()[-3000:]}"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--targets", default=",".join(run.ALL_TARGETS))
+    p.add_argument("--no-capacity", dest="capacity", action="store_false",
+                   help="skip the toy run of bench.capacity")
     args = p.parse_args(argv)
     targets = [t for t in args.targets.split(",") if t]
     for t in targets:
@@ -61,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown target {t!r}")
     run.raise_nofile()
     problems = asyncio.run(check(targets))
+    if args.capacity:
+        problems += asyncio.run(check_capacity())
     for problem in problems:
         print(problem, file=sys.stderr)
     return 1 if problems else 0

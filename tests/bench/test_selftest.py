@@ -17,3 +17,4 @@ def test_every_benchmark_scenario_runs_clean_against_every_target() -> None:
     for target in ("switchboard", "bare", "socketio"):
         for scenario in ("fanout", "paced", "idle", "roundtrip", "unicast"):
             assert f"{scenario}-{target}" in done.stdout, done.stdout
+    assert "capacity" in done.stdout, done.stdout
