@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import inspect
 import multiprocessing
@@ -53,13 +52,13 @@ import tempfile
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import orjson
 import psutil
 
-from bench.fanout_workers import free_port, start_redis
+from bench.fanout_workers import RawClient, free_port, start_redis
 
 REPO = Path(__file__).resolve().parent.parent
 DEADLINE = 300.0
@@ -218,26 +217,16 @@ def run_loop(coro: Any) -> Any:
 # --- WebSocket clients (raw, one protocol object each) ----------------------------------------
 
 
-class Client(asyncio.Protocol):
+class Client(RawClient):
     """Sends the upgrade, decodes the greeting, then counts text frames."""
 
     def __init__(self, port: int, query: str) -> None:
-        self.request = (
-            f"GET /?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: "
-            f"{base64.b64encode(os.urandom(16)).decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
+        super().__init__(f"/?{query}", port)
         loop = asyncio.get_running_loop()
         self.hello: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.got: asyncio.Future[None] = loop.create_future()
-        self.buf = b""
-        self.upgraded = False
         self.frames = 0
         self.expected = -1
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.write(self.request)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.hello.done():
@@ -250,41 +239,17 @@ class Client(asyncio.Protocol):
         if self.frames >= frames and not self.got.done():
             self.got.set_result(None)
 
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf + data
-        if not self.upgraded:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                self.buf = buf
-                return
-            if not buf.startswith(b"HTTP/1.1 101"):
-                self.hello.set_exception(RuntimeError(buf[:200].decode(errors="replace")))
-                self.transport.close()
-                return
-            self.upgraded = True
-            buf = buf[end + 4:]
-        pos, n = 0, len(buf)
-        while n - pos >= 2:
-            length, head = buf[pos + 1] & 0x7F, 2
-            if length == 126:
-                if n - pos < 4:
-                    break
-                length, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
-            if n - pos < head + length:
-                break
-            if buf[pos] & 0x0F == 1:
-                if not self.hello.done():
-                    self.hello.set_result(orjson.loads(buf[pos + head:pos + head + length]))
-                else:
-                    self.frames += 1
-                    if self.frames == self.expected and not self.got.done():
-                        self.got.set_result(None)
-            pos += head + length
-        self.buf = buf[pos:]
+    def refused(self, response: bytes) -> None:
+        self.hello.set_exception(RuntimeError(response[:200].decode(errors="replace")))
+        self.transport.close()
+
+    def text(self, buf: bytes, start: int, end: int) -> None:
+        if not self.hello.done():
+            self.hello.set_result(orjson.loads(buf[start:end]))
+        else:
+            self.frames += 1
+            if self.frames == self.expected and not self.got.done():
+                self.got.set_result(None)
 
 
 async def open_client(port: int, query: str) -> Client:

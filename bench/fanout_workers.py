@@ -64,12 +64,12 @@ def redis_binary() -> str:
 # --- receivers: raw WebSocket clients that count text frames ----------------------------------
 
 
-class Counter(asyncio.Protocol):
-    """One WebSocket client: sends the upgrade, then counts server frames (unmasked)."""
+class RawClient(asyncio.Protocol):
+    """A WebSocket client without a library: sends the upgrade for ``path``, then hands each
+    server text frame (unmasked) to :meth:`text`. The cheapest possible receiver, so the
+    benchmark's clients cost little of the machine the gateway runs on."""
 
-    def __init__(
-        self, path: str, port: int, done: asyncio.Future[None], expected: int, stamps: list[float]
-    ) -> None:
+    def __init__(self, path: str, port: int) -> None:
         self.request = (
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             f"Upgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -78,15 +78,16 @@ class Counter(asyncio.Protocol):
         ).encode()
         self.buf = b""
         self.upgraded = False
-        self.frames = 0
-        self.expected = expected
-        self.done = done
-        self.stamps = stamps
-        self.hello = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.transport.write(self.request)
+
+    def refused(self, response: bytes) -> None:
+        raise RuntimeError(response[:200].decode(errors="replace"))
+
+    def text(self, buf: bytes, start: int, end: int) -> None:
+        raise NotImplementedError
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data
@@ -96,7 +97,8 @@ class Counter(asyncio.Protocol):
                 self.buf = buf
                 return
             if not buf.startswith(b"HTTP/1.1 101"):
-                raise RuntimeError(buf[:200].decode(errors="replace"))
+                self.refused(buf)
+                return
             self.upgraded = True
             buf = buf[end + 4 :]
         pos, n = 0, len(buf)
@@ -115,17 +117,34 @@ class Counter(asyncio.Protocol):
                 head = 10
             if n - pos < head + length:
                 break
-            opcode = buf[pos] & 0x0F
-            if opcode == 1:
-                self.frames += 1
-                if self.frames == 1 and not self.hello.done():
-                    self.hello.set_result(None)
-                elif self.frames == self.expected + 1:
-                    self.stamps.append(time.perf_counter())
-                    if not self.done.done():
-                        self.done.set_result(None)
+            if buf[pos] & 0x0F == 1:
+                self.text(buf, pos + head, pos + head + length)
             pos += head + length
         self.buf = buf[pos:]
+
+
+class Counter(RawClient):
+    """One receiver: counts server frames; ``done`` once ``expected`` came after the
+    greeting."""
+
+    def __init__(
+        self, path: str, port: int, done: asyncio.Future[None], expected: int, stamps: list[float]
+    ) -> None:
+        super().__init__(path, port)
+        self.frames = 0
+        self.expected = expected
+        self.done = done
+        self.stamps = stamps
+        self.hello = asyncio.get_running_loop().create_future()
+
+    def text(self, buf: bytes, start: int, end: int) -> None:
+        self.frames += 1
+        if self.frames == 1 and not self.hello.done():
+            self.hello.set_result(None)
+        elif self.frames == self.expected + 1:
+            self.stamps.append(time.perf_counter())
+            if not self.done.done():
+                self.done.set_result(None)
 
 
 def receiver_main(port: int, clients: int, expected: int, conn: Connection) -> None:
