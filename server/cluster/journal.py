@@ -274,6 +274,8 @@ class RedisJournal:
                               if counted.get(cid) != s.seq and cid not in dirty}
             if stale:
                 noted.append(stale)
+            for client_id in counted.keys() - held.keys():  # moved to another node
+                del counted[client_id]
         if noted or dirty or ended:
             try:
                 await self._write(noted, dirty, ended, owners, resync)

@@ -114,6 +114,11 @@ async def test_a_moved_session_replays_and_pages_its_history_byte_for_byte(
     for frame in (orjson.loads(f) for f in live):
         if frame["type"] in ("one", "two", "three"):
             assert shared.get(frame["message_id"]) is not None
+    # b no longer keeps track of the session's counters (a listing asks every node to write
+    # theirs: b's bookkeeping must not grow with the sessions that left it)
+    status, _ = await a.api("GET", "/clients?limit=10")
+    assert status == 200
+    assert "mover" not in b.gateway.backend.journal.counted  # type: ignore[attr-defined]
 
 
 async def test_broadcasts_written_in_one_script_call_replay_with_their_seqs_elsewhere(
