@@ -601,11 +601,13 @@ def report(args: argparse.Namespace, inproc: dict[str, list[dict[str, Any]]],
         lines += [f"- {lb}: {unicast[lb]}" for lb in labels if unicast[lb]]
         mem, red = cluster.get("memory:// x1"), cluster.get("redis:// x1")
         if mem and red:
+            # (a tiny run may measure no CPU at all: the clock ticks every 10 ms)
             ratio = [r["node_cpu_us_per_recipient"] / m["node_cpu_us_per_recipient"]
-                     for m, r in zip(mem, red, strict=False)]
-            lines += ["", "Node CPU per recipient, redis:// x1 / memory:// x1, per round: "
-                      + ", ".join(f"{x:.2f}" for x in ratio)
-                      + f"; median **{statistics.median(ratio):.2f}** (target <= 1.15)"]
+                     for m, r in zip(mem, red, strict=False) if m["node_cpu_us_per_recipient"]]
+            if ratio:
+                lines += ["", "Node CPU per recipient, redis:// x1 / memory:// x1, per round: "
+                          + ", ".join(f"{x:.2f}" for x in ratio)
+                          + f"; median **{statistics.median(ratio):.2f}** (target <= 1.15)"]
     cpu = psutil.cpu_count() or 0
     lines += ["", f"Machine: {cpu} CPUs ({platform.processor() or platform.machine()}), "
               f"{psutil.virtual_memory().total / 2**30:.1f} GiB, {platform.platform()}, "
@@ -662,8 +664,7 @@ def main() -> int:
         args.resumes, args.rounds, args.inproc_sessions, args.inproc_broadcasts = 5, 1, 50, 5
         args.history_limit, args.nodes, args.receivers = 50, "1,2", 1
         if "--out" not in sys.argv:
-            args.out = os.path.join(tempfile.mkdtemp(prefix="switchboard-capacity-"),
-                                    "capacity.md")
+            args.out = ""  # printed only
     args.nodes = [int(n) for n in str(args.nodes).split(",") if n.strip()]
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -682,6 +683,8 @@ def main() -> int:
         cluster = run_cluster(args)
     text = report(args, inproc, cluster)
     print("\n" + text)
+    if not args.out:
+        return 0
     Path(args.out).write_text(text)
     Path(args.out).with_suffix(".json").write_bytes(orjson.dumps(
         {"args": {k: v for k, v in vars(args).items()}, "inprocess": inproc,
