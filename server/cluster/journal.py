@@ -39,12 +39,13 @@ from typing import Any
 
 import structlog
 
-from server.cluster.shared import SharedBodies, m_key, pack_body
+from server.cluster.shared import SharedBodies, pack_body
 from server.cluster.store import (
     IDX_KEY,
     UNREACHABLE,
     RedisStore,
     h_key,
+    m_key,
     pack_entry,
     s_key,
     session_fields,

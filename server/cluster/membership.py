@@ -15,12 +15,13 @@ import time
 
 import structlog
 
-from server.cluster.shared import SharedBodies, m_key
+from server.cluster.shared import SharedBodies
 from server.cluster.store import (
     UNREACHABLE,
     RedisStore,
     alive_key,
     h_key,
+    m_key,
     s_key,
     u_key,
 )

@@ -36,10 +36,6 @@ from server.sessions import HistoryEntry
 REF, ANCHORED_REF = ord("2"), ord("3")
 
 
-def m_key(message_id: str) -> str:
-    return f"sb:m:{message_id}"
-
-
 def is_ref(raw: bytes) -> bool:
     return raw[0] in (REF, ANCHORED_REF)
 

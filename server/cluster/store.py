@@ -65,7 +65,6 @@ from server.cluster.shared import (
     SharedBodies,
     history_seqs,
     is_ref,
-    m_key,
     pack_ref,
     unpack_body,
     unpack_ref,
@@ -103,6 +102,11 @@ def u_key(user_id: str) -> str:
 
 def alive_key(node: str) -> str:
     return f"{PREFIX}alive:{node}"
+
+
+def m_key(message_id: str) -> str:
+    """A broadcast body shared by the histories that reference it (:mod:`.shared`)."""
+    return f"{PREFIX}m:{message_id}"
 
 
 def idem_key(key: str) -> str:
