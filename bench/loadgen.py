@@ -78,12 +78,19 @@ class ServerProbe:
         return procs
 
     def cpu(self) -> float:
-        total = 0.0
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """(user, system) CPU seconds, from the kernel's counters for these processes
+        (``/proc/PID/stat``): user time is the interpreter, the event loop and the libraries;
+        system time the kernel's work for the process (socket writes and reads, epoll)."""
+        user = system = 0.0
         for p in self._tree():
             with contextlib.suppress(psutil.Error):
                 t = p.cpu_times()
-                total += t.user + t.system
-        return total
+                user += t.user
+                system += t.system
+        return user, system
 
     def rss(self) -> int:
         total = 0
@@ -113,14 +120,17 @@ class Meter:
         if probe.on_start is not None:
             probe.on_start()
         self.t0 = time.perf_counter()
-        self.s0 = probe.cpu()
+        self.u0, self.k0 = probe.cpu_split()
         self.g0 = time.process_time()
         self.m0 = machine_busy()
         self.wall = self.server_cpu = self.gen_cpu = self.foreign_cpu = 0.0
+        self.server_user = self.server_sys = 0.0
 
     def stop(self) -> Meter:
         self.wall = time.perf_counter() - self.t0
-        self.server_cpu = self.probe.cpu() - self.s0
+        user, system = self.probe.cpu_split()
+        self.server_user, self.server_sys = user - self.u0, system - self.k0
+        self.server_cpu = self.server_user + self.server_sys
         self.gen_cpu = time.process_time() - self.g0
         busy = machine_busy() - self.m0
         self.foreign_cpu = max(0.0, busy - self.server_cpu - self.gen_cpu)
@@ -141,6 +151,8 @@ class Meter:
         units = max(units, 1.0)
         return {
             f"server_cpu_us_per_{unit}": self.server_cpu * 1e6 / units,
+            f"server_user_us_per_{unit}": self.server_user * 1e6 / units,
+            f"server_sys_us_per_{unit}": self.server_sys * 1e6 / units,
             f"gen_cpu_us_per_{unit}": self.gen_cpu * 1e6 / units,
             **self.shares(),
         }

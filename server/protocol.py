@@ -337,6 +337,41 @@ def decode(encoded: bytes | str) -> dict[str, Any]:
     return orjson.loads(encoded)
 
 
+# --- RFC 6455 framing of server frames -------------------------------------------------------
+
+#: Headers of text frames shorter than this are kept once computed (at most this many small
+#: entries); longer frames have theirs built each time (negligible next to their payload).
+CACHED_HEADER_LENGTHS = 4096
+
+
+def text_frame_header(length: int) -> bytes:
+    """The RFC 6455 (section 5.2) header of a server's text frame carrying ``length`` bytes:
+    FIN set, opcode 1, no RSV bits (no compression), unmasked (a server never masks), then the
+    7-bit, 16-bit or 64-bit payload length."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return b"\x81\x7e" + length.to_bytes(2, "big")
+    return b"\x81\x7f" + length.to_bytes(8, "big")
+
+
+class _TextFrameHeaders(dict[int, bytes]):
+    """``TEXT_FRAME_HEADERS[n]``: :func:`text_frame_header` of ``n``, kept for lengths below
+    :data:`CACHED_HEADER_LENGTHS`."""
+
+    def __missing__(self, length: int) -> bytes:
+        header = text_frame_header(length)
+        if length < CACHED_HEADER_LENGTHS:
+            self[length] = header
+        return header
+
+
+#: The header of a text frame by payload length: one dict lookup per frame sent, where
+#: building it costs a call, a branch and a ``to_bytes`` (the wire path,
+#: ``server.ws.Connection._write_direct``).
+TEXT_FRAME_HEADERS = _TextFrameHeaders()
+
+
 # --- the flat profile (seed 004) -------------------------------------------------------------
 
 #: Seed 004's own names for frames the gateway calls otherwise.

@@ -554,13 +554,19 @@ class SessionRegistry:
         self.counters.total_messages_sent += 1
         if self.journal is not None and self.holds(session):
             self.journal.appended(session, entry)
-        outbox = session.outbox
-        return seq, outbox is not None and outbox.push(protocol.with_seq(encoded, seq))
+        return seq, self._push(session, protocol.with_seq(encoded, seq))
 
     def deliver_ephemeral(self, session: Session, encoded: bytes) -> bool:
         """Push a frame that is not kept in history (no seq): pong, connection_established."""
+        return self._push(session, encoded)
+
+    @staticmethod
+    def _push(session: Session, data: bytes) -> bool:
         outbox = session.outbox
-        return outbox is not None and outbox.push(encoded)
+        if outbox is not None and outbox.push(data):
+            HOT.frames_out_sent += 1
+            return True
+        return False
 
     def fan_out(self, sessions: Iterable[Session], encoded: bytes,
                 message_id: str | None = None) -> tuple[int, int]:
@@ -602,6 +608,7 @@ class SessionRegistry:
             else:
                 queued += 1
         counters.total_messages_sent += pushed + queued
+        HOT.frames_out_sent += pushed
         if journal is not None:
             journal.fanned_out(sessions, encoded, message_id, now)  # type: ignore[arg-type]
         return pushed, queued

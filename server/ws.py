@@ -86,7 +86,7 @@ CLOSE_GRACE = 5.0
 
 
 _LIVENESS_TYPES = frozenset({"ping", "heartbeat"})
-_TEXT_OPCODE = int(WSMsgType.TEXT)
+_TEXT_FRAME_HEADERS = protocol.TEXT_FRAME_HEADERS
 #: The aiohttp series the private attributes below were checked against (setup.cfg pins it).
 AIOHTTP_SERIES = "3.14"
 
@@ -94,9 +94,9 @@ AIOHTTP_SERIES = "3.14"
 def check_aiohttp() -> None:
     """Fail loudly at start-up when this aiohttp lacks a private attribute Switchboard uses.
 
-    :meth:`Connection._write_now` writes frames straight to aiohttp's ``WebSocketWriter``
-    (``_write_websocket_frame``, ``_closing``, ``_output_size``, ``_limit``, ``compress``,
-    ``protocol.writing_paused``) and reads ``WebSocketResponse._writer``, and
+    :meth:`Connection._write_direct` writes frames straight to the transport of aiohttp's
+    protocol (``BaseProtocol._paused``, its public ``transport``) unless the connection
+    compresses (``WebSocketResponse._writer``, ``WebSocketWriter.compress``), and
     :class:`StrictWebSocketResponse` puts its RFC 6455 guard in front of aiohttp's parser
     (``_post_start``, ``RequestHandler._payload_parser`` / ``_message_tail``,
     ``WebSocketDataQueue.set_exception``): private API, checked here once, so an aiohttp
@@ -104,18 +104,16 @@ def check_aiohttp() -> None:
     frames another way or skipping a check. Raises StartupError.
     """
     missing: list[str] = []
-    if not callable(getattr(WebSocketWriter, "_write_websocket_frame", None)):
-        missing.append("WebSocketWriter._write_websocket_frame")
-    if not isinstance(getattr(BaseProtocol, "writing_paused", None), property):
-        missing.append("BaseProtocol.writing_paused")
+    for name in ("_paused", "transport"):
+        if name not in BaseProtocol.__slots__:
+            missing.append(f"BaseProtocol.{name}")
     # Checked on the class (aiohttp declares it there): looking into an instance's attributes
     # (dir(), vars()) would cost every later WebSocketResponse a materialised __dict__.
     if not hasattr(web.WebSocketResponse, "_writer"):
         missing.append("WebSocketResponse._writer")
     probe = WebSocketWriter(None, None)  # type: ignore[arg-type] # only its attributes
-    for name in ("_closing", "_output_size", "_limit", "compress", "protocol"):
-        if not hasattr(probe, name):
-            missing.append(f"WebSocketWriter.{name}")
+    if not hasattr(probe, "compress"):
+        missing.append("WebSocketWriter.compress")
     if not callable(getattr(web.WebSocketResponse, "_post_start", None)):
         missing.append("WebSocketResponse._post_start")
     for name in ("_payload_parser", "_message_tail"):
@@ -132,10 +130,10 @@ def check_aiohttp() -> None:
 class Connection:
     """One live socket bound to a session. Implements the registry's ``Outbox``.
 
-    Frames are written straight to the transport while nothing is waiting; only when the
-    transport pushes back (or at connect, with a greeting and a replay to send) does a writer
-    task exist, draining the connection's own bounded queue and then ending. An idle connection
-    holds no task.
+    Frames are written straight to the transport while nothing is waiting (:meth:`push`);
+    only when the transport pushes back (or at connect, with a greeting and a replay to send)
+    does a writer task exist, draining the connection's own bounded queue and then ending. An
+    idle connection holds no task.
     """
 
     __slots__ = (
@@ -144,6 +142,7 @@ class Connection:
         "close_reason",
         "closed",
         "closing",
+        "direct",
         "expiry",
         "max_bytes",
         "max_frames",
@@ -176,6 +175,11 @@ class Connection:
         self.close_code: int | None = None
         self.close_reason = ""
         self.closed = False
+        #: aiohttp's protocol for this socket while frames may be written straight to its
+        #: transport (:meth:`push`); None before :meth:`start`, while a writer task drains a
+        #: backlog or queue (order), once closing, and with permessage-deflate (frames then go
+        #: through aiohttp's compressor).
+        self.direct: RequestHandler | None = None
         self.writer: asyncio.Task[None] | None = None
         self.closing: asyncio.Task[None] | None = None
         #: Closes the socket with 4010 when the client's JWT expires (cancelled on close).
@@ -190,18 +194,52 @@ class Connection:
 
     def push(self, data: bytes) -> bool:
         """Send or queue an encoded frame; never blocks. False when closing or full."""
+        return self._write_direct(data) or self._enqueue(data)
+
+    def _write_direct(self, data: bytes) -> bool:
+        """The wire path of every frame the gateway sends, in one place. False: not written
+        (the caller queues it).
+
+        While nothing is waiting to go first (:attr:`direct`), the transport takes more
+        (aiohttp's protocol is not paused: back-pressure goes through the writer task's drain)
+        and it is not closing, the frame is written synchronously as two buffers: its RFC 6455
+        header (:data:`protocol.TEXT_FRAME_HEADERS`, a dict lookup by length) and the payload
+        itself, uncopied (``writelines``: uvloop keeps both and sends them with one ``writev``
+        when the loop flushes). A broadcast is encoded once; its per-session ``seq`` is the
+        only per-recipient work (``SessionRegistry.fan_out``); on its way to the kernel a
+        frame costs no task, no await and no copy.
+
+        Why not ``WebSocketResponse.send_frame``: per frame that is two coroutines and three
+        Python calls in aiohttp plus a copy of header and payload together, for what is a
+        header and a write (docs/BENCHMARKS.md, "The wire path"). This reads aiohttp's
+        private ``_paused`` (:func:`check_aiohttp` verifies it at start-up). Everything else
+        — a backlog draining, a paused transport, permessage-deflate — goes through the queue
+        and the writer task, which sends with aiohttp.
+        """
+        handler = self.direct
+        if handler is None or handler._paused:
+            return False
+        transport = handler.transport
+        if transport is None or transport.is_closing():
+            return False
+        try:
+            transport.writelines((_TEXT_FRAME_HEADERS[len(data)], data))
+        except (ConnectionError, RuntimeError):  # the transport went away under us
+            self.closed = True
+            self.direct = None
+            return False
+        return True
+
+    def _enqueue(self, data: bytes) -> bool:
+        """Queue a frame for the writer task (starting it); past the queue's caps the
+        connection is closed with 4008 (the frame stays in history for resume)."""
         if self.close_code is not None or self.closed:
             return False
-        HOT.frames_out_sent += 1
-        if self.writer is None and not self.queue and not self.backlog and self._write_now(
-                data):
-            return True
         size = len(data)
         queue = self.queue
         if queue is None:
             queue = self.queue = deque()
         if len(queue) >= self.max_frames or self.queued_bytes + size > self.max_bytes:
-            HOT.frames_out_sent -= 1
             SLOW_CLIENTS.inc()
             self.close_soon(CloseCode.SLOW_CONSUMER, CloseCode.SLOW_CONSUMER.explanation)
             return False
@@ -209,29 +247,6 @@ class Connection:
         self.queued_bytes += size
         if self.writer is None:
             self._start_writer()
-        return True
-
-    def _write_now(self, data: bytes) -> bool:
-        """Fast path while nothing is waiting: write the frame synchronously.
-
-        aiohttp writes an uncompressed frame to the transport synchronously anyway
-        (``WebSocketWriter.send_frame`` only suspends to drain a paused transport), so doing
-        it here saves a task wake-up per delivery — most of a broadcast's overhead. Only taken
-        when nothing is queued (order is kept), the transport is not paused (back-pressure
-        then goes through the writer task's drain) and compression is off. It uses aiohttp's
-        private ``_write_websocket_frame`` (:func:`check_aiohttp` verifies it at start-up).
-        """
-        writer = self.ws._writer
-        if (writer is None or writer.compress or writer._closing
-                or writer.protocol.writing_paused):
-            return False
-        try:
-            writer._write_websocket_frame(data, _TEXT_OPCODE, 0)
-        except (ConnectionError, RuntimeError):
-            self.closed = True
-            return False
-        if writer._output_size > writer._limit:
-            writer._output_size = 0
         return True
 
     def preload(self, data: bytes) -> None:
@@ -247,6 +262,7 @@ class Connection:
         code = int(code)  # a CloseCode arrives here too: logs and metrics want the number
         self.close_code = code
         self.close_reason = reason
+        self.direct = None
         self._drop_pending()
         self.closing = asyncio.get_running_loop().create_task(self._close(code, reason))
 
@@ -268,6 +284,7 @@ class Connection:
         buffers), the transport is aborted CLOSE_GRACE seconds from now unless it is gone by
         then; a connection with nothing pending holds no timer."""
         self.closed = True
+        self.direct = None
         self._drop_pending()
         if self.expiry is not None:
             self.expiry.cancel()
@@ -287,23 +304,33 @@ class Connection:
     def start(self) -> None:
         """Send the backlog (greeting, replay): directly while the transport takes it, the rest
         through a writer task, ahead of anything pushed later."""
+        self._resume_direct()
         backlog = self.backlog
         sent = 0
         for data in backlog:
-            if not self._write_now(data):
+            if not self._write_direct(data):
                 break
             sent += 1
         del backlog[:sent]
         if backlog:
             self._start_writer()
 
+    def _resume_direct(self) -> None:
+        """Write straight to the transport from now on (:meth:`push`), unless the connection
+        is closing or compresses (permessage-deflate goes through aiohttp's writer)."""
+        writer = self.ws._writer
+        if (self.close_code is None and not self.closed and writer is not None
+                and not writer.compress):
+            self.direct = self.request.protocol
+
     def _start_writer(self) -> None:
+        self.direct = None  # frames queue behind the ones the writer is draining
         self.writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     async def _write_loop(self) -> None:
-        """Drain the backlog then the queue, awaiting the transport's drain, then end. No
-        await separates the last emptiness check from ending, so nothing pushed meanwhile is
-        left behind.
+        """Drain the backlog then the queue, awaiting the transport's drain, then end (frames
+        are written directly again). No await separates the last emptiness check from ending,
+        so nothing pushed meanwhile is left behind.
 
         This task is never cancelled (see :meth:`_close`): closing empties the backlog and
         the queue, so it ends after the frame it is writing, or with ConnectionError when
@@ -335,6 +362,7 @@ class Connection:
         finally:
             if self.writer is asyncio.current_task():
                 self.writer = None
+                self._resume_direct()
 
     async def _close(self, code: int, reason: str) -> None:
         """Send the close frame after the writer's current frame, within CLOSE_GRACE, or abort
