@@ -121,7 +121,12 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return limited
     if request.can_read_body and request.match_info.handler not in STREAMING_HANDLERS:
         # Read (and cache) the body under a deadline: a client trickling its body cannot hold
-        # a handler forever (slow POST). Over API_MAX_BODY, read() raises 413.
+        # a handler forever (slow POST). Over API_MAX_BODY, read() raises 413. A body that
+        # came whole with the headers (the common small request) has nothing to wait for:
+        # no timer is armed for it.
+        if request.content.is_eof():
+            await request.read()
+            return await handler(request)
         try:
             async with asyncio.timeout(security.settings.request_body_timeout):
                 await request.read()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -121,6 +122,18 @@ def request_fingerprint(body: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+async def run_once(request: web.Request, body: dict[str, Any],
+                   operation: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+    """Run ``operation`` once per idempotency key (``Gateway.idempotent``), its answer marked
+    ``idempotent_replay`` when it is a retry's. Without a key it just runs: no fingerprint is
+    hashed (the common request pays nothing for idempotency)."""
+    key = idempotency_key(request, body)
+    if key is None:
+        return await operation()
+    answer, replayed = await gw(request).idempotent(key, operation, request_fingerprint(body))
+    return {**answer, "idempotent_replay": True} if replayed else answer
+
+
 def gw(request: web.Request) -> Gateway:
     return request.app[GATEWAY]
 
@@ -189,14 +202,10 @@ async def send_message(request: web.Request) -> web.Response:
                               "session of the user)", code="invalid_field",
                               details={"field": "client_id" if client_id is None else "user_id"})
     gateway = gw(request)
-    key = idempotency_key(request, body)
     send = gateway.send_message if user_id is None else gateway.send_to_user
-    answer, replayed = await gateway.idempotent(key, lambda: send(
+    answer = await run_once(request, body, lambda: send(
         client_id or user_id, body.get("content"),
-        message_type=body.get("message_type") or "message", data=body.get("data")),
-        request_fingerprint(body))
-    if replayed:
-        answer = {**answer, "idempotent_replay": True}
+        message_type=body.get("message_type") or "message", data=body.get("data")))
     delivered = answer["status"] == "delivered" if user_id is None else answer["delivered"] > 0
     return json_response(answer, status=200 if delivered else 202)
 
@@ -213,12 +222,9 @@ BROADCAST_FIELDS = {
 async def broadcast(request: web.Request) -> web.Response:
     body = await read_json(request, BROADCAST_FIELDS)
     gateway = gw(request)
-    key = idempotency_key(request, body)
-    answer, replayed = await gateway.idempotent(key, lambda: gateway.broadcast(
+    answer = await run_once(request, body, lambda: gateway.broadcast(
         body["message_type"], body.get("data") or {}, channel=body.get("channel"),
-        client_type=body.get("client_type")), request_fingerprint(body))
-    if replayed:
-        answer = {**answer, "idempotent_replay": True}
+        client_type=body.get("client_type")))
     return json_response(answer)
 
 

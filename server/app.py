@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp_cors
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from api.middleware import auth_middleware, error_middleware, query_middleware
 from api.routes import routes as api_routes
@@ -152,10 +152,27 @@ def _setup_cors(app: web.Application, settings: Settings) -> None:
         allow_credentials=False, expose_headers="*",
         allow_headers=("Authorization", "Content-Type", "X-API-Key", "Idempotency-Key"),
         allow_methods=["GET", "POST", "DELETE", "OPTIONS"], max_age=600)
+    before = list(app.on_response_prepare)
     cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
     for route in list(app.router.routes()):
         if route.method != "HEAD":
             cors.add(route)
+    # aiohttp-cors adds its response headers from an on_response_prepare handler that looks up
+    # the request's route and its CORS config (about 30 Python calls) before it reads Origin;
+    # a request without Origin gets no CORS headers (CORS 6.1.1), which is every server-to-
+    # server API call. So its handler only runs for requests that carry an Origin.
+    app.on_response_prepare[:] = [
+        handler if handler in before else _when_origin(handler)
+        for handler in app.on_response_prepare]
+
+
+def _when_origin(handler: Callable[[web.Request, web.StreamResponse], Awaitable[None]]
+                 ) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    async def cors_response_headers(request: web.Request, response: web.StreamResponse
+                                    ) -> None:
+        if hdrs.ORIGIN in request.headers:
+            await handler(request, response)
+    return cors_response_headers
 
 
 async def _backend_ctx(app: web.Application) -> AsyncIterator[None]:

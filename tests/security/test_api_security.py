@@ -8,7 +8,7 @@ import pytest
 
 from server.config import Settings
 from server.errors import ConfigError
-from tests.conftest import API_TOKEN, MakeGateway
+from tests.conftest import API_TOKEN, LiveGateway, MakeGateway
 
 PROTECTED = [("GET", "/status"), ("GET", "/clients"), ("GET", "/channels"),
              ("GET", "/handlers"), ("GET", "/metrics"), ("DELETE", "/clients/x"),
@@ -215,6 +215,24 @@ async def test_cors_simple_request_from_other_origin_gets_no_allow_header(
     async with live.http.get(f"{live.api_url}/status", headers={
             **live.auth(), "Origin": "https://app.example.com"}) as resp:
         assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+
+
+async def test_cors_headers_on_api_calls_follow_the_origin_header(
+        live_gateway: LiveGateway) -> None:
+    """Any origin by default: a browser's call (with Origin) gets the CORS headers; a
+    server-to-server call (no Origin) gets none (the CORS handler is skipped for it)."""
+    live = live_gateway
+    await live.connect(client_id="cors-target")
+    body = {"client_id": "cors-target", "content": "hi"}
+    async with live.http.post(f"{live.api_url}/send_message", json=body, headers={
+            **live.auth(), "Origin": "https://front.example"}) as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["Access-Control-Allow-Origin"] == "https://front.example"
+        assert "Content-Type" not in resp.headers["Access-Control-Expose-Headers"]
+    async with live.http.post(f"{live.api_url}/send_message", json=body,
+                              headers=live.auth()) as resp:
+        assert resp.status == 200, await resp.text()
+        assert not any(name.startswith("Access-Control-") for name in resp.headers)
 
 
 # --- API_TOKEN unset policy -------------------------------------------------------------------
