@@ -44,7 +44,7 @@ def main() -> None:
                         "max_frames": 10**9, "max_bytes": 10**15, "peer": "bench",
                         "queue": None, "queued_bytes": 0, "backlog": [], "close_code": None,
                         "close_reason": "", "closed": False, "writer": object(),
-                        "closing": None, "expiry": None}.items():
+                        "closing": None, "expiry": None, "direct": None}.items():
         setattr(conn, name, value)
     frame = protocol.server_frame("notification", {"message": "maintenance at 6"},
                                   extra={"channel": "news"})
