@@ -211,7 +211,7 @@ class Connection:
 
         Why not ``WebSocketResponse.send_frame``: per frame that is two coroutines and three
         Python calls in aiohttp plus a copy of header and payload together, for what is a
-        header and a write (docs/BENCHMARKS.md, "The wire path"). This reads aiohttp's
+        header and a write (docs/BENCHMARKS.md, "Issue 17"). This reads aiohttp's
         private ``_paused`` (:func:`check_aiohttp` verifies it at start-up). Everything else
         — a backlog draining, a paused transport, permessage-deflate — goes through the queue
         and the writer task, which sends with aiohttp.

@@ -146,6 +146,9 @@ async def test_deflate_and_plain_connections_share_broadcasts(make_gateway: Make
     assert deflate.compress == 15
     assert orjson.loads((await deflate.receive(timeout=5)).data)["type"] == (
         "connection_established")
+    # The plain connection takes the wire path; the compressing one goes through aiohttp.
+    by_id = {conn.session.client_id: conn for conn in live.connections}
+    assert by_id["plain"].direct is not None and by_id["deflate"].direct is None
     for n in range(20):
         status, body = await live.api("POST", "/broadcast", {
             "message_type": "tick", "data": {"n": n, "pad": "y" * (n * 400)}})
