@@ -7,8 +7,9 @@ an unexpected exception is logged with its traceback and answered 500 without on
 from __future__ import annotations
 
 import asyncio
-import time
+import logging
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import Any
 
 import orjson
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from server.errors import SwitchboardError
 from server.keys import SECURITY
-from server.metrics import api_request_done
+from server.metrics import API_COUNTS
 
 log = structlog.get_logger("switchboard.api")
 
@@ -59,13 +60,21 @@ def json_error(status: int, code: str, message: str, *, headers: Any = None,
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    started = time.perf_counter()
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every API request: JSON errors, the route's metrics and the debug access line around
+    :func:`_admitted` (the repeated-query check, the token, the rate limit, the body read
+    under its deadline).
+
+    One middleware, not one per concern: each level of aiohttp's middleware chain is a
+    coroutine call per request, and the unicast path is measured in Python calls
+    (``bench/api_calls.py``, docs/BENCHMARKS.md). This is the API's one per-request path.
+    """
+    started = perf_counter()
     route = request.match_info.route.resource
     route_name = route.canonical if route is not None else "unmatched"
     status = 500
     try:
-        response = await handler(request)
+        response = await _admitted(request, handler)
         status = response.status
         return response
     except SwitchboardError as exc:
@@ -75,30 +84,42 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         status = exc.status
         if status < 400:
             raise
-        message = exc.text if exc.text and not exc.text.startswith(f"{status}:") else exc.reason
-        if status == 413:
-            message = (f"request body too large (limit "
-                       f"{request.app[SECURITY].settings.api_max_body} bytes)")
-        elif status == 404 and message == "Not Found":
-            message = f"no route {request.method} {request.path}; see /docs for the API"
-        elif status == 405:
-            allowed = exc.headers.get("Allow", "")
-            message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
-        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
-        return json_error(status, _HTTP_CODES.get(status, "http_error"), message,
-                          headers=headers)
+        return _http_error(request, exc)
     except Exception:
         log.exception("api_crashed", method=request.method, path=request.path)
         return json_error(500, "internal_error", "internal server error")
     finally:
-        elapsed = time.perf_counter() - started
-        api_request_done(request.method, route_name, status, elapsed)
-        log.debug("api_request", method=request.method, path=request.path, status=status,
-                  ms=round(elapsed * 1000, 3))
+        elapsed = perf_counter() - started
+        API_COUNTS.done(request.method, route_name, status, elapsed)
+        if _access_log.isEnabledFor(logging.DEBUG):  # off by default: no event built
+            log.debug("api_request", method=request.method, path=request.path, status=status,
+                      ms=round(elapsed * 1000, 3))
 
 
-#: Handlers that read their body as it arrives (``POST /stream/{client_id}``): the auth
-#: middleware does not pre-read it; they enforce their own size and idle limits.
+#: The stdlib logger structlog's ``switchboard.api`` events go through (``configure_logging``
+#: sets both to LOG_LEVEL): asking it costs one call where a filtered structlog event costs
+#: three plus its fields.
+_access_log = logging.getLogger("switchboard.api")
+
+
+def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+    """aiohttp's own 4xx/5xx (404, 405, 413, ...) as a JSON error that says what to do."""
+    status = exc.status
+    message = exc.text if exc.text and not exc.text.startswith(f"{status}:") else exc.reason
+    if status == 413:
+        message = (f"request body too large (limit "
+                   f"{request.app[SECURITY].settings.api_max_body} bytes)")
+    elif status == 404 and message == "Not Found":
+        message = f"no route {request.method} {request.path}; see /docs for the API"
+    elif status == 405:
+        allowed = exc.headers.get("Allow", "")
+        message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
+    headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+    return json_error(status, _HTTP_CODES.get(status, "http_error"), message, headers=headers)
+
+
+#: Handlers that read their body as it arrives (``POST /stream/{client_id}``): the middleware
+#: does not pre-read it; they enforce their own size and idle limits.
 STREAMING_HANDLERS: set[Handler] = set()
 
 
@@ -108,17 +129,16 @@ def streams_body(handler: Handler) -> Handler:
     return handler
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _admitted(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The handler's response if the request may run, its body read first under a deadline;
+    the refusal otherwise (401/403 token, 429 rate, 422 repeated query parameter)."""
     if request.method == "OPTIONS" or is_public(request.path):
-        return await handler(request)
+        return _repeated_query(request) or await handler(request)
     security = request.app[SECURITY]
-    refusal = security.check_api_token(request)
+    refusal = (security.check_api_token(request) or security.check_api_rate(request)
+               or _repeated_query(request))
     if refusal is not None:
         return refusal
-    limited = security.check_api_rate(request)
-    if limited is not None:
-        return limited
     if request.can_read_body and request.match_info.handler not in STREAMING_HANDLERS:
         # Read (and cache) the body under a deadline: a client trickling its body cannot hold
         # a handler forever (slow POST). Over API_MAX_BODY, read() raises 413. A body that
@@ -139,8 +159,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-@web.middleware
-async def query_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def _repeated_query(request: web.Request) -> web.Response | None:
     """No API query parameter takes several values: ``?limit=1&limit=2`` is a 422 naming it,
     not a silent pick of the first."""
     query = request.query
@@ -152,4 +171,4 @@ async def query_middleware(request: web.Request, handler: Handler) -> web.Stream
                                   f"query parameter {name[:64]} given more than once",
                                   field=name[:64])
             seen.add(name)
-    return await handler(request)
+    return None

@@ -21,7 +21,7 @@ import aiohttp_cors
 import structlog
 from aiohttp import hdrs, web
 
-from api.middleware import auth_middleware, error_middleware, query_middleware
+from api.middleware import api_middleware
 from api.routes import routes as api_routes
 from api.stream import routes as stream_routes
 from api.ui import setup_ui
@@ -131,7 +131,7 @@ def create_apps(settings: Settings, gateway: Gateway | None = None,
     ws_app.cleanup_ctx.append(webhooks_ctx)
     ws_app.on_shutdown.append(_close_sockets)
 
-    api_app = web.Application(middlewares=[error_middleware, auth_middleware, query_middleware],
+    api_app = web.Application(middlewares=[api_middleware],
                               client_max_size=settings.api_max_body)
     api_app[GATEWAY] = gateway
     api_app[ROUTER] = router

@@ -72,6 +72,12 @@ async def test_connect_send_disconnect(live_gateway: LiveGateway) -> None:
     assert delta("switchboard_api_requests_total", method="POST", route="/send_message",
                  status="200") == 1
     assert delta("switchboard_api_request_seconds_count", route="/send_message") == 1
+    # A histogram, cumulative: the request is in the +Inf bucket and every one above its own.
+    assert delta("switchboard_api_request_seconds_bucket", route="/send_message",
+                 le="+Inf") == 1
+    assert delta("switchboard_api_request_seconds_bucket", route="/send_message",
+                 le="30.0") == 1
+    assert delta("switchboard_api_request_seconds_sum", route="/send_message") > 0
 
 
 async def test_bad_frames_are_counted_without_new_labels(live_gateway: LiveGateway) -> None:
