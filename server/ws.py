@@ -604,19 +604,34 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     # From here on this connection holds an admission slot: released exactly once, however
     # the handshake or the session ends (refusal, error, cancellation).
     try:
-        return await _accept(request, ws, identity, peer)
+        # Open, run, close: the opening coroutine has returned by the time the connection
+        # idles, so its frame (about 0.55 KB per connection) is not kept for the
+        # connection's life, only this handler's and the read loop's (bench/idle_memory.py).
+        conn = await _open(request, ws, identity, peer)
+        if not isinstance(conn, Connection):
+            return conn  # refused
+        try:
+            await _read_loop(conn, gateway, app[ROUTER], security)
+        finally:
+            _closed(conn, gateway, connections)
+        if conn.closing is not None:
+            # When the reader stopped first (idle timeout), our close frame must go out
+            # before aiohttp finishes the response, which would otherwise close with 1000.
+            with contextlib.suppress(Exception):
+                await conn.closing
+        return ws
     finally:
         security.release_ip(peer)
 
 
-async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any,
-                  peer: str) -> web.WebSocketResponse:
-    """Upgrade, create or resume the session, then run the connection until it ends."""
+async def _open(request: web.Request, ws: web.WebSocketResponse, identity: Any,
+                peer: str) -> Connection | web.StreamResponse:
+    """Upgrade, create or resume the session and attach a started connection to it; the
+    response when the request or session is refused."""
     app = request.app
     gateway: Gateway = app[GATEWAY]
     settings = gateway.settings
     connections: set[Connection] = app[CONNECTIONS]
-    security = app[SECURITY]
     try:
         last_seq = _int_param(request, "last_seq")
         client_id, addressed = _requested_client_id(request, identity)
@@ -726,28 +741,25 @@ async def _accept(request: web.Request, ws: web.WebSocketResponse, identity: Any
     log.info("client_connected", client_id=session.client_id, client_type=session.client_type,
              resumed=resumed, recovered=recovered, replayed=replayed, peer=peer,
              path=request.path)
+    return conn
 
-    try:
-        await _read_loop(conn, gateway, app[ROUTER], security)
-    finally:
-        connections.discard(conn)
-        conn.finish()
-        registry.detach(session, conn)
-        if session.outbox is None:
-            # SESSION_TTL=0 ends the session on detach: then even wait_for_client calls fail.
-            gateway.client_gone(session, ended=registry.get(session.client_id) is not session)
-        code = ws.close_code if conn.close_code is None else conn.close_code
-        disconnect_counter(code).inc()
-        if code == CloseCode.SLOW_CONSUMER:
-            registry.counters.total_slow_disconnects += 1
-        log.info("client_disconnected", client_id=session.client_id, code=code,
-                 duration_s=round(time.time() - session.last_activity, 3))
-    if conn.closing is not None:
-        # When the reader stopped first (idle timeout), our close frame must go out before
-        # aiohttp finishes the response, which would otherwise close with 1000.
-        with contextlib.suppress(Exception):
-            await conn.closing
-    return ws
+
+def _closed(conn: Connection, gateway: Gateway, connections: set[Connection]) -> None:
+    """The connection's reader has stopped: detach it from its session and count why."""
+    session = conn.session
+    registry = gateway.registry
+    connections.discard(conn)
+    conn.finish()
+    registry.detach(session, conn)
+    if session.outbox is None:
+        # SESSION_TTL=0 ends the session on detach: then even wait_for_client calls fail.
+        gateway.client_gone(session, ended=registry.get(session.client_id) is not session)
+    code = conn.ws.close_code if conn.close_code is None else conn.close_code
+    disconnect_counter(code).inc()
+    if code == CloseCode.SLOW_CONSUMER:
+        registry.counters.total_slow_disconnects += 1
+    log.info("client_disconnected", client_id=session.client_id, code=code,
+             duration_s=round(time.time() - session.last_activity, 3))
 
 
 def _requested_client_id(request: web.Request, identity: Any) -> tuple[str | None, bool]:
