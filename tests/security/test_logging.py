@@ -116,7 +116,12 @@ async def test_no_secret_reaches_the_logs() -> None:
     events = [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
     names = {event.get("event") for event in events}
     assert {"client_connected", "client_disconnected", "resume_refused",
-            "switchboard_started"} <= names, names
+            "switchboard_started", "api_request", "message_sent"} <= names, names
+    # At LOG_LEVEL=debug every API request has its access line (built only when debug is on).
+    sends = [e for e in events if e.get("event") == "api_request"
+             and e.get("path") == "/send_message"]
+    assert len(sends) == 1 and sends[0]["method"] == "POST" and sends[0]["status"] in (200, 202)
+    assert sends[0]["ms"] >= 0
     # ... and none of them, nor any other line, carries a secret.
     for name, secret in secrets.items():
         assert secret not in logs, f"{name} leaked into the logs"
