@@ -11,7 +11,10 @@ under load, in the order they were noted:
   call (each session's new frames in one argument);
 * ``append_refs``: the broadcasts noted one after another, each body written once
   (``sb:m:{message_id}``) and a reference appended to each recipient's history, one RPUSH per
-  session for all its references in the call (:mod:`server.cluster.shared`);
+  session for all its references in the call (:mod:`server.cluster.shared`); consecutive
+  broadcasts to the same recipients (a burst to everyone or to one channel) are sent as a
+  run (their ids once, the seqs of the last one only), whose references the script builds
+  once and pushes to every session of the run;
 * ``write_session``: a session's whole hash (connect, channels, a move), last, and its whole
   history too when it must be rewritten; ``delete_session``: forget one, first.
 
@@ -35,6 +38,7 @@ import contextlib
 import sys
 from array import array
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 import structlog
@@ -68,6 +72,9 @@ REPEAT_REFS_PER_CALL = 8 * REFS_PER_CALL
 #: append_refs reads the seqs as little-endian 64-bit integers.
 BIG_ENDIAN = sys.byteorder == "big"
 
+#: A session's seq (read for every recipient of a broadcast as it is noted).
+SEQ_OF = attrgetter("seq")
+
 #: Inline entries noted for sessions (client id -> the session and its new entries), in the
 #: order noted since the last broadcast.
 Segment = dict[str, tuple[Session, list[HistoryEntry]]]
@@ -81,7 +88,7 @@ class FanOut:
     def __init__(self, sessions: list[Session], body: bytes, message_id: str, at: float
                  ) -> None:
         self.sessions = sessions
-        self.seqs = [session.seq for session in sessions]
+        self.seqs = list(map(SEQ_OF, sessions))  # in C: no bytecode per recipient
         self.body = body
         self.message_id = message_id
         self.at = at
@@ -330,10 +337,21 @@ class RedisJournal:
         refs: list[Any] = []
         refs_count = 0
         audience: list[Session] | None = None  # the recipients of the last broadcast sent
+        #: The seqs of the last broadcast in ``refs``, packed when its run of broadcasts to
+        #: the same recipients ends (append_refs reads only the last seq of each session).
+        run_seqs: list[int] = []
+
+        def end_run() -> None:
+            if refs:
+                packed = array("q", run_seqs)
+                if BIG_ENDIAN:
+                    packed.byteswap()
+                refs[-1] = packed.tobytes()
 
         async def send_refs() -> None:
             nonlocal refs, refs_count, audience
             if refs:
+                end_run()
                 await scripts["append_refs"](args=[me, limit, keep_max, ttl, *refs], client=pipe)
                 order.append("refs")
                 refs, refs_count, audience = [], 0, None
@@ -342,20 +360,22 @@ class RedisJournal:
             if isinstance(item, FanOut):
                 body = pack_body(item.body, item.at)
                 sessions, seqs = item.sessions, item.seqs
+                whole = len(sessions) <= REFS_PER_CALL  # the common case: no copies
                 for start in range(0, len(sessions), REFS_PER_CALL):
-                    part = sessions[start:start + REFS_PER_CALL]
+                    part = sessions if whole else sessions[start:start + REFS_PER_CALL]
                     same = part == audience  # compared by identity first, in C
                     if refs_count + len(part) > (REPEAT_REFS_PER_CALL if same
                                                  else REFS_PER_CALL):
                         await send_refs()
                         same = False
-                    packed = array("q", seqs[start:start + REFS_PER_CALL])
-                    if BIG_ENDIAN:
-                        packed.byteswap()
+                    if not same:
+                        end_run()
                     # The same recipients as the broadcast before (a comparison by identity,
-                    # in C): the script reuses their list instead of splitting it again.
+                    # in C): the script reuses their list and the run's references instead
+                    # of splitting the ids again, and reads this broadcast's seqs instead.
                     ids = "" if same else " ".join([s.client_id for s in part])
-                    refs += (item.message_id, body, ids, packed.tobytes())
+                    run_seqs = seqs if whole else seqs[start:start + REFS_PER_CALL]
+                    refs += (item.message_id, body, ids, b"")
                     refs_count += len(part)
                     audience = part
                 continue

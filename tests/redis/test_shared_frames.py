@@ -218,3 +218,80 @@ def test_bare_references_take_their_seq_from_the_next_server_frame() -> None:
 
     trimmed_head = [b"2 m1", b"2 m2", b"3 7 m3", b"0 7 1 {}", b"2 m4", b"1 9 1 {}", b"2 m5"]
     assert history_seqs(trimmed_head) == [5, 6, 7, None, 8, None, None]
+
+
+async def test_broadcasts_to_overlapping_audiences_in_one_call_keep_each_history_exact(
+        pair: tuple[LiveGateway, LiveGateway], monkeypatch: pytest.MonkeyPatch) -> None:
+    """append_refs builds one reference table per run of broadcasts to the same recipients
+    and pushes it for every session of the run: a session in several runs of one call, one
+    in a single run (whose anchored reference is put into the shared table while it is
+    pushed), and a run split over two calls each get exactly their own references, in
+    order, the last of each call anchored with that session's seq; the other node replays
+    them byte for byte."""
+    from server import protocol
+    from server.cluster import journal as journal_module
+    from server.cluster.shared import history_seqs
+
+    a, b = pair
+    clients = {cid: await b.connect(client_id=cid) for cid in ("x", "y")}
+    for cid in clients:
+        await wait_redis(a, cid, node="b", connected="1")
+    registry = b.gateway.registry
+    x, y = registry.get("x"), registry.get("y")
+    registry.deliver(x, protocol.encode(protocol.server_frame("first", {})))  # x's seqs: +1
+    await flushed(b)
+    # At most 4 references per call: b0, b1 in one call; b2 (to both), b3 and b4 (to y
+    # alone: a second run) in the next.
+    monkeypatch.setattr(journal_module, "REPEAT_REFS_PER_CALL", 4)
+    plan = [[x, y], [x, y], [x, y], [y], [y]]
+    m = []
+    for n, targets in enumerate(plan):  # in one tick: noted together, written by one flush
+        frame = protocol.server_frame("burst", {"n": n})
+        registry.fan_out(targets, protocol.encode(frame), frame["message_id"])
+        m.append(frame["message_id"].encode())
+    live = {"x": await raw_frames(clients["x"].ws, 4), "y": await raw_frames(clients["y"].ws, 5)}
+    # x: "first" and b0-b2
+    await flushed(b)
+    redis = redis_of(b)
+    stored_x = await redis.lrange("sb:h:x", 0, -1)
+    assert stored_x[0].startswith(b"1 1 ") and stored_x[1:] == [
+        b"2 " + m[0], b"3 3 " + m[1], b"3 4 " + m[2]], stored_x
+    stored_y = await redis.lrange("sb:h:y", 0, -1)
+    assert stored_y == [b"2 " + m[0], b"3 2 " + m[1], b"2 " + m[2], b"2 " + m[3],
+                        b"3 5 " + m[4]], stored_y
+    assert history_seqs(stored_x) == [None, 2, 3, 4]
+    assert history_seqs(stored_y) == [1, 2, 3, 4, 5]
+    for cid, client in clients.items():
+        await client.close()
+        await wait_redis(a, cid, node="b", connected="0")
+        moved = await a.connect(client_id=cid, session_token=client.session_token, last_seq=0)
+        assert moved.hello["data"]["recovered"] is True
+        assert await raw_frames(moved.ws, len(live[cid])) == live[cid]
+
+
+async def test_a_history_full_of_references_is_trimmed_to_history_limit(
+        make_gateway: MakeGateway, redis_url: str) -> None:
+    """References are one list element each: trimming by count keeps HISTORY_LIMIT of them
+    (plus at most 1/8 between trims), and the other node loads exactly the owner's history."""
+    from server import protocol
+
+    a = await make_gateway(broker_url=redis_url, node_id="a", history_limit=16)
+    b = await make_gateway(broker_url=redis_url, node_id="b", history_limit=16)
+    client = await b.connect(client_id="full")
+    await wait_redis(a, "full", node="b", connected="1")
+    session = b.gateway.registry.get("full")
+    for burst in range(5):
+        for n in range(9):  # bursts of 9 to the one session: one call each
+            frame = protocol.server_frame("tick", {"n": burst * 9 + n})
+            b.gateway.registry.fan_out([session], protocol.encode(frame), frame["message_id"])
+        await flushed(b)
+        assert min(16, 9 * (burst + 1)) <= await redis_of(b).llen("sb:h:full") <= 16 + 2
+    await raw_frames(client.ws, 45)
+    kept = [orjson.loads(data)["message_id"] for _, _, data, _ in session.history]
+    await client.close()
+    await wait_redis(a, "full", node="b", connected="0")
+    moved = await a.connect(client_id="full", session_token=client.session_token, last_seq=29)
+    assert moved.hello["data"]["recovered"] is True
+    replayed = [orjson.loads(f) for f in await raw_frames(moved.ws, 16)]
+    assert [f["seq"] for f in replayed] == list(range(30, 46))
+    assert [f["message_id"] for f in replayed] == kept
