@@ -14,8 +14,9 @@
 -- "run", whose references are one shared Lua table built once per broadcast. Per recipient
 -- session Redis then does one HGET (still the owner?), one string.format (the anchored last
 -- reference) and one RPUSH of the run's table: no Lua work per (recipient x broadcast) beyond
--- what RPUSH itself does with each element (measured: ~0.2 us per reference at 20 broadcasts
--- per call, against ~0.7 us when every reference was appended to a per-session table).
+-- what RPUSH itself does with each element (measured at 20 broadcasts per call: ~0.5 us of
+-- Redis time per reference, against ~0.9-1.0 us when every reference was appended to a
+-- per-session table; docs/CAPACITY.md, "What each change bought").
 -- A session in several runs of one call (broadcasts to overlapping audiences) gets its
 -- references concatenated, in order, still with one RPUSH.
 -- The list is trimmed back to `limit` once it passes keep_max (amortised: one LTRIM per
