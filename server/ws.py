@@ -717,10 +717,6 @@ async def _open(request: web.Request, ws: web.WebSocketResponse, identity: Any,
             extra={"message": "WebSocket connection established"})))
     for data in replay:
         conn.preload(data)
-    # This coroutine lives as long as the connection: drop what it no longer needs (the
-    # greeting dict alone is ~0.5 KB per idle connection).
-    replayed = len(replay)
-    del hello, replay
     previous = registry.attach(session, conn)
     if previous is not None:
         previous.close_soon(CloseCode.REPLACED, CloseCode.REPLACED.explanation)
@@ -739,7 +735,7 @@ async def _open(request: web.Request, ws: web.WebSocketResponse, identity: Any,
     if identity is not None and identity.expires_at is not None:
         conn.expiry = _close_at_expiry(conn, identity.expires_at)
     log.info("client_connected", client_id=session.client_id, client_type=session.client_type,
-             resumed=resumed, recovered=recovered, replayed=replayed, peer=peer,
+             resumed=resumed, recovered=recovered, replayed=len(replay), peer=peer,
              path=request.path)
     return conn
 
