@@ -64,11 +64,19 @@ def signature_ok(secret: str, headers: dict[str, str], body: bytes) -> bool:
     return hmac.compare_digest(headers["X-Switchboard-Signature"], expected)
 
 
+_RESERVED_PORTS: list[socket.socket] = []
+
+
 def closed_port_url() -> str:
-    """A loopback URL nothing listens on (the port was just bound and released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    """A loopback URL nothing listens on, for as long as the test process lives.
+
+    The port stays bound (never listened on) so that connecting is refused and no server a
+    test starts later (a gateway node binding port 0, say) can be handed the same port.
+    """
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _RESERVED_PORTS.append(sock)
+    port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/hook"
 
 
