@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,8 @@ import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+
+from tests.conftest_redis import unused_port
 
 BackendHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -64,20 +65,9 @@ def signature_ok(secret: str, headers: dict[str, str], body: bytes) -> bool:
     return hmac.compare_digest(headers["X-Switchboard-Signature"], expected)
 
 
-_RESERVED_PORTS: list[socket.socket] = []
-
-
 def closed_port_url() -> str:
-    """A loopback URL nothing listens on, for as long as the test process lives.
-
-    The port stays bound (never listened on) so that connecting is refused and no server a
-    test starts later (a gateway node binding port 0, say) can be handed the same port.
-    """
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    _RESERVED_PORTS.append(sock)
-    port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}/hook"
+    """A loopback URL nothing listens on (see ``unused_port``)."""
+    return f"http://127.0.0.1:{unused_port()}/hook"
 
 
 def reply_json(body: Any, status: int = 200) -> BackendHandler:

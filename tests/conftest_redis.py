@@ -49,6 +49,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+_HELD_PORTS: list[socket.socket] = []
+
+
+def unused_port() -> int:
+    """A loopback port nothing listens on for as long as the test process lives.
+
+    The port stays bound without listening, so connecting is refused and no server started
+    later (a gateway node binding port 0, say) can be handed it.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    _HELD_PORTS.append(sock)
+    return int(sock.getsockname()[1])
+
+
 class RedisServer:
     """One redis-server process on a fixed loopback port; can be stopped and started again."""
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import pytest
 
 from tests.conftest import LiveGateway
-from tests.process import BIN, base_env, free_port
+from tests.conftest_redis import unused_port
+from tests.process import BIN, base_env
 
 CLI = str(BIN / "switchboard-client")
 RUN_TIMEOUT = 30
@@ -55,7 +56,7 @@ async def test_the_gateway_settings_in_the_environment_reach_it(
 
 async def test_switchboard_url_and_api_win_over_the_ports(live_gateway: LiveGateway) -> None:
     env = gateway_env(live_gateway, SWITCHBOARD_API=live_gateway.api_url)
-    env["API_PORT"] = str(free_port())  # nothing listens there
+    env["API_PORT"] = str(unused_port())  # nothing listens there
     result = await cli("api", "health", env=env)
     assert result.returncode == 0, result
 
@@ -75,7 +76,7 @@ async def test_help_states_the_defaults_and_where_they_come_from() -> None:
 ])
 async def test_a_connection_error_says_which_address_and_where_it_came_from(
         env: dict[str, str], origin: str) -> None:
-    port = str(free_port()) if env else "9005"
+    port = str(unused_port()) if env else "9005"
     settings = {key: value.format(port=port) for key, value in env.items()}
     if not env and await _listening(9005):
         pytest.fail("something listens on 127.0.0.1:9005; this test needs the default free")
