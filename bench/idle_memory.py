@@ -80,7 +80,7 @@ async def measure(args: argparse.Namespace) -> None:
     print(f"{args.target}: {sum(s.size_diff for s in stats) / n / 1024:.2f} KB per idle "
           f"connection traced by tracemalloc ({n} connections)")
     for stat in stats[:args.top]:
-        if stat.size_diff / n >= 16:
+        if abs(stat.size_diff / n) >= 4:
             frame = stat.traceback[0]
             where = frame.filename.split("site-packages/")[-1]
             print(f"  {stat.size_diff / n:6.0f} B {stat.count_diff / n:5.1f} objects  "

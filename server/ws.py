@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import time
 from collections import deque
 from typing import Any
@@ -66,6 +67,7 @@ from server.metrics import (
     disconnect_counter,
 )
 from server.router import HandlerContext, MessageRouter
+from server.security import FrameLimiter
 from server.sessions import Session, valid_client_id
 
 log = structlog.get_logger("switchboard.ws")
@@ -139,14 +141,12 @@ class Connection:
     __slots__ = (
         "backlog",
         "close_code",
-        "close_reason",
         "closed",
         "closing",
         "direct",
         "expiry",
         "max_bytes",
         "max_frames",
-        "peer",
         "queue",
         "queued_bytes",
         "request",
@@ -156,13 +156,12 @@ class Connection:
     )
 
     def __init__(self, ws: web.WebSocketResponse, request: web.Request, session: Session,
-                 max_frames: int, max_bytes: int, peer: str) -> None:
+                 max_frames: int, max_bytes: int) -> None:
         self.ws = ws
         self.request = request
         self.session = session
         self.max_frames = max_frames
         self.max_bytes = max_bytes
-        self.peer = peer
         #: Frames waiting for the writer; made on the first backlog (an empty deque costs
         #: about 0.6 KB, and most connections never need one).
         self.queue: deque[bytes] | None = None
@@ -170,10 +169,10 @@ class Connection:
         #: The greeting and the resume replay, sent before the live queue. Not counted against
         #: the queue limits: the replayed frames are the history's frames (bounded by
         #: HISTORY_LIMIT and HISTORY_BYTES), and counting them would close a resuming client
-        #: with 4008 at once.
-        self.backlog: list[bytes] = []
+        #: with 4008 at once. Once sent it is the shared empty tuple (an empty list kept for
+        #: the connection's life would cost every idle connection 56 bytes).
+        self.backlog: list[bytes] | tuple[()] = []
         self.close_code: int | None = None
-        self.close_reason = ""
         self.closed = False
         #: aiohttp's protocol for this socket while frames may be written straight to its
         #: transport (:meth:`push`); None before :meth:`start`, while a writer task drains a
@@ -251,7 +250,7 @@ class Connection:
 
     def preload(self, data: bytes) -> None:
         """Add a frame to the backlog (before :meth:`start`: greeting, replay)."""
-        self.backlog.append(data)
+        self.backlog.append(data)  # type: ignore[union-attr]  # before start: the list
 
     def close_soon(self, code: int, reason: str) -> None:
         """Close with ``code`` as soon as possible (queued frames stay in history): the close
@@ -261,7 +260,6 @@ class Connection:
             return
         code = int(code)  # a CloseCode arrives here too: logs and metrics want the number
         self.close_code = code
-        self.close_reason = reason
         self.direct = None
         self._drop_pending()
         self.closing = asyncio.get_running_loop().create_task(self._close(code, reason))
@@ -297,7 +295,8 @@ class Connection:
         if self.queue is not None:
             self.queue.clear()
         self.queued_bytes = 0
-        self.backlog.clear()
+        if self.backlog:
+            self.backlog.clear()  # type: ignore[union-attr]  # not empty: the list
 
     # Writer ----------------------------------------------------------------------------------
 
@@ -311,9 +310,11 @@ class Connection:
             if not self._write_direct(data):
                 break
             sent += 1
-        del backlog[:sent]
+        del backlog[:sent]  # type: ignore[union-attr]  # before start: the list
         if backlog:
             self._start_writer()
+        else:
+            self.backlog = ()
 
     def _resume_direct(self) -> None:
         """Write straight to the transport from now on (:meth:`push`), unless the connection
@@ -340,7 +341,8 @@ class Connection:
         text = WSMsgType.TEXT
         try:
             while backlog:
-                await ws.send_frame(backlog.pop(0), text)
+                await ws.send_frame(backlog.pop(0), text)  # type: ignore[union-attr]
+            self.backlog = ()
             # Read only now: a push made while the backlog drained may have created it (once
             # made, the deque is never replaced).
             queue = self.queue
@@ -533,10 +535,6 @@ def _receive_timeout(heartbeat: float, idle_timeout: float) -> float | None:
     return idle_timeout
 
 
-def _peer(request: web.Request) -> str:
-    return request.remote or "unknown"
-
-
 def _bad_request(message: str, code: str = "invalid_request", status: int = 400
                  ) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
@@ -557,6 +555,97 @@ def _int_param(request: web.Request, name: str) -> int | None:
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    """A socket's whole life: admit, open (:func:`_open`), read until it ends, close.
+
+    The reader loop is written out here rather than awaited as a coroutine of its own: an
+    idle connection then keeps one coroutine frame of Switchboard's (this one, waiting in
+    ``ws.receive()``), as a bare aiohttp handler does; a nested reader coroutine cost every
+    idle connection another 0.3 KB (docs/BENCHMARKS.md, "Issue 17"). The admission and the
+    opening coroutines have returned by the time the connection idles.
+    """
+    admitted = await _admit(request)
+    if not isinstance(admitted, tuple):
+        return admitted  # refused
+    ws, identity, peer = admitted
+    del admitted  # the tuple is not kept for the connection's life (64 bytes)
+    app = request.app
+    gateway: Gateway = app[GATEWAY]
+    security = app[SECURITY]
+    # From here on this connection holds an admission slot: released exactly once, however
+    # the handshake or the session ends (refusal, error, cancellation).
+    try:
+        conn = await _open(request, ws, identity, peer)
+        if not isinstance(conn, Connection):
+            return conn  # refused
+        try:
+            # --- the reader loop --------------------------------------------------------------
+            router: MessageRouter = app[ROUTER]
+            session = conn.session
+            # Made on the first text frame: an idle connection holds none (it would start full
+            # either way: a bucket refills while nothing arrives).
+            limiter: FrameLimiter | None = None
+            rate_limited = gateway.settings.ws_rate_limit > 0
+            # The first text frame may choose the flat profile (seed 004 speaks flat from the
+            # start).
+            sniff = type(conn) is Connection
+            # Only a decompressed frame can be one byte over (see _max_msg_size).
+            max_size = (gateway.settings.max_message_size if gateway.settings.ws_compression
+                        else 0)
+            while True:
+                try:
+                    msg = await ws.receive()
+                except TimeoutError:
+                    conn.close_soon(CloseCode.IDLE_TIMEOUT, CloseCode.IDLE_TIMEOUT.explanation)
+                    break
+                kind = msg.type
+                if max_size and kind in _DATA_TYPES and len(msg.data) > max_size:
+                    conn.close_soon(CloseCode.MESSAGE_TOO_BIG,
+                                    CloseCode.MESSAGE_TOO_BIG.explanation)
+                    break
+                if kind is WSMsgType.TEXT:
+                    if limiter is None and rate_limited:
+                        limiter = security.frame_limiter()
+                    if limiter is not None and not limiter.allow():
+                        HOT.frame_in_special("rate_limited")
+                        if not _is_utf8(msg.data):  # dropped unread, but RFC 6455 applies
+                            _invalid_utf8(conn)
+                            break
+                        _rate_limited(conn, gateway, limiter)
+                        continue
+                    await _handle_text(conn, gateway, router, msg.data, sniff)
+                    sniff = False
+                elif kind is WSMsgType.BINARY:
+                    HOT.frame_in_special("binary")
+                    gateway.emit(session, "error", {
+                        "code": "binary_not_supported",
+                        "message": "binary frames are not supported; send JSON in text frames"})
+                elif kind is WSMsgType.CLOSE:
+                    conn.answer_close(msg.data)
+                    break
+                elif kind in (WSMsgType.CLOSING, WSMsgType.CLOSED):
+                    break
+                elif kind is WSMsgType.ERROR:
+                    _read_failed(conn, msg.data)
+                    break
+                if conn.close_code is not None or conn.closed:
+                    break
+        finally:
+            _closed(conn, gateway, app[CONNECTIONS])
+        if conn.closing is not None:
+            # When the reader stopped first (idle timeout), our close frame must go out
+            # before aiohttp finishes the response, which would otherwise close with 1000.
+            with contextlib.suppress(Exception):
+                await conn.closing
+        return ws
+    finally:
+        security.release_ip(peer)
+
+
+async def _admit(request: web.Request
+                 ) -> tuple[StrictWebSocketResponse, Any, str] | web.StreamResponse:
+    """The checks before the upgrade (HTTP status codes, PRODUCT.md section 5). Admitted:
+    ``(ws, identity, peer)``, and the caller holds an admission slot for ``peer`` (it must
+    call ``security.release_ip(peer)``); else the refusal."""
     app = request.app
     gateway: Gateway = app[GATEWAY]
     settings = gateway.settings
@@ -567,10 +656,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     ws = StrictWebSocketResponse(
         heartbeat=settings.ws_heartbeat or None,
         receive_timeout=_receive_timeout(settings.ws_heartbeat, settings.ws_timeout),
-        # aiohttp refuses a frame of exactly max_msg_size; MAX_MESSAGE_SIZE is the largest
-        # accepted (the reader loop checks decompressed frames, which aiohttp lets through
-        # one byte longer).
-        max_msg_size=settings.max_message_size + 1,
+        max_msg_size=_max_msg_size(settings.max_message_size),
         compress=settings.ws_compression,
         decode_text=False,
         # The reader loop answers close frames itself (RFC 6455 section 7.4 codes).
@@ -581,7 +667,6 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return _bad_request("this is a WebSocket endpoint: connect with a WebSocket client "
                             "(Upgrade: websocket)", code="upgrade_required", status=426)
 
-    # Refusals before the upgrade use HTTP status codes (PRODUCT.md section 5).
     if not gateway.accepting:
         REFUSED_SHUTTING_DOWN.inc()
         return _bad_request("server is shutting down", code="unavailable", status=503)
@@ -601,27 +686,16 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         REFUSED_PER_IP.inc()
         return _bad_request("too many connections from this address",
                             code="too_many_connections", status=429)
-    # From here on this connection holds an admission slot: released exactly once, however
-    # the handshake or the session ends (refusal, error, cancellation).
-    try:
-        # Open, run, close: the opening coroutine has returned by the time the connection
-        # idles, so its frame (about 0.55 KB per connection) is not kept for the
-        # connection's life, only this handler's and the read loop's (bench/idle_memory.py).
-        conn = await _open(request, ws, identity, peer)
-        if not isinstance(conn, Connection):
-            return conn  # refused
-        try:
-            await _read_loop(conn, gateway, app[ROUTER], security)
-        finally:
-            _closed(conn, gateway, connections)
-        if conn.closing is not None:
-            # When the reader stopped first (idle timeout), our close frame must go out
-            # before aiohttp finishes the response, which would otherwise close with 1000.
-            with contextlib.suppress(Exception):
-                await conn.closing
-        return ws
-    finally:
-        security.release_ip(peer)
+    return ws, identity, peer
+
+
+@functools.cache
+def _max_msg_size(max_message_size: int) -> int:
+    """aiohttp's ``max_msg_size`` for MAX_MESSAGE_SIZE: aiohttp refuses a frame of exactly
+    ``max_msg_size``, and MAX_MESSAGE_SIZE is the largest accepted (the reader loop checks
+    decompressed frames, which aiohttp lets through one byte longer). Cached: the same int
+    object for every connection (a new one would be 32 bytes per idle connection)."""
+    return max_message_size + 1
 
 
 async def _open(request: web.Request, ws: web.WebSocketResponse, identity: Any,
@@ -684,7 +758,7 @@ async def _open(request: web.Request, ws: web.WebSocketResponse, identity: Any,
                       f"({exc.message}); reconnect with backoff", flat)
         return ws
     conn = (FlatConnection if flat else Connection)(
-        ws, request, session, settings.send_queue_frames, settings.send_queue_bytes, peer)
+        ws, request, session, settings.send_queue_frames, settings.send_queue_bytes)
     replay: list[bytes] = []
     recovered = False
     if resumed:
@@ -853,56 +927,16 @@ async def _refuse(ws: web.WebSocketResponse, code: CloseCode, message: str,
         await ws.close(code=int(code), message=code.explanation.encode())
 
 
-async def _read_loop(conn: Connection, gateway: Gateway, router: MessageRouter,
-                     security: Any) -> None:
-    ws = conn.ws
-    session = conn.session
-    limiter = security.frame_limiter()
-    # The first text frame may choose the flat profile (seed 004 speaks flat from the start).
-    sniff = type(conn) is Connection
-    # Only a decompressed frame can be one byte over (see websocket_handler).
-    max_size = gateway.settings.max_message_size if gateway.settings.ws_compression else 0
-    while True:
-        try:
-            msg = await ws.receive()
-        except TimeoutError:
-            conn.close_soon(CloseCode.IDLE_TIMEOUT, CloseCode.IDLE_TIMEOUT.explanation)
-            return
-        kind = msg.type
-        if max_size and kind in _DATA_TYPES and len(msg.data) > max_size:
-            conn.close_soon(CloseCode.MESSAGE_TOO_BIG, CloseCode.MESSAGE_TOO_BIG.explanation)
-            return
-        if kind is WSMsgType.TEXT:
-            if limiter is not None and not limiter.allow():
-                HOT.frame_in_special("rate_limited")
-                if not _is_utf8(msg.data):  # dropped unread, but RFC 6455 still applies
-                    _invalid_utf8(conn)
-                    return
-                _rate_limited(conn, gateway, limiter)
-                continue
-            await _handle_text(conn, gateway, router, msg.data, sniff)
-            sniff = False
-        elif kind is WSMsgType.BINARY:
-            HOT.frame_in_special("binary")
-            gateway.emit(session, "error", {
-                "code": "binary_not_supported",
-                "message": "binary frames are not supported; send JSON in text frames"})
-        elif kind is WSMsgType.CLOSE:
-            conn.answer_close(msg.data)
-            return
-        elif kind in (WSMsgType.CLOSING, WSMsgType.CLOSED):
-            return
-        elif kind is WSMsgType.ERROR:
-            exc = msg.data if isinstance(msg.data, BaseException) else ws.exception()
-            if isinstance(exc, WebSocketError) and conn.close_code is None:
-                # The code aiohttp closed with (1002, 1007, 1009): what the metrics count, not
-                # the 1006 left when the peer does not answer the close.
-                conn.close_code = int(exc.code)
-            log.info("ws_protocol_error", client_id=session.client_id, error=str(exc),
-                     code=conn.close_code if conn.close_code is not None else ws.close_code)
-            return
-        if conn.close_code is not None or conn.closed:
-            return
+def _read_failed(conn: Connection, error: Any) -> None:
+    """aiohttp's reader failed (a protocol violation it detected): keep the code it closed
+    with, and log it."""
+    exc = error if isinstance(error, BaseException) else conn.ws.exception()
+    if isinstance(exc, WebSocketError) and conn.close_code is None:
+        # The code aiohttp closed with (1002, 1007, 1009): what the metrics count, not the
+        # 1006 left when the peer does not answer the close.
+        conn.close_code = int(exc.code)
+    log.info("ws_protocol_error", client_id=conn.session.client_id, error=str(exc),
+             code=conn.close_code if conn.close_code is not None else conn.ws.close_code)
 
 
 _DATA_TYPES = (WSMsgType.TEXT, WSMsgType.BINARY)

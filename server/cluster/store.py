@@ -337,7 +337,6 @@ def resolve_history(history: list[bytes], shared: SharedBodies,
 
 def session_fields(session: Session, node: str, history_len: int) -> dict[str, str]:
     """The hash ``sb:s:{id}`` for a session (no history)."""
-    meta = {k: v for k, v in session.meta.items() if k in ("remote", "user_agent")}
     return {
         "token": token_digest(session.token) if session.token else session.token_hash,
         "client_type": session.client_type,
@@ -352,7 +351,7 @@ def session_fields(session: Session, node: str, history_len: int) -> dict[str, s
         "messages_in": str(session.messages_in),
         "messages_out": str(session.messages_out),
         "channels": orjson.dumps(sorted(session.channels)).decode(),
-        "meta": orjson.dumps(meta).decode(),
+        "meta": orjson.dumps(session.meta).decode(),
         "history_size": str(history_len),
         "gap": "{}:{}".format(*session.gap) if session.gap else "",
     }
