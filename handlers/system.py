@@ -6,9 +6,11 @@ from server.protocol import ClientFrame
 from server.router import HandlerContext
 
 
-async def handle_ping(ctx: HandlerContext, frame: ClientFrame) -> None:
+def handle_ping(ctx: HandlerContext, frame: ClientFrame) -> None:
     """``ping`` → ``pong``; ``heartbeat`` (seed 004) → ``heartbeat_response``. Not kept in
-    history: a liveness answer is worthless after a reconnect."""
+    history: a liveness answer is worthless after a reconnect. A plain function, not a
+    coroutine: it never waits, and the socket endpoint runs such a handler without a
+    coroutine (the round trip clients measure)."""
     reply = "heartbeat_response" if frame.type == "heartbeat" else "pong"
     data = {"client_id": ctx.session.client_id}
     if frame.timestamp is not None:

@@ -12,6 +12,7 @@ only sees well-formed frames. Middleware wraps every dispatch::
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -44,7 +45,9 @@ class HandlerContext:
                                     reply_to=self.frame.message_id)
 
 
-Handler = Callable[[HandlerContext, ClientFrame], Awaitable[None]]
+#: A frame handler: a coroutine function, or a plain function for a handler that never waits
+#: (``ping``): the socket endpoint then runs it without a coroutine (the round-trip path).
+Handler = Callable[[HandlerContext, ClientFrame], Awaitable[None] | None]
 Middleware = Callable[[HandlerContext, ClientFrame, Handler], Awaitable[None]]
 
 
@@ -107,11 +110,15 @@ class MessageRouter:
                 details={"supported_types": self.types()})
         return route
 
-    def dispatch(self, ctx: HandlerContext, frame: ClientFrame) -> Awaitable[None]:
+    def dispatch(self, ctx: HandlerContext, frame: ClientFrame) -> Awaitable[None] | None:
         """Validate the frame and return its handler's run through the middleware chain (to be
-        awaited). Raises SwitchboardError subclasses at once for bad frames; the endpoint
-        turns them into error frames. Not a coroutine itself: one frame less per message."""
-        route = self.route_for(frame.type)
+        awaited), or None when a plain handler already ran (no middleware). Raises
+        SwitchboardError subclasses at once for bad frames (and what a plain handler raises);
+        the endpoint turns them into error frames. Not a coroutine itself: one frame less per
+        message."""
+        route = self._routes.get(frame.type)
+        if route is None:
+            route = self.route_for(frame.type)  # raises UnknownTypeError
         if route.fields:
             validate_fields(frame.data, route.fields)
         if not self._middleware:
@@ -120,7 +127,13 @@ class MessageRouter:
 
     def _chain(self, index: int, handler: Handler) -> Handler:
         if index == len(self._middleware):
-            return handler
+            if inspect.iscoroutinefunction(handler):
+                return handler
+
+            async def plain(ctx: HandlerContext, frame: ClientFrame) -> None:
+                handler(ctx, frame)  # middleware awaits what it calls
+
+            return plain
         middleware = self._middleware[index]
         inner = self._chain(index + 1, handler)
 

@@ -577,17 +577,17 @@ class SessionRegistry:
             self.journal.appended(session, entry)
         return seq, self._push(session, protocol.with_seq(encoded, seq))
 
-    def deliver_ephemeral(self, session: Session, encoded: bytes) -> bool:
-        """Push a frame that is not kept in history (no seq): pong, connection_established."""
-        return self._push(session, encoded)
-
     @staticmethod
-    def _push(session: Session, data: bytes) -> bool:
+    def deliver_ephemeral(session: Session, encoded: bytes) -> bool:
+        """Push a frame that is not kept in history (no seq): pong, connection_established.
+        False: no live connection took it."""
         outbox = session.outbox
-        if outbox is not None and outbox.push(data):
+        if outbox is not None and outbox.push(encoded):
             HOT.frames_out_sent += 1
             return True
         return False
+
+    _push = deliver_ephemeral
 
     def fan_out(self, sessions: Iterable[Session], encoded: bytes,
                 message_id: str | None = None) -> tuple[int, int]:

@@ -25,6 +25,7 @@ import dataclasses
 import functools
 import time
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
@@ -612,7 +613,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                             break
                         _rate_limited(conn, gateway, limiter)
                         continue
-                    await _handle_text(conn, gateway, router, msg.data, sniff)
+                    pending = _handle_text(conn, gateway, router, msg.data, sniff)
+                    if pending is not None:
+                        await pending
                     sniff = False
                 elif kind is WSMsgType.BINARY:
                     HOT.frame_in_special("binary")
@@ -968,8 +971,17 @@ def _rate_limited(conn: Connection, gateway: Gateway, limiter: Any) -> None:
             "retry_after": limiter.retry_after()})
 
 
-async def _handle_text(conn: Connection, gateway: Gateway, router: MessageRouter,
-                       data: bytes, sniff: bool = False) -> None:
+def _handle_text(conn: Connection, gateway: Gateway, router: MessageRouter, data: bytes,
+                 sniff: bool = False) -> Awaitable[None] | None:
+    """Decode, count, keep and dispatch one text frame; a refused frame is answered with an
+    ``error`` frame (a crashed handler with ``internal_error``).
+
+    Synchronous up to the handler, on purpose: a plain handler (``ping``'s: the round trip a
+    client measures) runs to completion in here, so such a frame costs the reader loop no
+    coroutine and no await. An ``async`` handler's run is returned, wrapped by
+    :func:`_finish` (which answers its failures the same way), for the reader loop to await
+    before it reads the next frame.
+    """
     session = conn.session
     reply_to: str | None = None
     frame: protocol.ClientFrame | None = None
@@ -977,35 +989,62 @@ async def _handle_text(conn: Connection, gateway: Gateway, router: MessageRouter
         frame = protocol.decode_client_frame(data, gateway.settings.max_json_depth)
         if sniff and protocol.is_flat_form(frame.raw):
             conn.__class__ = FlatConnection
-        HOT.frame_in(frame.type, router)
+        frame_type = frame.type
+        HOT.frame_in(frame_type, router)
         reply_to = frame.message_id
-        if frame.type in _LIVENESS_TYPES:
+        if frame_type in _LIVENESS_TYPES:
             # Liveness is not history: like their pongs, pings are not kept (they would
             # push real frames out of a chatty client's resume window).
             session.last_activity = time.time()
         else:
-            router.route_for(frame.type)  # a frame of unknown type is refused, not kept
+            router.route_for(frame_type)  # a frame of unknown type is refused, not kept
             gateway.registry.record_inbound(session, data)
-        await router.dispatch(HandlerContext(gateway, session, frame), frame)
+        pending = router.dispatch(HandlerContext(gateway, session, frame), frame)
     except SwitchboardError as exc:
         if frame is None:
             HOT.frame_in_special("invalid")
             if exc.code == "invalid_json" and not _is_utf8(data):
                 # orjson validated the UTF-8 already: only a refused frame is checked again.
                 _invalid_utf8(conn)
-                return
+                return None
             if exc.code == "json_too_deep":
                 HOT.limit_hit("json_depth")
-        details = dict(exc.details)
-        reply_to = details.pop("reply_to", reply_to)
-        payload = {"code": exc.code, "message": exc.message, **details}
-        gateway.emit(session, "error", payload, reply_to=reply_to,
-                     extra={key: payload[key] for key in exc.top_level if key in payload})
+        _refused(gateway, session, exc, reply_to)
+        return None
     except Exception:
-        log.exception("handler_crashed", client_id=session.client_id, message_id=reply_to)
-        gateway.emit(session, "error", {"code": "internal_error",
-                                        "message": "the server failed to handle this frame"},
-                     reply_to=reply_to)
+        _crashed(gateway, session, reply_to)
+        return None
+    if pending is None:
+        return None
+    return _finish(gateway, session, pending, reply_to)
+
+
+async def _finish(gateway: Gateway, session: Session, pending: Awaitable[None],
+                  reply_to: str) -> None:
+    """Await an ``async`` handler's run (see :func:`_handle_text`)."""
+    try:
+        await pending
+    except SwitchboardError as exc:
+        _refused(gateway, session, exc, reply_to)
+    except Exception:
+        _crashed(gateway, session, reply_to)
+
+
+def _refused(gateway: Gateway, session: Session, exc: SwitchboardError,
+             reply_to: str | None) -> None:
+    """Answer a refused frame with an ``error`` frame carrying the error's code and details."""
+    details = dict(exc.details)
+    reply_to = details.pop("reply_to", reply_to)
+    payload = {"code": exc.code, "message": exc.message, **details}
+    gateway.emit(session, "error", payload, reply_to=reply_to,
+                 extra={key: payload[key] for key in exc.top_level if key in payload})
+
+
+def _crashed(gateway: Gateway, session: Session, reply_to: str | None) -> None:
+    log.exception("handler_crashed", client_id=session.client_id, message_id=reply_to)
+    gateway.emit(session, "error", {"code": "internal_error",
+                                    "message": "the server failed to handle this frame"},
+                 reply_to=reply_to)
 
 
 # --- seed 004's read-only HTTP routes on the WebSocket port -------------------------------------
