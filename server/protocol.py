@@ -116,15 +116,11 @@ def now_iso() -> str:
 #: A random per-process prefix and a counter: unique ids without a system call per frame
 #: (uuid4 reads os.urandom each time). Message ids identify, they do not authorise: secrets
 #: (session tokens, call ids) come from ``secrets``.
-_ID_FORMAT = uuid.uuid4().hex[:12] + "%020x"
-_id_counter = itertools.count(1)
-
-
-def new_message_id() -> str:
-    """A process-unique id: 12 random hex digits, then a counter in hex (32 characters)."""
-    # One %-format of a prepared template: faster than a concatenation of format()'s result
-    # or an f-string (it runs once or twice per frame).
-    return _ID_FORMAT % next(_id_counter)
+#: ``new_message_id() -> str``: a process-unique id, 12 random hex digits then a counter in hex
+#: (32 characters). It runs once or twice per frame, so it is made of C callables only — the
+#: next item of a ``map`` of the template's ``%`` over a counter — and costs no Python frame.
+new_message_id: Callable[[], str] = map((uuid.uuid4().hex[:12] + "%020x").__mod__,
+                                        itertools.count(1)).__next__
 
 
 @dataclass(slots=True)

@@ -430,9 +430,10 @@ class FrameGuard:
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
         # The common case first: a read that is exactly one small masked frame.
-        if not (self.skip or self.header or self.failed) and len(data) > 1:
+        size = len(data)
+        if not (self.skip or self.header or self.failed) and size > 1:
             second = data[1]
-            if second & 0x80 and (second & 0x7F) + 6 == len(data):
+            if second & 0x80 and (second & 0x7F) + 6 == size:
                 return self.parser.feed_data(data)  # type: ignore[no-any-return]
         return self._check(data)
 

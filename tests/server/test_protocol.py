@@ -27,6 +27,10 @@ def test_server_assigns_a_message_id_when_the_client_sent_none() -> None:
     second = decode_client_frame('{"type": "ping"}')
     assert first.message_id and second.message_id
     assert first.message_id != second.message_id
+    # 32 hex digits: this process's random prefix, then a counter.
+    for message_id in (first.message_id, second.message_id, protocol.new_message_id()):
+        assert len(message_id) == 32 and int(message_id, 16) >= 0
+    assert first.message_id[:12] == second.message_id[:12]
     assert first.data == {}
 
 

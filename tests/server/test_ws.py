@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -12,6 +13,8 @@ from handlers import HANDLER_TABLE, Registration, build_router
 from server.errors import CloseCode
 from server.protocol import ClientFrame
 from server.router import HandlerContext
+from server.security import FrameLimiter
+from server.sessions import NO_CHANNELS
 from server.ws import STATUS_TTL, PublicStatus
 from tests.conftest import LiveGateway, MakeGateway, WSClient, wait_for
 
@@ -307,6 +310,51 @@ async def test_an_idle_client_is_closed_with_4011(make_gateway: MakeGateway) -> 
     idle = await live.connect(client_id="idle")
     assert await idle.recv_close() == CloseCode.IDLE_TIMEOUT == 4011
     await live.offline("idle")  # kept for resume
+
+
+# --- what an idle connection holds (bench/idle_memory.py; docs/BENCHMARKS.md, issue 17) -------
+
+
+def _handler_of(conn: Any) -> tuple[Any, list[str]]:
+    """The ``websocket_handler`` coroutine serving ``conn``, and the names of the coroutines it
+    is suspended in."""
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        while coro is not None and hasattr(coro, "cr_code"):
+            if (coro.cr_code.co_name == "websocket_handler"
+                    and coro.cr_frame.f_locals.get("conn") is conn):
+                names = []
+                inner = coro.cr_await
+                while inner is not None and hasattr(inner, "cr_code"):
+                    names.append(inner.cr_code.co_name)
+                    inner = inner.cr_await
+                return coro, names
+            coro = coro.cr_await
+    raise AssertionError("no websocket_handler serves this connection")
+
+
+async def test_an_idle_connection_holds_slotted_objects_and_nothing_made_on_first_use(
+        live_gateway: LiveGateway) -> None:
+    client = await live_gateway.connect()
+    node = live_gateway.ws_node
+    await wait_for(lambda: len(node.connections) == 1, what="the connection")
+    (conn,) = node.connections
+    session = conn.session
+    guard = conn.request.protocol._payload_parser
+    for obj in (conn, session, guard):
+        assert not hasattr(obj, "__dict__"), f"{type(obj).__name__} lost its __slots__"
+    # Made on first use only: the send queue, the history deque, the channel set; the greeting
+    # went out, so the backlog is the shared empty tuple.
+    assert conn.queue is None and conn.writer is None and conn.backlog == ()
+    assert session.history == () and session.channels is NO_CHANNELS
+    # One Switchboard coroutine per idle socket: the handler, waiting in aiohttp's receive
+    # (a nested reader coroutine cost 0.3 KB a connection), holding no frame limiter yet.
+    handler, awaiting = _handler_of(conn)
+    assert awaiting == ["receive"]
+    assert handler.cr_frame.f_locals["limiter"] is None
+    await client.send("ping")
+    await client.recv_type("pong")
+    assert isinstance(handler.cr_frame.f_locals["limiter"], FrameLimiter)
 
 
 async def test_the_public_status_is_computed_at_most_once_per_ttl() -> None:
