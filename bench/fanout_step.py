@@ -52,8 +52,8 @@ def main() -> None:
     sessions = []
     for n in range(args.sessions):
         session = registry.create(f"c{n}", "bench")
-        conn = ws_module.Connection(stub_ws, request, session, 1000, 1 << 24,  # type: ignore
-                                    "bench")
+        conn = ws_module.Connection(stub_ws, request, session, 1000,  # type: ignore[arg-type]
+                                    1 << 24)
         conn.start()
         registry.attach(session, conn)
         sessions.append(session)

@@ -366,7 +366,7 @@ class _TextFrameHeaders(dict[int, bytes]):
 
 #: The header of a text frame by payload length: one dict lookup per frame sent, where
 #: building it costs a call, a branch and a ``to_bytes`` (the wire path,
-#: ``server.ws.Connection._write_direct``).
+#: ``server.ws.Connection.push``).
 TEXT_FRAME_HEADERS = _TextFrameHeaders()
 
 

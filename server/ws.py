@@ -97,7 +97,7 @@ AIOHTTP_SERIES = "3.14"
 def check_aiohttp() -> None:
     """Fail loudly at start-up when this aiohttp lacks a private attribute Switchboard uses.
 
-    :meth:`Connection._write_direct` writes frames straight to the transport of aiohttp's
+    :meth:`Connection.push` writes frames straight to the transport of aiohttp's
     protocol (``BaseProtocol._paused``, its public ``transport``) unless the connection
     compresses (``WebSocketResponse._writer``, ``WebSocketWriter.compress``), and
     :class:`StrictWebSocketResponse` puts its RFC 6455 guard in front of aiohttp's parser
@@ -192,22 +192,20 @@ class Connection:
 
     # Outbox ----------------------------------------------------------------------------------
 
-    def push(self, data: bytes) -> bool:
-        """Send or queue an encoded frame; never blocks. False when closing or full."""
-        return self._write_direct(data) or self._enqueue(data)
+    def push(self, data: bytes, queue: bool = True) -> bool:
+        """Send or queue an encoded frame; never blocks. False when closing or full (or, with
+        ``queue=False``, when it could not be written at once: :meth:`start`'s backlog).
 
-    def _write_direct(self, data: bytes) -> bool:
-        """The wire path of every frame the gateway sends, in one place. False: not written
-        (the caller queues it).
-
-        While nothing is waiting to go first (:attr:`direct`), the transport takes more
-        (aiohttp's protocol is not paused: back-pressure goes through the writer task's drain)
-        and it is not closing, the frame is written synchronously as two buffers: its RFC 6455
-        header (:data:`protocol.TEXT_FRAME_HEADERS`, a dict lookup by length) and the payload
-        itself, uncopied (``writelines``: uvloop keeps both and sends them with one ``writev``
-        when the loop flushes). A broadcast is encoded once; its per-session ``seq`` is the
-        only per-recipient work (``SessionRegistry.fan_out``); on its way to the kernel a
-        frame costs no task, no await and no copy.
+        The wire path of every frame the gateway sends, in one place (one Python call per
+        frame: a fan-out calls it once per recipient). While nothing is waiting to go first
+        (:attr:`direct`), the transport takes more (aiohttp's protocol is not paused:
+        back-pressure goes through the writer task's drain) and it is not closing, the frame
+        is written synchronously as two buffers: its RFC 6455 header
+        (:data:`protocol.TEXT_FRAME_HEADERS`, a dict lookup by length) and the payload itself,
+        uncopied (``writelines``: uvloop keeps both and sends them with one ``writev`` when the
+        loop flushes). A broadcast is encoded once; its per-session ``seq`` is the only
+        per-recipient work (``SessionRegistry.fan_out``); on its way to the kernel a frame
+        costs no task, no await and no copy. Anything else is queued for the writer task.
 
         Why not ``WebSocketResponse.send_frame``: per frame that is two coroutines and three
         Python calls in aiohttp plus a copy of header and payload together, for what is a
@@ -217,18 +215,17 @@ class Connection:
         and the writer task, which sends with aiohttp.
         """
         handler = self.direct
-        if handler is None or handler._paused:
-            return False
-        transport = handler.transport
-        if transport is None or transport.is_closing():
-            return False
-        try:
-            transport.writelines((_TEXT_FRAME_HEADERS[len(data)], data))
-        except (ConnectionError, RuntimeError):  # the transport went away under us
-            self.closed = True
-            self.direct = None
-            return False
-        return True
+        if handler is not None and not handler._paused:
+            transport = handler.transport
+            if transport is not None and not transport.is_closing():
+                try:
+                    transport.writelines((_TEXT_FRAME_HEADERS[len(data)], data))
+                except (ConnectionError, RuntimeError):  # the transport went away under us
+                    self.closed = True
+                    self.direct = None
+                    return False
+                return True
+        return queue and self._enqueue(data)
 
     def _enqueue(self, data: bytes) -> bool:
         """Queue a frame for the writer task (starting it); past the queue's caps the
@@ -308,7 +305,8 @@ class Connection:
         backlog = self.backlog
         sent = 0
         for data in backlog:
-            if not self._write_direct(data):
+            # Connection's own push: a flat connection's backlog is flat already (preload).
+            if not Connection.push(self, data, queue=False):
                 break
             sent += 1
         del backlog[:sent]  # type: ignore[union-attr]  # before start: the list
@@ -515,10 +513,10 @@ class FlatConnection(Connection):
 
     __slots__ = ()
 
-    def push(self, data: bytes) -> bool:
+    def push(self, data: bytes, queue: bool = True) -> bool:
         if self.close_code is not None or self.closed:
             return False
-        return Connection.push(self, protocol.to_flat(data, self.session.client_id))
+        return Connection.push(self, protocol.to_flat(data, self.session.client_id), queue)
 
     def preload(self, data: bytes) -> None:
         Connection.preload(self, protocol.to_flat(data, self.session.client_id))
@@ -573,8 +571,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     app = request.app
     gateway: Gateway = app[GATEWAY]
     security = app[SECURITY]
-    # From here on this connection holds an admission slot: released exactly once, however
-    # the handshake or the session ends (refusal, error, cancellation).
+    # From here on this connection holds an admission slot (taken by _admit, with no await
+    # since): released exactly once, however the handshake or the session ends (refusal,
+    # error, cancellation).
     try:
         conn = await _open(request, ws, identity, peer)
         if not isinstance(conn, Connection):

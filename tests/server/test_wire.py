@@ -1,4 +1,4 @@
-"""The wire path (``server.ws.Connection._write_direct``): frames written straight to the
+"""The wire path (``server.ws.Connection.push``): frames written straight to the
 transport must be exactly the bytes aiohttp's own writer would send, each session's ``seq``
 gapless, and connections that take aiohttp's path (permessage-deflate) unaffected."""
 
