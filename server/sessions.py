@@ -181,7 +181,7 @@ class Session:
         self.seq = 0
         self.outbox: Outbox | None = None
         # What the connection that opened the session said about itself (``meta``): two
-        # slots, not a dict, which would cost every idle connection ~0.3 KB
+        # slots, not a dict, which cost every idle connection ~0.2 KB
         # (bench/idle_memory.py). None: not given.
         meta = meta or {}
         self.remote: str | None = meta.get("remote")
