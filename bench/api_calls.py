@@ -1,6 +1,7 @@
 """Python calls per ``POST /send_message``, counted with cProfile, in a checkout.
 
     python -m bench.api_calls CHECKOUT [--target switchboard|bare] [--requests 2000] [--top 25]
+    python -m bench.api_calls CHECKOUT --cpu [--rounds 7] [--requests 4000] [--concurrency 16]
 
 Imports ``server`` (or ``bench.bare_server``) from CHECKOUT (a worktree, or
 ``git archive main | tar -x -C DIR``) and serves both of the target's apps in this process on
@@ -12,6 +13,14 @@ request, fixed costs cancelled. Unlike timings on a shared machine, call counts 
 between runs, so this is how the unicast path's cost is compared between checkouts and
 against bare aiohttp. ``--top N`` prints the functions with the most calls in the second
 batch (where the remaining cost is).
+
+``--cpu`` measures time instead of calls: the server's process CPU time per request (the
+same batch difference, no profiler), for Switchboard and bare aiohttp in turn, each round in
+fresh processes, the order alternating; it prints each round and the medians and their
+ratio. ``--concurrency`` requests are in flight at once (from as many HTTP connections), to
+``--clients`` WebSocket clients in turn, as in ``make bench``'s unicast scenario (16, 1000). On a shared machine
+this is a quicker, steadier reading of the unicast path's CPU ratio than ``make bench``
+(no load generator competing inside the measured process), not a replacement for it.
 """
 
 from __future__ import annotations
@@ -21,15 +30,19 @@ import asyncio
 import cProfile
 import os
 import pstats
+import statistics
 import subprocess
 import sys
+import time
 from typing import Any
 
 TOKEN = "bench-token"
 
 
-def client_main(ws_port: int, api_port: int, requests: int) -> None:
-    """The client process: one WebSocket client, then batches of requests on stdin's cue."""
+def client_main(ws_port: int, api_port: int, requests: int, concurrency: int = 1,
+                clients: int = 1) -> None:
+    """The client process: ``clients`` WebSocket clients and ``concurrency`` HTTP
+    connections, then batches of requests (round-robin over the clients) on stdin's cue."""
     import uvloop
 
     from bench import loadgen
@@ -38,21 +51,28 @@ def client_main(ws_port: int, api_port: int, requests: int) -> None:
         ep = loadgen.Endpoint("target", ws_port, api_port, TOKEN)
         coll = loadgen.Collector()
         coll.u_seen = bytearray(4 * requests)  # the client checks each unicast frame once
-        conns, errors = await loadgen.connect_clients(ep, coll, 1)
+        conns, errors = await loadgen.connect_clients(ep, coll, max(clients, concurrency))
         assert not errors, errors
-        http = await loadgen.HttpConn.open(ep)
+        https = [await loadgen.HttpConn.open(ep) for _ in range(concurrency)]
         loop = asyncio.get_running_loop()
-        k = 0
+        counter = 0
+
+        async def worker(http: loadgen.HttpConn, count: int) -> None:
+            nonlocal counter
+            for _ in range(count):
+                k, counter = counter, counter + 1
+                status, body = await http.post("/send_message", {
+                    "client_id": conns[k % len(conns)].client_id, "content": f"{k}:0"})
+                assert status == 200, (status, body)
+
         for batch in range(3):  # warm-up, N requests, 2N requests
             print("READY", flush=True)
             await loop.run_in_executor(None, sys.stdin.readline)
-            for _ in range(requests * (2 if batch == 2 else 1)):
-                status, body = await http.post("/send_message", {
-                    "client_id": conns[0].client_id, "content": f"{k}:0"})
-                assert status == 200, (status, body)
-                k += 1
+            share = requests * (2 if batch == 2 else 1) // concurrency
+            await asyncio.gather(*(worker(http, share) for http in https))
         print("DONE", flush=True)
-        http.close()
+        for http in https:
+            http.close()
         loadgen.close_clients(conns)
 
     uvloop.run(run())
@@ -90,28 +110,35 @@ async def measure(args: argparse.Namespace) -> None:
     env = {**os.environ, "PYTHONPATH": args.checkout}
     client = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.api_calls", args.checkout, "--client", f"{ws_port},{api_port}",
-        "--requests", str(args.requests), env=env, stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE)
+        "--requests", str(args.requests), "--concurrency", str(args.concurrency),
+        "--clients", str(args.clients), env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert client.stdout is not None and client.stdin is not None
     totals: list[int] = []
+    cpu: list[float] = []
     stats = None
     line = (await client.stdout.readline()).decode().strip()
     for batch in range(3):  # warm-up, N requests, 2N requests
         if line != "READY":
             raise SystemExit(f"client failed before batch {batch}: {line!r}")
         profile = cProfile.Profile()
-        if batch:
+        if batch and not args.cpu:
             profile.enable()
+        started = time.process_time()
         client.stdin.write(b"go\n")
         await client.stdin.drain()
         line = (await client.stdout.readline()).decode().strip()  # the batch is done
-        if batch:
+        cpu.append(time.process_time() - started)
+        if batch and not args.cpu:
             profile.disable()
             stats = pstats.Stats(profile)
             totals.append(stats.total_calls)  # type: ignore[attr-defined]
     await client.wait()
     for runner in runners:
         await runner.cleanup()
+    if args.cpu:
+        print(f"cpu_us_per_request={(cpu[2] - cpu[1]) / args.requests * 1e6:.2f}")
+        return
     per_request = (totals[1] - totals[0]) / args.requests
     print(f"{args.target}: {per_request:.1f} Python calls per POST /send_message")
     if args.top and stats is not None:
@@ -151,6 +178,28 @@ def print_breakdown(stats: Any, requests: int, top: int) -> None:
         print(f"  {calls:6.2f}  {where}")
 
 
+def compare_cpu(args: argparse.Namespace) -> None:
+    """``--cpu``: CPU per request of both targets, alternating, in fresh processes."""
+    results: dict[str, list[float]] = {"switchboard": [], "bare": []}
+    order = ["switchboard", "bare"]
+    for round_no in range(args.rounds):
+        for target in order:
+            out = subprocess.run(
+                [sys.executable, "-m", "bench.api_calls", args.checkout, "--target", target,
+                 "--cpu-one", "--requests", str(args.requests),
+                 "--concurrency", str(args.concurrency), "--clients", str(args.clients)],
+                check=True, capture_output=True, text=True,
+                env={**os.environ, "PYTHONPATH": args.checkout}).stdout
+            value = float(out.rsplit("cpu_us_per_request=", 1)[1])
+            results[target].append(value)
+            print(f"round {round_no} {target:12s} {value:7.1f} us CPU per request", flush=True)
+        order.reverse()
+    sb, bare = (statistics.median(results[t]) for t in ("switchboard", "bare"))
+    print(f"median: switchboard {sb:.1f} us, bare {bare:.1f} us, ratio {sb / bare:.3f}x "
+          f"({args.rounds} rounds, {args.requests} requests, concurrency {args.concurrency}, "
+          f"{args.clients} clients)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,13 +207,25 @@ def main() -> None:
     parser.add_argument("--target", choices=("switchboard", "bare"), default="switchboard")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--top", type=int, default=0)
+    parser.add_argument("--cpu", action="store_true",
+                        help="CPU per request of both targets, alternating (see above)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--clients", type=int, default=1,
+                        help="WebSocket clients the requests go to in turn")
+    parser.add_argument("--cpu-one", dest="cpu_one", action="store_true",
+                        help=argparse.SUPPRESS)
     parser.add_argument("--client", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, os.path.abspath(args.checkout))
     if args.client:
         ws_port, api_port = map(int, args.client.split(","))
-        client_main(ws_port, api_port, args.requests)
+        client_main(ws_port, api_port, args.requests, args.concurrency, args.clients)
         return
+    if args.cpu:
+        compare_cpu(args)
+        return
+    args.cpu = args.cpu_one
     import uvloop
 
     uvloop.run(measure(args))

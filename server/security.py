@@ -133,6 +133,8 @@ class Security:
         self.admitted = 0
         self.api_buckets: dict[str, TokenBucket] = {}
         self.jwt = JwtVerifier(settings) if settings.ws_auth == "jwt" else None
+        #: The one Authorization header every well-behaved API caller sends, as bytes.
+        self._bearer_header = f"Bearer {settings.api_token}".encode("utf-8", "replace")
 
     # --- client address -----------------------------------------------------------------------
 
@@ -264,6 +266,14 @@ class Security:
     def check_api_token(self, request: web.Request) -> web.Response | None:
         expected = self.settings.api_token
         if not expected:
+            return None
+        # Every request of the API path starts here: the common form, exactly
+        # "Bearer <API_TOKEN>", is one constant-time compare of the whole header (no
+        # parsing); any other (scheme in another case, spaces, X-API-Key, a wrong token) is
+        # parsed and compared below, where each refusal is worded.
+        header = request.headers.get("Authorization")
+        if header is not None and hmac.compare_digest(header.encode("utf-8", "replace"),
+                                                      self._bearer_header):
             return None
         presented = _bearer(request) or request.headers.get("X-API-Key")
         if not presented:
