@@ -10,19 +10,24 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
 from aiohttp import web
 
 from server.errors import SwitchboardError
-from server.keys import SECURITY
 from server.metrics import API_COUNTS
+
+if TYPE_CHECKING:
+    from aiohttp.web_urldispatcher import AbstractRoute
+
+    from server.security import Security
 
 log = structlog.get_logger("switchboard.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 #: Routes anyone may call without the token: liveness and readiness probes, the docs, the
 #: WebSocket protocol (/asyncapi.json), the dashboard's page (which asks for the token itself),
@@ -59,54 +64,70 @@ def json_error(status: int, code: str, message: str, *, headers: Any = None,
                         content_type="application/json", headers=headers)
 
 
-@web.middleware
-async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every API request: JSON errors, the route's metrics and the debug access line around
-    :func:`_admitted` (the repeated-query check, the token, the rate limit, the body read
-    under its deadline).
+def api_middleware(security: Security) -> Middleware:
+    """The API app's one middleware (bound to its :class:`Security`): on every request, JSON
+    errors, the route's metrics and the debug access line around :func:`_admitted` (the
+    repeated-query check, the token, the rate limit, the body read under its deadline).
 
     One middleware, not one per concern: each level of aiohttp's middleware chain is a
     coroutine call per request, and the unicast path is measured in Python calls
-    (``bench/api_calls.py``, docs/BENCHMARKS.md). This is the API's one per-request path.
+    (``bench/api_calls.py``, docs/BENCHMARKS.md). This is the API's one per-request path, so
+    what it needs is at hand without a lookup per request: the app's Security (no
+    ``request.app[...]``), and each route's metrics label, found once per route and kept.
     """
-    started = perf_counter()
-    route = request.match_info.route.resource
-    route_name = route.canonical if route is not None else "unmatched"
-    status = 500
-    try:
-        response = await _admitted(request, handler)
-        status = response.status
-        return response
-    except SwitchboardError as exc:
-        status = exc.http_status
-        return json_error(status, exc.code, exc.message, **exc.details)
-    except web.HTTPException as exc:
-        status = exc.status
-        if status < 400:
-            raise
-        return _http_error(request, exc)
-    except Exception:
-        log.exception("api_crashed", method=request.method, path=request.path)
-        return json_error(500, "internal_error", "internal server error")
-    finally:
-        elapsed = perf_counter() - started
-        API_COUNTS.done(request.method, route_name, status, elapsed)
-        if _access_log.isEnabledFor(logging.DEBUG):  # off by default: no event built
-            log.debug("api_request", method=request.method, path=request.path, status=status,
-                      ms=round(elapsed * 1000, 3))
+    #: aiohttp's route object -> its metrics label (its canonical path). Only routes the app
+    #: has are kept: a 404/405 gets a new SystemRoute each time, labelled "unmatched".
+    labels: dict[AbstractRoute, str] = {}
+
+    @web.middleware
+    async def api_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = perf_counter()
+        route = request.match_info.route
+        route_name = labels.get(route)
+        if route_name is None:
+            resource = route.resource
+            if resource is None:
+                route_name = "unmatched"
+            else:
+                route_name = labels[route] = resource.canonical
+        status = 500
+        try:
+            response = await _admitted(request, handler, security)
+            status = response.status
+            return response
+        except SwitchboardError as exc:
+            status = exc.http_status
+            return json_error(status, exc.code, exc.message, **exc.details)
+        except web.HTTPException as exc:
+            status = exc.status
+            if status < 400:
+                raise
+            return _http_error(request, exc, security)
+        except Exception:
+            log.exception("api_crashed", method=request.method, path=request.path)
+            return json_error(500, "internal_error", "internal server error")
+        finally:
+            elapsed = perf_counter() - started
+            API_COUNTS.done(request.method, route_name, status, elapsed)
+            if _access_log.isEnabledFor(logging.DEBUG):  # off by default: no event built
+                log.debug("api_request", method=request.method, path=request.path,
+                          status=status, ms=round(elapsed * 1000, 3))
+
+    return api_request
 
 
 #: Asked whether debug is on before the access line is built (as ``server.gateway`` does).
 _access_log = logging.getLogger("switchboard.api")
 
 
-def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
+def _http_error(request: web.Request, exc: web.HTTPException, security: Security
+                ) -> web.Response:
     """aiohttp's own 4xx/5xx (404, 405, 413, ...) as a JSON error that says what to do."""
     status = exc.status
     message = exc.text if exc.text and not exc.text.startswith(f"{status}:") else exc.reason
     if status == 413:
         message = (f"request body too large (limit "
-                   f"{request.app[SECURITY].settings.api_max_body} bytes)")
+                   f"{security.settings.api_max_body} bytes)")
     elif status == 404 and message == "Not Found":
         message = f"no route {request.method} {request.path}; see /docs for the API"
     elif status == 405:
@@ -127,17 +148,18 @@ def streams_body(handler: Handler) -> Handler:
     return handler
 
 
-async def _admitted(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _admitted(request: web.Request, handler: Handler, security: Security
+                    ) -> web.StreamResponse:
     """The handler's response if the request may run, its body read first under a deadline;
-    the refusal otherwise (401/403 token, 429 rate, 422 repeated query parameter)."""
+    the refusal otherwise (401/403 token, 429 rate, 422 repeated query parameter).
+    ``handler`` is the route's own (this is the only middleware: nothing wraps it)."""
     if request.method == "OPTIONS" or is_public(request.path):
         return _repeated_query(request) or await handler(request)
-    security = request.app[SECURITY]
     refusal = (security.check_api_token(request) or security.check_api_rate(request)
                or _repeated_query(request))
     if refusal is not None:
         return refusal
-    if request.can_read_body and request.match_info.handler not in STREAMING_HANDLERS:
+    if request.can_read_body and handler not in STREAMING_HANDLERS:
         # Read (and cache) the body under a deadline: a client trickling its body cannot hold
         # a handler forever (slow POST). Over API_MAX_BODY, read() raises 413. A body that
         # came whole with the headers (the common small request) has nothing to wait for:

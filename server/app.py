@@ -131,7 +131,7 @@ def create_apps(settings: Settings, gateway: Gateway | None = None,
     ws_app.cleanup_ctx.append(webhooks_ctx)
     ws_app.on_shutdown.append(_close_sockets)
 
-    api_app = web.Application(middlewares=[api_middleware],
+    api_app = web.Application(middlewares=[api_middleware(security)],
                               client_max_size=settings.api_max_body)
     api_app[GATEWAY] = gateway
     api_app[ROUTER] = router
