@@ -21,6 +21,7 @@ from server.metrics import API_COUNTS
 
 if TYPE_CHECKING:
     from aiohttp.web_urldispatcher import AbstractRoute
+    from multidict import MultiMapping
 
     from server.security import Security
 
@@ -75,24 +76,29 @@ def api_middleware(security: Security) -> Middleware:
     what it needs is at hand without a lookup per request: the app's Security (no
     ``request.app[...]``), and each route's metrics label, found once per route and kept.
     """
-    #: aiohttp's route object -> its metrics label (its canonical path). Only routes the app
-    #: has are kept: a 404/405 gets a new SystemRoute each time, labelled "unmatched".
-    labels: dict[AbstractRoute, str] = {}
+    #: aiohttp's route object -> (its metrics label, whether it is public: ``None`` when that
+    #: depends on the path, as under /static/). Only routes the app has are kept: a 404/405
+    #: gets a new SystemRoute each time (labelled "unmatched", public by its path).
+    known: dict[AbstractRoute, tuple[str, bool | None]] = {}
 
     @web.middleware
     async def api_request(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = perf_counter()
         route = request.match_info.route
-        route_name = labels.get(route)
-        if route_name is None:
+        facts = known.get(route)
+        if facts is None:
             resource = route.resource
             if resource is None:
-                route_name = "unmatched"
+                facts = ("unmatched", None)
             else:
-                route_name = labels[route] = resource.canonical
+                # A plain resource answers exactly one path: its canonical one.
+                public = (is_public(resource.canonical)
+                          if isinstance(resource, web.PlainResource) else None)
+                facts = known[route] = (resource.canonical, public)
+        route_name, public = facts
         status = 500
         try:
-            response = await _admitted(request, handler, security)
+            response = await _admitted(request, handler, security, public)
             status = response.status
             return response
         except SwitchboardError as exc:
@@ -148,15 +154,19 @@ def streams_body(handler: Handler) -> Handler:
     return handler
 
 
-async def _admitted(request: web.Request, handler: Handler, security: Security
-                    ) -> web.StreamResponse:
+async def _admitted(request: web.Request, handler: Handler, security: Security,
+                    public: bool | None) -> web.StreamResponse:
     """The handler's response if the request may run, its body read first under a deadline;
     the refusal otherwise (401/403 token, 429 rate, 422 repeated query parameter).
-    ``handler`` is the route's own (this is the only middleware: nothing wraps it)."""
-    if request.method == "OPTIONS" or is_public(request.path):
-        return _repeated_query(request) or await handler(request)
+    ``handler`` is the route's own (this is the only middleware: nothing wraps it);
+    ``public``: whether the route needs no token (``None``: :func:`is_public` of the path)."""
+    if public is None:
+        public = is_public(request.path)
+    query = request.query
+    if request.method == "OPTIONS" or public:
+        return (len(query) > 1 and _repeated_query(query)) or await handler(request)
     refusal = (security.check_api_token(request) or security.check_api_rate(request)
-               or _repeated_query(request))
+               or (len(query) > 1 and _repeated_query(query)) or None)
     if refusal is not None:
         return refusal
     if request.can_read_body and handler not in STREAMING_HANDLERS:
@@ -179,16 +189,14 @@ async def _admitted(request: web.Request, handler: Handler, security: Security
     return await handler(request)
 
 
-def _repeated_query(request: web.Request) -> web.Response | None:
+def _repeated_query(query: MultiMapping[str]) -> web.Response | None:
     """No API query parameter takes several values: ``?limit=1&limit=2`` is a 422 naming it,
-    not a silent pick of the first."""
-    query = request.query
-    if len(query) > 1:
-        seen: set[str] = set()
-        for name, _ in query.items():
-            if name in seen:
-                return json_error(422, "invalid_field",
-                                  f"query parameter {name[:64]} given more than once",
-                                  field=name[:64])
-            seen.add(name)
+    not a silent pick of the first (asked only when there are several parameters)."""
+    seen: set[str] = set()
+    for name, _ in query.items():
+        if name in seen:
+            return json_error(422, "invalid_field",
+                              f"query parameter {name[:64]} given more than once",
+                              field=name[:64])
+        seen.add(name)
     return None
