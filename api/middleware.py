@@ -7,16 +7,18 @@ an unexpected exception is logged with its traceback and answered 500 without on
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
-from server.errors import SwitchboardError
+from server.errors import StartupError, SwitchboardError
 from server.metrics import API_COUNTS
 
 if TYPE_CHECKING:
@@ -28,7 +30,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger("switchboard.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 #: Routes anyone may call without the token: liveness and readiness probes, the docs, the
 #: WebSocket protocol (/asyncapi.json), the dashboard's page (which asks for the token itself),
@@ -65,40 +66,95 @@ def json_error(status: int, code: str, message: str, *, headers: Any = None,
                         content_type="application/json", headers=headers)
 
 
-def api_middleware(security: Security) -> Middleware:
-    """The API app's one middleware (bound to its :class:`Security`): on every request, JSON
-    errors, the route's metrics and the debug access line around :func:`_admitted` (the
-    repeated-query check, the token, the rate limit, the body read under its deadline).
+def guard_routes(app: web.Application, security: Security) -> None:
+    """Put every route of the API app behind :func:`_guarded` (call it once every route is
+    added, CORS preflights included) and answer what no route matches with a JSON 404/405.
 
-    One middleware, not one per concern: each level of aiohttp's middleware chain is a
-    coroutine call per request, and the unicast path is measured in Python calls
-    (``bench/api_calls.py``, docs/BENCHMARKS.md). This is the API's one per-request path, so
-    what it needs is at hand without a lookup per request: the app's Security (no
-    ``request.app[...]``), and each route's metrics label, found once per route and kept.
+    Why not an aiohttp middleware: aiohttp adds its own ``_fix_request_current_app``
+    middleware to every app that has any, and finds the chain per request (an lru_cache
+    keyed by the app): about ten Python calls per request on top of ours, on a path measured
+    in calls (``bench/api_calls.py``, docs/BENCHMARKS.md "Issue 17"). Wrapping each route's
+    handler once, here, gives every request the same single path with what it needs bound
+    in advance: the app's Security, the route's metrics label and whether it is public or
+    streams its body. aiohttp's own 404/405 are raised outside any handler, so a catch-all
+    route (registered last: aiohttp tries it only after every other route) answers them.
+    Handlers are swapped on aiohttp's route objects (``_handler``, checked at start-up by
+    :func:`server.ws.check_aiohttp`); :func:`check_guarded` refuses to start an app with a
+    route left unguarded.
     """
-    #: aiohttp's route object -> (its metrics label, whether it is public: ``None`` when that
-    #: depends on the path, as under /static/). Only routes the app has are kept: a 404/405
-    #: gets a new SystemRoute each time (labelled "unmatched", public by its path).
-    known: dict[AbstractRoute, tuple[str, bool | None]] = {}
+    router = app.router
+    for route in router.routes():
+        _swap(route, _guarded(route.handler, security, *_facts(route)))
+    every_path = _EveryPath("/{path}")
+    router.register_resource(every_path)
+    _swap(every_path.add_route(hdrs.METH_ANY, _no_route),
+          _guarded(_no_route, security, "unmatched", None, False))
+    app.on_startup.append(check_guarded)
 
-    @web.middleware
-    async def api_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+
+def _swap(route: AbstractRoute, handler: Handler) -> None:
+    route._handler = handler  # type: ignore[attr-defined] # aiohttp's, see guard_routes
+    if route.handler is not handler:
+        raise StartupError(f"aiohttp {aiohttp.__version__} keeps a route's handler elsewhere "
+                           f"than _handler; install the aiohttp pinned in setup.cfg")
+
+
+def _facts(route: AbstractRoute) -> tuple[str, bool | None, bool]:
+    """A route's metrics label (its canonical path), whether it is public (``None``: it
+    depends on the path, as under /static/; a plain resource answers exactly its own path)
+    and whether its handler reads its body as it arrives."""
+    resource = route.resource
+    assert resource is not None
+    label = resource.canonical
+    public = is_public(label) if isinstance(resource, web.PlainResource) else None
+    return label, public, route.handler in STREAMING_HANDLERS
+
+
+async def check_guarded(app: web.Application) -> None:
+    """At start-up: every route of the API app goes through :func:`_guarded` (a route added
+    after :func:`guard_routes` would skip the token check)."""
+    unguarded = [f"{route.method} {route.resource.canonical if route.resource else '?'}"
+                 for route in app.router.routes()
+                 if not getattr(route.handler, "api_guarded", False)]
+    if unguarded:
+        raise StartupError(f"API routes added after guard_routes(): {', '.join(unguarded)}")
+
+
+class _EveryPath(web.DynamicResource):
+    """The catch-all resource: matches every request target, the asterisk form of
+    ``OPTIONS *`` included (which no path pattern matches). aiohttp tries it last: its
+    index key is "/", where every walk of the router ends."""
+
+    def _match(self, path: str) -> dict[str, str] | None:
+        return {"path": path}
+
+
+async def _no_route(request: web.Request) -> web.StreamResponse:
+    """What no route matched: 405 naming the methods the path has (as aiohttp's own), else
+    404. Only error paths come here."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is request.match_info.route.resource:
+            continue  # the catch-all itself
+        _, methods = await resource.resolve(request)
+        allowed |= methods
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()
+
+
+def _guarded(handler: Handler, security: Security, route_name: str, public: bool | None,
+             streaming: bool) -> Handler:
+    """``handler`` behind the API's one per-request path: JSON errors, the route's metrics
+    and the debug access line around :func:`_admitted` (the repeated-query check, the token,
+    the rate limit, the body read under its deadline)."""
+
+    @functools.wraps(handler)
+    async def api_request(request: web.Request) -> web.StreamResponse:
         started = perf_counter()
-        route = request.match_info.route
-        facts = known.get(route)
-        if facts is None:
-            resource = route.resource
-            if resource is None:
-                facts = ("unmatched", None)
-            else:
-                # A plain resource answers exactly one path: its canonical one.
-                public = (is_public(resource.canonical)
-                          if isinstance(resource, web.PlainResource) else None)
-                facts = known[route] = (resource.canonical, public)
-        route_name, public = facts
         status = 500
         try:
-            response = await _admitted(request, handler, security, public)
+            response = await _admitted(request, handler, security, public, streaming)
             status = response.status
             return response
         except SwitchboardError as exc:
@@ -119,6 +175,7 @@ def api_middleware(security: Security) -> Middleware:
                 log.debug("api_request", method=request.method, path=request.path,
                           status=status, ms=round(elapsed * 1000, 3))
 
+    api_request.api_guarded = True  # type: ignore[attr-defined]
     return api_request
 
 
@@ -155,11 +212,11 @@ def streams_body(handler: Handler) -> Handler:
 
 
 async def _admitted(request: web.Request, handler: Handler, security: Security,
-                    public: bool | None) -> web.StreamResponse:
-    """The handler's response if the request may run, its body read first under a deadline;
-    the refusal otherwise (401/403 token, 429 rate, 422 repeated query parameter).
-    ``handler`` is the route's own (this is the only middleware: nothing wraps it);
-    ``public``: whether the route needs no token (``None``: :func:`is_public` of the path)."""
+                    public: bool | None, streaming: bool) -> web.StreamResponse:
+    """The handler's response if the request may run, its body read first under a deadline
+    (unless the handler ``streaming`` reads it itself); the refusal otherwise (401/403
+    token, 429 rate, 422 repeated query parameter). ``public``: whether the route needs no
+    token (``None``: :func:`is_public` of the path)."""
     if public is None:
         public = is_public(request.path)
     query = request.query
@@ -169,7 +226,7 @@ async def _admitted(request: web.Request, handler: Handler, security: Security,
                or (len(query) > 1 and _repeated_query(query)) or None)
     if refusal is not None:
         return refusal
-    if request.can_read_body and handler not in STREAMING_HANDLERS:
+    if not streaming and request.can_read_body:
         # Read (and cache) the body under a deadline: a client trickling its body cannot hold
         # a handler forever (slow POST). Over API_MAX_BODY, read() raises 413. A body that
         # came whole with the headers (the common small request) has nothing to wait for:

@@ -21,7 +21,7 @@ import aiohttp_cors
 import structlog
 from aiohttp import hdrs, web
 
-from api.middleware import api_middleware
+from api.middleware import guard_routes
 from api.routes import routes as api_routes
 from api.stream import routes as stream_routes
 from api.ui import setup_ui
@@ -131,8 +131,8 @@ def create_apps(settings: Settings, gateway: Gateway | None = None,
     ws_app.cleanup_ctx.append(webhooks_ctx)
     ws_app.on_shutdown.append(_close_sockets)
 
-    api_app = web.Application(middlewares=[api_middleware(security)],
-                              client_max_size=settings.api_max_body)
+    # No aiohttp middleware: every route is guarded by api.middleware.guard_routes (below).
+    api_app = web.Application(client_max_size=settings.api_max_body)
     api_app[GATEWAY] = gateway
     api_app[ROUTER] = router
     api_app[SECURITY] = security
@@ -143,6 +143,7 @@ def create_apps(settings: Settings, gateway: Gateway | None = None,
     add_client_routes(api_app, any_origin=False)  # the dashboard imports it same-origin
     api_app.add_routes(stream_routes)
     _setup_cors(api_app, settings)
+    guard_routes(api_app, security)  # last: every route, CORS preflights included
     return ws_app, api_app
 
 

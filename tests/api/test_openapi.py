@@ -21,11 +21,13 @@ from server.config import Settings
 from tests.api.openapi_check import SpecChecker
 from tests.conftest import API_TOKEN, LiveGateway, MakeGateway, WSClient
 
-IMPLICIT_METHODS = frozenset({"HEAD", "OPTIONS"})
+#: HEAD and OPTIONS come with GET and CORS; "*" is the catch-all that answers 404/405
+#: (``api.middleware.guard_routes``), not an operation.
+IMPLICIT_METHODS = frozenset({"HEAD", "OPTIONS", "*"})
 
 
 def registered_operations(app: web.Application) -> set[tuple[str, str]]:
-    """``{(METHOD, path template)}`` of every route on ``app`` (HEAD/OPTIONS aside)."""
+    """``{(METHOD, path template)}`` of every route on ``app`` (IMPLICIT_METHODS aside)."""
     found: set[tuple[str, str]] = set()
     for route in app.router.routes():
         if route.method in IMPLICIT_METHODS:
