@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import orjson
 import pytest
+from aiohttp import web
 
-from tests.conftest import LiveGateway, MakeGateway
+from server.app import create_apps
+from server.config import Settings
+from server.errors import StartupError
+from tests.conftest import API_TOKEN, LiveGateway, MakeGateway
 
 JSON = {"Content-Type": "application/json"}
 
@@ -169,6 +175,42 @@ async def test_unknown_routes_and_methods_say_what_to_do(live_gateway: LiveGatew
     status, body = await live_gateway.api("GET", "/no/such/thing")
     assert status == 404
     assert "see /docs" in body["error"]["message"]
+
+
+@pytest.mark.parametrize(("target", "method", "status", "message"), [
+    ("*", "OPTIONS", 404, "no route OPTIONS *; see /docs for the API"),
+    ("/static/a%0A", "GET", 404, "no route GET /static/a\n; see /docs for the API"),
+    ("/send_message", "GET", 405, "GET is not allowed on /send_message; allowed: "),
+])
+async def test_targets_no_route_matches_get_a_json_error(
+        live_gateway: LiveGateway, target: str, method: str, status: int, message: str) -> None:
+    """What no route's pattern matches (the asterisk form, a path with a newline) or no
+    route's method allows is answered in JSON like any error, through a raw socket."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", live_gateway.api_server.port)
+    writer.write(f"{method} {target} HTTP/1.1\r\nHost: x\r\n"
+                 f"Authorization: Bearer {API_TOKEN}\r\nConnection: close\r\n\r\n".encode())
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split()[1] == str(status).encode(), answer
+    assert b"content-type: application/json" in head.lower(), answer
+    assert orjson.loads(body)["error"]["message"].startswith(message)
+
+
+async def test_a_route_added_after_the_guard_stops_start_up() -> None:
+    """Every API route runs behind api.middleware.guard_routes (token, limits, JSON errors):
+    one added to the app afterwards would skip the token check, so the app refuses to start."""
+    _, api_app = create_apps(Settings(ws_host="127.0.0.1", api_host="127.0.0.1",
+                                      api_token=API_TOKEN))
+
+    async def unguarded(request: web.Request) -> web.Response:
+        return web.json_response({"secret": True})
+
+    api_app.router.add_get("/late", unguarded)
+    runner = web.AppRunner(api_app)
+    with pytest.raises(StartupError, match="GET /late"):
+        await runner.setup()
+    await runner.cleanup()
 
 
 @pytest.mark.parametrize("query", ["limit=", "limit=&limit=5", "limit=5&limit=6", "offset=x",
