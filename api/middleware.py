@@ -1,4 +1,6 @@
-"""HTTP API middleware: JSON errors, authentication, rate limiting, request logging.
+"""What every HTTP API request goes through: JSON errors, authentication, rate limiting,
+request metrics and logging (:func:`guard_routes` wraps every route of the API app in it;
+aiohttp middlewares are not used, see there why).
 
 Every error, ours or aiohttp's (404, 405, 413), leaves as ``{"error": {"code", "message"}}``;
 an unexpected exception is logged with its traceback and answered 500 without one.
