@@ -79,10 +79,12 @@ def guard_routes(app: web.Application, security: Security) -> None:
     handler once, here, gives every request the same single path with what it needs bound
     in advance: the app's Security, the route's metrics label and whether it is public or
     streams its body. aiohttp's own 404/405 are raised outside any handler, so a catch-all
-    route (registered last: aiohttp tries it only after every other route) answers them.
-    Handlers are swapped on aiohttp's route objects (``_handler``, checked at start-up by
-    :func:`server.ws.check_aiohttp`); :func:`check_guarded` refuses to start an app with a
-    route left unguarded.
+    resource (:class:`_EveryPath`, registered last: aiohttp tries it only after every other
+    route) answers them. Two aiohttp internals are used: handlers are swapped on its route
+    objects (``_handler``, checked as it is set: another aiohttp stops start-up) and the
+    catch-all overrides ``DynamicResource._match`` (were it renamed, 404/405 would lose their
+    JSON body: ``tests/api/test_errors.py`` would fail). :func:`check_guarded` refuses to
+    start an app with a route left unguarded.
     """
     router = app.router
     for route in router.routes():

@@ -133,8 +133,11 @@ class Security:
         self.admitted = 0
         self.api_buckets: dict[str, TokenBucket] = {}
         self.jwt = JwtVerifier(settings) if settings.ws_auth == "jwt" else None
-        #: The one Authorization header every well-behaved API caller sends, as bytes.
-        self._bearer_header = f"Bearer {settings.api_token}".encode("utf-8", "replace")
+        #: The one Authorization header every well-behaved API caller sends, as bytes (none
+        #: for a token with surrounding spaces, which the parsed form below never accepts).
+        token = settings.api_token
+        self._bearer_header = (f"Bearer {token}".encode("utf-8", "replace")
+                               if token and token == token.strip() else None)
 
     # --- client address -----------------------------------------------------------------------
 
@@ -272,8 +275,8 @@ class Security:
         # parsing); any other (scheme in another case, spaces, X-API-Key, a wrong token) is
         # parsed and compared below, where each refusal is worded.
         header = request.headers.get("Authorization")
-        if header is not None and hmac.compare_digest(header.encode("utf-8", "replace"),
-                                                      self._bearer_header):
+        if (header is not None and self._bearer_header is not None
+                and hmac.compare_digest(header.encode("utf-8", "replace"), self._bearer_header)):
             return None
         presented = _bearer(request) or request.headers.get("X-API-Key")
         if not presented:
