@@ -70,6 +70,25 @@ async def test_health_and_docs_are_public(make_gateway: MakeGateway, path: str) 
         assert status == 200
 
 
+@pytest.mark.parametrize(("token", "authorization", "status"), [
+    ("tok-1", "Bearer tok-1", None),          # the common form: one whole-header compare
+    ("tok-1", "bearer   tok-1  ", None),      # any other spelling: parsed, as ever
+    ("tok-1", "Bearer tok-1x", 403),
+    ("tok-1", "Bearer tok-", 403),
+    (" tok-1 ", "Bearer  tok-1 ", 403),       # a token with spaces never matches a Bearer
+])
+def test_the_whole_header_shortcut_accepts_exactly_what_parsing_accepts(
+        token: str, authorization: str, status: int | None) -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from server.security import Security
+
+    security = Security(Settings(ws_host="127.0.0.1", api_host="127.0.0.1", api_token=token))
+    request = make_mocked_request("GET", "/status", headers={"Authorization": authorization})
+    refusal = security.check_api_token(request)
+    assert (refusal.status if refusal is not None else None) == status
+
+
 async def test_api_token_is_compared_in_constant_time() -> None:
     import inspect
 
