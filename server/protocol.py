@@ -317,9 +317,20 @@ def error_frame(code: str, message: str, *, reply_to: str | None = None,
                         reply_to=reply_to)
 
 
-#: ``encode(frame) -> bytes``: serialise a frame once; the bytes are what goes on the wire
-#: (UTF-8 JSON). orjson itself, not a wrapper: it runs for every frame sent.
-encode: Callable[[Mapping[str, Any]], bytes] = orjson.dumps
+def encode(frame: Mapping[str, Any]) -> bytes:
+    """Serialise a frame once; the bytes are what goes on the wire (UTF-8 JSON), and what
+    history keeps.
+
+    Copied into an exactly sized bytes object (``b"%b"``, ~0.1 µs): the object orjson returns
+    keeps orjson's whole output buffer — 4 KiB for a 130-byte frame, 8 KiB for 1 KB, 130 KiB
+    for 10 KB (``tracemalloc``) — and frames are kept: in every session's history (whose
+    HISTORY_BYTES cap counts ``len()``), in channel history, for resume. Uncopied, every kept
+    unicast cost a fresh 4 KiB page (a page fault per ``POST /send_message``,
+    docs/BENCHMARKS.md "Issue 17") and history held 10–30× what it counted."""
+    return b"%b" % (_dumps(frame),)
+
+
+_dumps = orjson.dumps
 
 
 def with_seq(encoded: bytes, seq: int) -> bytes:

@@ -248,3 +248,26 @@ def test_decoding_refuses_frames_nested_too_deep() -> None:
     (5000, False), (0, False), (999, False)])
 def test_close_codes_allowed_on_the_wire(code: int, valid: bool) -> None:
     assert protocol.valid_close_code(code) is valid
+
+
+@pytest.mark.parametrize("size", [10, 1_000, 10_000])
+def test_an_encoded_frame_holds_no_more_memory_than_its_length(size: int) -> None:
+    """History keeps encoded frames and caps them by ``len()`` (HISTORY_BYTES): each must
+    hold about that much memory, not the encoder's whole output buffer (orjson's result
+    keeps 4 KiB for a 130-byte frame, 130 KiB for 10 KB)."""
+    import gc
+    import tracemalloc
+
+    frames = [protocol.server_frame("message", {"content": "x" * size, "n": i})
+              for i in range(200)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        kept = [protocol.encode(frame) for frame in frames]
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert kept[0] == orjson.dumps(frames[0])
+    length = sum(len(encoded) for encoded in kept)
+    assert held < length + 200 * 64 + 4096, (held, length)
