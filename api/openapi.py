@@ -12,12 +12,14 @@ OpenAPI 3.0.3 (not 3.1) because the packaged Swagger UI renders 3.0.
 from __future__ import annotations
 
 import copy
+from itertools import combinations
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from api.middleware import is_public, public_routes_text
+from server.tools import PARAMS_NAMES
 
 JSON = "application/json"
 Schema = dict[str, Any]
@@ -274,6 +276,10 @@ SCHEMAS: dict[str, Schema] = {
         "client_id": {"type": "string", "minLength": 1, "maxLength": 128},
         "tool_name": {"type": "string", "minLength": 1, "maxLength": 128},
         "params": {**ANY_OBJECT, "nullable": True},
+        "arguments": {**ANY_OBJECT, "nullable": True,
+                      "description": "MCP's name for params (give one of the two)"},
+        "parameters": {**ANY_OBJECT, "nullable": True,
+                       "description": "the seed-001 name for params (give one)"},
         "timeout": {"type": "number", "exclusiveMinimum": True, "minimum": 0,
                     "maximum": 3600, "nullable": True,
                     "description": "seconds to wait for the client's tool_result "
@@ -282,6 +288,10 @@ SCHEMAS: dict[str, Schema] = {
                             "description": "wait for an offline client to resume instead of "
                                            "answering 409"},
     }, ("client_id", "tool_name"), additionalProperties=True,
+        **{"not": {"anyOf": [{"required": list(pair)}
+                             for pair in combinations(PARAMS_NAMES, 2)]}},
+        description="The tool's parameters go under one of `params`, `arguments` or "
+                    "`parameters`.",
         example={"client_id": "alice", "tool_name": "get_time", "params": {}}),
     "CallToolResult": _obj({
         "call_id": STRING,

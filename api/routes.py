@@ -16,6 +16,7 @@ from server.metrics import HOT, TOOL_CALL, render
 from server.protocol import Field, json_too_deep_message, too_deep, validate_fields
 from server.security import OBSERVER_TICKET_TTL
 from server.sessions import iso_time
+from server.tools import PARAMS_NAMES, call_params
 
 MAX_PAGE = 1000
 #: The largest PRESENCE_LIMIT (a presence ``limit`` above the configured one is lowered to it).
@@ -260,7 +261,7 @@ async def broadcast(request: web.Request) -> web.Response:
 CALL_FIELDS = {
     "client_id": Field("string", required=True, max_length=128),
     "tool_name": Field("string", required=True, max_length=128),
-    "params": Field("object"),
+    **{name: Field("object") for name in PARAMS_NAMES},
     "timeout": Field("number"),
     "wait_for_client": Field("boolean"),
 }
@@ -273,10 +274,11 @@ async def call_tool(request: web.Request) -> web.Response:
     if timeout is not None and not 0 < timeout <= 3600:
         raise ValidationError("timeout must be between 0 and 3600 seconds",
                               code="invalid_field", details={"field": "timeout"})
+    params = call_params(body)
     outcomes = TOOL_CALL["api"]
     try:
         answer = await gw(request).call_tool(
-            body["client_id"], body["tool_name"], body.get("params") or {}, timeout=timeout,
+            body["client_id"], body["tool_name"], params, timeout=timeout,
             wait_for_client=bool(body.get("wait_for_client", False)))
     except SwitchboardError as exc:
         outcomes[_TOOL_ERROR_OUTCOMES.get(exc.code, "error")].inc()

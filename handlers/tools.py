@@ -1,6 +1,6 @@
 """Tool frames.
 
-* ``tool_call`` {tool_name, params, call_id?}: the gateway runs a server-side tool (or forwards
+* ``tool_call`` {tool_name, params (or arguments, parameters), call_id?}: the gateway runs a server-side tool (or forwards
   it to ``TOOL_WEBHOOK_URL``) with the seed-001 lifecycle frames, then ``tool_response``.
 * ``tool_result`` {call_id, result | error}: the client's answer to a server-initiated
   ``tool_call`` (``POST /call_tool``). Only the addressed client can answer a call.
@@ -13,10 +13,11 @@ from __future__ import annotations
 from server.errors import NotFoundError
 from server.protocol import ClientFrame, Field
 from server.router import HandlerContext
+from server.tools import PARAMS_NAMES, call_params
 
 TOOL_CALL_FIELDS = {
     "tool_name": Field("string", required=True, max_length=128),
-    "params": Field("object"),
+    **{name: Field("object") for name in PARAMS_NAMES},
     "call_id": Field("string", max_length=128),
 }
 TOOL_RESULT_FIELDS = {"call_id": Field("string", required=True, max_length=128)}
@@ -27,7 +28,7 @@ PERMISSION_FIELDS = {
 
 
 async def handle_tool_call(ctx: HandlerContext, frame: ClientFrame) -> None:
-    params = frame.data.get("params") or {}
+    params = call_params(frame.data)
     ctx.gateway.spawn(
         ctx.gateway.run_tool(ctx.session, frame.data["tool_name"], params,
                              call_id=frame.data.get("call_id"), reply_to=frame.message_id),

@@ -59,12 +59,11 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import orjson
 import structlog
 
 from server.logging_setup import url_for_logs
 from server.metrics import EVENT_OUTCOME, EVENT_POST
-from server.protocol import now_iso
+from server.protocol import encode, now_iso
 from server.webhooks import _describe, backend_session, request_headers
 
 if TYPE_CHECKING:
@@ -137,7 +136,7 @@ class EventEmitter:
             return False
         event = {"type": kind, "id": "evt_" + secrets.token_hex(10), "timestamp": now_iso()}
         event.update(fields)
-        self.queue.append(orjson.dumps(event))
+        self.queue.append(encode(event))  # exactly sized: the queue keeps them (protocol.encode)
         if len(self.queue) >= self.batch_size:
             self._full.set()
         self._wakeup.set()

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
 
-from server.errors import ToolError
+from server.errors import ToolError, ValidationError
 
 if TYPE_CHECKING:
     from server.gateway import Gateway
@@ -295,3 +295,22 @@ def _server_status(params: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
 async def _notify_all(params: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
     result = await ctx.gateway.broadcast("notification", {"message": params["message"]})
     return {"recipients": result["recipients"]}
+
+
+#: The names a caller may give a tool's parameters under, in both directions (``POST
+#: /call_tool`` and the ``tool_call`` frame): ``params`` (ours and the seeds' HTTP API), MCP's
+#: ``arguments`` and ``parameters`` (the name seed 001's lifecycle frames show them under).
+#: Callers reach for all three; a misspelt name would otherwise run the tool with none.
+PARAMS_NAMES = ("params", "arguments", "parameters")
+
+
+def call_params(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The tool parameters of a call ``body`` (already validated as objects), under whichever
+    of :data:`PARAMS_NAMES` it uses (null or absent: none); 422 ``invalid_field`` when it has
+    more than one of the names, even null."""
+    given = [name for name in PARAMS_NAMES if name in body]
+    if len(given) > 1:
+        raise ValidationError(f"give the tool's parameters once, as {given[0]} or "
+                              f"{given[1]}, not both", code="invalid_field",
+                              details={"field": given[1]})
+    return (body[given[0]] or {}) if given else {}

@@ -49,6 +49,36 @@ async def test_call_tool_is_answered_by_the_client(live_gateway: LiveGateway) ->
     assert not live.holder.pending_calls
 
 
+@pytest.mark.parametrize("name", ["params", "arguments", "parameters"])
+async def test_the_parameters_reach_the_client_under_any_of_their_names(
+        live_gateway: LiveGateway, name: str) -> None:
+    live = live_gateway
+    client = await live.connect(client_id="agent")
+    request = asyncio.get_running_loop().create_task(live.api("POST", "/call_tool", {
+        "client_id": "agent", "tool_name": "read_file", name: {"path": "/etc/motd"},
+        "timeout": LONG}))
+    frame = await incoming_call(client)
+    assert frame["data"]["params"] == {"path": "/etc/motd"}
+    await client.send("tool_result", {"call_id": frame["data"]["call_id"], "result": "ok"})
+    status, body = await request
+    assert status == 200 and body["result"] == "ok", body
+
+
+async def test_parameters_under_two_names_are_422_and_nothing_is_sent(
+        live_gateway: LiveGateway) -> None:
+    live = live_gateway
+    client = await live.connect(client_id="agent")
+    status, body = await live.api("POST", "/call_tool", {
+        "client_id": "agent", "tool_name": "read_file", "params": {"path": "/a"},
+        "arguments": {"path": "/b"}})
+    assert status == 422, body
+    assert body["error"]["code"] == "invalid_field"
+    assert body["error"]["field"] == "arguments" and "params" in body["error"]["message"]
+    await client.send("ping", message_id="after")
+    assert (await client.recv())["type"] == "pong"  # no tool_call came before the pong
+    assert not live.holder.pending_calls
+
+
 async def test_a_client_error_answer_is_an_unsuccessful_result(
         live_gateway: LiveGateway) -> None:
     live = live_gateway

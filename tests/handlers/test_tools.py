@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from server.tools import ToolContext
 from tests.conftest import LiveGateway
 
@@ -25,6 +27,26 @@ async def test_tool_call_runs_a_builtin_and_answers_tool_response(
     assert response["data"] == {"call_id": "calc-1", "tool_name": "calculate", "success": True,
                                 "result": {"expression": "(2 + 3) * 4", "result": 20}}
     assert [start["seq"], complete["seq"], response["seq"]] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("name", ["params", "arguments", "parameters"])
+async def test_a_tool_call_takes_its_parameters_under_any_of_their_names(
+        live_gateway: LiveGateway, name: str) -> None:
+    client = await live_gateway.connect()
+    await client.send("tool_call", {"tool_name": "calculate", name: {"expression": "6 * 7"}})
+    response = await client.recv_type("tool_response")
+    assert response["data"]["success"] is True, response
+    assert response["data"]["result"]["result"] == 42
+
+
+async def test_a_tool_call_with_parameters_under_two_names_is_refused(
+        live_gateway: LiveGateway) -> None:
+    client = await live_gateway.connect()
+    await client.send("tool_call", {"tool_name": "calculate", "params": {"expression": "1"},
+                                    "parameters": {"expression": "2"}}, message_id="both")
+    error = await client.recv()
+    assert error["type"] == "error" and error["reply_to"] == "both", error
+    assert error["data"]["code"] == "invalid_field" and error["data"]["field"] == "parameters"
 
 
 async def test_unknown_tool_is_an_unsuccessful_response_with_a_reason(
