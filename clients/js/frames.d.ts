@@ -315,6 +315,8 @@ export interface ClientFrameData {
   tool_call: {
     tool_name: string;
     params?: Record<string, unknown>;
+    arguments?: Record<string, unknown>;
+    parameters?: Record<string, unknown>;
     call_id?: string;
     [key: string]: unknown;
   };
