@@ -286,6 +286,10 @@ def receiver_main(port: int, ids: list[str], conn: Connection) -> None:
 # --- one gateway configuration ----------------------------------------------------------------
 
 
+#: --pin: the CPUs everything but the gateway runs on (empty: no pinning).
+PIN: list[int] = []
+
+
 class Gateway:
     """``run_websocket_server.py`` with ``WORKERS`` processes, on free loopback ports."""
 
@@ -304,6 +308,8 @@ class Gateway:
         self.process = subprocess.Popen([sys.executable, str(REPO / "run_websocket_server.py")],
                                         env=env, cwd=self.cwd.name)
         self.ps = psutil.Process(self.process.pid)
+        if PIN:  # --pin: the gateway alone on CPU 0 (set before it starts any worker)
+            self.ps.cpu_affinity([0])
 
     def cpu(self) -> float:
         """CPU seconds of the gateway's processes so far."""
@@ -660,6 +666,10 @@ def main() -> int:
     parser.add_argument("--inproc-sessions", type=int, default=2_000)
     parser.add_argument("--inproc-broadcasts", type=int, default=100)
     parser.add_argument("--out", default=str(REPO / "docs" / "bench" / "capacity.md"))
+    parser.add_argument("--pin", action="store_true",
+                        help="cluster part: the gateway on CPU 0 alone, redis-server, the "
+                             "receivers and this harness on the other CPUs, so the node's "
+                             "CPU per delivery is not charged for sharing a core with them")
     parser.add_argument("--server-from", default="",
                         help="inprocess only: import the gateway from this checkout (a "
                              "baseline, e.g. `git archive main | tar -x -C DIR`)")
@@ -693,6 +703,11 @@ def main() -> int:
                 proc.kill()
                 proc.wait()
     if "cluster" in parts:
+        if args.pin:  # everything started from here inherits this; the gateway moves to 0
+            PIN.extend(range(1, os.cpu_count() or 1))
+            if not PIN:
+                raise SystemExit("--pin needs at least two CPUs")
+            psutil.Process().cpu_affinity(PIN)
         cluster = run_cluster(args)
     text = report(args, inproc, cluster)
     print("\n" + text)
