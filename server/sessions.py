@@ -575,19 +575,18 @@ class SessionRegistry:
         self.counters.total_messages_sent += 1
         if self.journal is not None and self.holds(session):
             self.journal.appended(session, entry)
-        return seq, self._push(session, protocol.with_seq(encoded, seq))
+        return seq, self.deliver_ephemeral(session, protocol.with_seq(encoded, seq))
 
     @staticmethod
     def deliver_ephemeral(session: Session, encoded: bytes) -> bool:
-        """Push a frame that is not kept in history (no seq): pong, connection_established.
+        """Push encoded bytes to the session's live connection as they are: a frame not kept
+        in history (no seq: pong, connection_established), or ``deliver``'s, kept first.
         False: no live connection took it."""
         outbox = session.outbox
         if outbox is not None and outbox.push(encoded):
             HOT.frames_out_sent += 1
             return True
         return False
-
-    _push = deliver_ephemeral
 
     def fan_out(self, sessions: Iterable[Session], encoded: bytes,
                 message_id: str | None = None) -> tuple[int, int]:
