@@ -330,6 +330,29 @@ class Gateway:
         self.cwd.cleanup()
 
 
+def profile_start(args: argparse.Namespace, gw: Gateway, label: str
+                  ) -> subprocess.Popen[bytes] | None:
+    """--profile DIR: py-spy (on PATH or $PYSPY) records the gateway over the broadcast
+    phase only, one raw (collapsed stacks) file per round, for comparing the brokers."""
+    if not args.profile:
+        return None
+    out = Path(args.profile)
+    out.mkdir(parents=True, exist_ok=True)
+    name = label.replace("://", "").replace(" ", "-")
+    n = len(list(out.glob(f"{name}-*.txt")))
+    proc = subprocess.Popen(
+        [os.environ.get("PYSPY", "py-spy"), "record", "--nonblocking", "-r", "250", "-f", "raw",
+         "-o", str(out / f"{name}-{n}.txt"), "-p", str(gw.process.pid), "--subprocesses"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc
+
+
+def profile_stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+
+
 async def api(http: aiohttp.ClientSession, gw: Gateway, method: str, path: str,
               body: Any = None) -> tuple[int, Any]:
     async with http.request(method, gw.api + path, json=body,
@@ -437,6 +460,9 @@ async def cluster_round(label: str, broker_url: str, workers: int, args: argpars
             if before is not None and with_sessions is not None:
                 out["redis_bytes_per_session_with_history"] = (
                     redis_delta(empty, before)["memory"] / sessions)
+            profiler = profile_start(args, gw, label)
+            if profiler is not None:  # py-spy attaches before the measured window
+                await asyncio.sleep(1.0)
             cpu0, wall0 = gw.cpu(), time.perf_counter()
             reported = await pooled([lambda n=n: send_broadcast(n)
                                      for n in range(args.broadcasts)], 4)
@@ -450,6 +476,7 @@ async def cluster_round(label: str, broker_url: str, workers: int, args: argpars
                 live += frames
             after = await redis_quiet(redis_url) if redis_url else None
             cpu = gw.cpu() - cpu0
+            profile_stop(profiler)
             for parent in pipes:
                 parent.send("close")
             recipients = sessions * args.broadcasts
@@ -670,6 +697,9 @@ def main() -> int:
                         help="cluster part: the gateway on CPU 0 alone, redis-server, the "
                              "receivers and this harness on the other CPUs, so the node's "
                              "CPU per delivery is not charged for sharing a core with them")
+    parser.add_argument("--profile", default="",
+                        help="cluster part: py-spy record (on PATH or $PYSPY) of the gateway "
+                             "during the broadcast phase, into this directory")
     parser.add_argument("--server-from", default="",
                         help="inprocess only: import the gateway from this checkout (a "
                              "baseline, e.g. `git archive main | tar -x -C DIR`)")

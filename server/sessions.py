@@ -66,11 +66,12 @@ class Journal(Protocol):
     def appended(self, session: Session, entry: HistoryEntry) -> None:
         """One history entry was kept (a delivered or a received frame)."""
 
-    def fanned_out(self, sessions: list[Session], body: bytes, message_id: str | None,
-                   at: float) -> None:
+    def fanned_out(self, sessions: list[Session], seqs: list[int], body: bytes,
+                   message_id: str | None, at: float) -> None:
         """One broadcast frame was kept by each of ``sessions``: each one's last entry is
-        ``(session.seq, True, body, at)``, the same ``body`` object for all of them;
-        ``message_id`` is the frame's (None when the caller did not say)."""
+        ``(seq, True, body, at)`` with its seq in ``seqs`` (same order), the same ``body``
+        object for all of them; ``message_id`` is the frame's (None when the caller did not
+        say)."""
 
     def ended(self, client_id: str) -> None:
         """The session is gone (ended, expired): forget it."""
@@ -404,9 +405,14 @@ class SessionRegistry:
         #: listed as available.
         self.system_channels = frozenset(system_channels)
         self.sessions: dict[str, Session] = {}
-        #: Sessions without a connection, in the order they went offline here (oldest first):
-        #: the one to evict at MAX_SESSIONS is the first, found in O(1).
+        #: Sessions without a connection, in the order they went offline (oldest first): the
+        #: one to evict at MAX_SESSIONS is the first, found in O(1), and the expiry sweep
+        #: stops at the first one still within SESSION_TTL (its cost is the expired ones,
+        #: not every session held: a sweep runs every second).
         self.offline: dict[str, Session] = {}
+        #: False once a session went offline out of order (adopted with an older
+        #: ``disconnected_at``: a take-over): the next sweep sorts ``offline`` first.
+        self.offline_in_order = True
         #: Sessions ended to make room (drained by the gateway's sweep, which fails what
         #: still waits for them).
         self.evicted: list[str] = []
@@ -472,7 +478,7 @@ class SessionRegistry:
             self.channels.setdefault(channel, set()).add(session)
         session.recount_history(self.history_bytes)
         if session.outbox is None:
-            self.offline[session.client_id] = session
+            self._went_offline(session)
         if self.journal is not None:
             self.journal.changed(session)
 
@@ -480,6 +486,7 @@ class SessionRegistry:
         """At ``max_sessions``, end the sessions offline longest until one more fits. A
         connected session is never ended: MAX_SESSIONS >= MAX_CONNECTIONS guarantees there is
         an offline one whenever the cap is reached."""
+        self._sort_offline()
         offline = self.offline
         while len(self.sessions) >= self.max_sessions and offline:
             client_id = next(iter(offline))
@@ -511,9 +518,23 @@ class SessionRegistry:
         if self.session_ttl <= 0:
             self.end(session.client_id, "disconnected")
             return
-        self.offline[session.client_id] = session
+        self._went_offline(session)
         if self.journal is not None:
             self.journal.changed(session)
+
+    def _sort_offline(self) -> None:
+        if not self.offline_in_order:
+            self.offline = dict(sorted(self.offline.items(),
+                                       key=lambda item: item[1].disconnected_at or 0.0))
+            self.offline_in_order = True
+
+    def _went_offline(self, session: Session) -> None:
+        offline = self.offline
+        if offline and self.offline_in_order:
+            newest = next(reversed(offline.values()))
+            if (session.disconnected_at or 0.0) < (newest.disconnected_at or 0.0):
+                self.offline_in_order = False
+        offline[session.client_id] = session
 
     def end(self, client_id: str, reason: str = "deleted") -> Session | None:
         """Forget a session entirely (its history and subscriptions); ``reason`` is what the
@@ -553,9 +574,12 @@ class SessionRegistry:
         """End every session disconnected for longer than ``SESSION_TTL``; returns their ids."""
         now = time.time() if now is None else now
         deadline = now - self.session_ttl
-        expired = [s.client_id for s in self.sessions.values()
-                   if s.outbox is None and s.disconnected_at is not None
-                   and s.disconnected_at <= deadline]
+        self._sort_offline()
+        expired: list[str] = []
+        for client_id, session in self.offline.items():
+            if (session.disconnected_at or now) > deadline:
+                break  # the rest went offline later
+            expired.append(client_id)
         for client_id in expired:
             self.end(client_id, "expired")
         self.counters.total_sessions_expired += len(expired)
@@ -600,8 +624,14 @@ class SessionRegistry:
         sessions that are offline (or whose connection is overflowing) until they resume.
         """
         journal = self.journal
-        if journal is not None:
+        journaled = journal is not None
+        if journaled:
             sessions = list(sessions)  # walked twice: delivered, then journaled
+        # The journal needs each recipient's seq: noted here, while the session is in the
+        # CPU's cache (reading them again after the loop cost a cache miss per recipient:
+        # ~0.15 µs on a 20,000-session broadcast, against ~0.03 µs for the append).
+        seqs: list[int] = []
+        keep_seq = seqs.append
         pushed = queued = 0
         now = time.time()
         counters = self.counters
@@ -612,6 +642,8 @@ class SessionRegistry:
         for session in sessions:
             session.seq += 1
             seq = session.seq
+            if journaled:
+                keep_seq(seq)
             history = session.history
             if type(history) is deque:  # Session.remember, inlined for the common case
                 history.append((seq, True, encoded, now))
@@ -630,7 +662,8 @@ class SessionRegistry:
         counters.total_messages_sent += pushed + queued
         HOT.frames_out_sent += pushed
         if journal is not None:
-            journal.fanned_out(sessions, encoded, message_id, now)  # type: ignore[arg-type]
+            journal.fanned_out(sessions, seqs, encoded, message_id,  # type: ignore[arg-type]
+                               now)
         return pushed, queued
 
     def record_inbound(self, session: Session, data: bytes) -> None:

@@ -2,10 +2,10 @@
 
 :class:`RedisJournal` is the registry's :class:`~server.sessions.Journal`. The registry calls
 it synchronously on the hot path, and all it does there is note what changed: a few dict
-operations per unicast frame, and per broadcast one record (the recipients, their seqs, the
-body), never a step per recipient beyond reading its seq. One task flushes the notes with a
-pipeline of Lua scripts, one Redis round trip after the change when idle, batching more
-under load, in the order they were noted:
+operations per unicast frame, and per broadcast one record (the recipients, their seqs as
+the registry's fan-out loop noted them, the body), no step per recipient. One task flushes
+the notes with a pipeline of Lua scripts, one Redis round trip after the change when idle,
+batching more under load, in the order they were noted:
 
 * ``write_progress``: the counters and new inline history entries of up to 256 sessions in one
   call (each session's new frames in one argument);
@@ -38,7 +38,6 @@ import contextlib
 import sys
 from array import array
 from collections.abc import Callable
-from operator import attrgetter
 from typing import Any
 
 import structlog
@@ -72,9 +71,6 @@ REPEAT_REFS_PER_CALL = 8 * REFS_PER_CALL
 #: append_refs reads the seqs as little-endian 64-bit integers.
 BIG_ENDIAN = sys.byteorder == "big"
 
-#: A session's seq (read for every recipient of a broadcast as it is noted).
-SEQ_OF = attrgetter("seq")
-
 #: Inline entries noted for sessions (client id -> the session and its new entries), in the
 #: order noted since the last broadcast.
 Segment = dict[str, tuple[Session, list[HistoryEntry]]]
@@ -85,10 +81,10 @@ class FanOut:
 
     __slots__ = ("at", "body", "message_id", "seqs", "sessions")
 
-    def __init__(self, sessions: list[Session], body: bytes, message_id: str, at: float
-                 ) -> None:
+    def __init__(self, sessions: list[Session], seqs: list[int], body: bytes,
+                 message_id: str, at: float) -> None:
         self.sessions = sessions
-        self.seqs = list(map(SEQ_OF, sessions))  # in C: no bytecode per recipient
+        self.seqs = seqs
         self.body = body
         self.message_id = message_id
         self.at = at
@@ -144,8 +140,8 @@ class RedisJournal:
             pending[1].append(entry)
         self.wake.set()
 
-    def fanned_out(self, sessions: list[Session], body: bytes, message_id: str | None,
-                   at: float) -> None:
+    def fanned_out(self, sessions: list[Session], seqs: list[int], body: bytes,
+                   message_id: str | None, at: float) -> None:
         if not sessions:
             return
         if message_id is None:  # no id to keep the body under: inline, session by session
@@ -162,7 +158,7 @@ class RedisJournal:
         if self.entries:
             self.noted.append(self.entries)
             self.entries = {}
-        self.noted.append(FanOut(sessions, body, message_id, at))
+        self.noted.append(FanOut(sessions, seqs, body, message_id, at))
         self.wake.set()
 
     def ended(self, client_id: str) -> None:

@@ -279,6 +279,40 @@ def test_expiry_frees_the_session_and_its_channel_memberships() -> None:
     assert history() is None  # nothing else holds the session's history: memory is freed
 
 
+def test_a_session_adopted_offline_expires_by_when_it_went_offline() -> None:
+    """The sweep walks sessions in the order they went offline and stops at the first one
+    within SESSION_TTL; one taken over from another node went offline earlier than those
+    already here, and must neither wait for them nor be evicted after them."""
+    reg = registry(session_ttl=10)
+    now = time.time()
+    for client_id in ("b", "c"):
+        session = reg.create(client_id, "t")
+        box = FakeOutbox()
+        reg.attach(session, box)
+        reg.detach(session, box)
+    taken = Session("a", "t", 100)
+    taken.disconnected_at = now - 8  # offline on its old node before b and c went offline
+    reg.adopt(taken)
+    assert reg.expire(now=now + 1) == []
+    assert reg.expire(now=now + 3) == ["a"]  # b and c went offline at ~now: not yet
+    assert sorted(reg.expire(now=now + 11)) == ["b", "c"]
+
+
+def test_eviction_ends_the_session_offline_longest_even_if_adopted_last() -> None:
+    reg = registry(session_ttl=100, max_sessions=3)
+    for client_id in ("b", "c"):
+        session = reg.create(client_id, "t")
+        box = FakeOutbox()
+        reg.attach(session, box)
+        reg.detach(session, box)
+    taken = Session("a", "t", 100)
+    taken.disconnected_at = time.time() - 50
+    reg.adopt(taken)
+    reg.create("d", "t")
+    assert reg.evicted == ["a"]
+    assert sorted(reg.sessions) == ["b", "c", "d"]
+
+
 def test_connected_sessions_never_expire() -> None:
     reg = registry(session_ttl=0.0)
     session = reg.create("a", "t")
