@@ -114,6 +114,9 @@ class RedisJournal:
         self.counters_wanted = False
         #: The broadcast bodies the histories here hold.
         self.shared = SharedBodies()
+        #: The recipients of the last broadcast written and their ids as append_refs reads
+        #: them (see :meth:`_ids_of`); forgotten when a session ends.
+        self.joined: tuple[list[Session], str] | None = None
         self.waiters: list[asyncio.Future[None]] = []
         self.wake = asyncio.Event()
         self.healthy = asyncio.Event()
@@ -162,6 +165,7 @@ class RedisJournal:
         self.wake.set()
 
     def ended(self, client_id: str) -> None:
+        self.joined = None  # holds sessions: an ended one must not outlive its end here
         self.dirty.pop(client_id, None)
         self.entries.pop(client_id, None)
         self.resync.discard(client_id)
@@ -369,7 +373,7 @@ class RedisJournal:
                     # The same recipients as the broadcast before (a comparison by identity,
                     # in C): the script reuses their list and the run's references instead
                     # of splitting the ids again, and reads this broadcast's seqs instead.
-                    ids = "" if same else " ".join([s.client_id for s in part])
+                    ids = "" if same else self._ids_of(part)
                     run_seqs = seqs if whole else seqs[start:start + REFS_PER_CALL]
                     refs += (item.message_id, body, ids, b"")
                     refs_count += len(part)
@@ -433,6 +437,19 @@ class RedisJournal:
                     self.changed(session)
             elif result == 0 and client_id not in owners:
                 self.on_lost(client_id)
+
+    def _ids_of(self, sessions: list[Session]) -> str:
+        """The client ids of ``sessions`` as append_refs reads them. A run of broadcasts to
+        everyone or to one channel goes to the same sessions flush after flush: the string
+        is kept and reused while the list is equal (compared by identity, in C), because
+        building it reads every session again, a cache miss each (~2-3 % of the node's CPU
+        per broadcast to 20,000 sessions)."""
+        joined = self.joined
+        if joined is not None and joined[0] == sessions:
+            return joined[1]
+        ids = " ".join([s.client_id for s in sessions])
+        self.joined = (sessions, ids)
+        return ids
 
     async def _write_full(self, pipe: Any, session: Session, owner: str, rewrite: bool
                           ) -> None:

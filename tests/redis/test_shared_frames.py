@@ -295,3 +295,31 @@ async def test_a_history_full_of_references_is_trimmed_to_history_limit(
     replayed = [orjson.loads(f) for f in await raw_frames(moved.ws, 16)]
     assert [f["seq"] for f in replayed] == list(range(30, 46))
     assert [f["message_id"] for f in replayed] == kept
+
+
+async def test_broadcasts_flushed_one_by_one_reference_exactly_their_own_recipients(
+        pair: tuple[LiveGateway, LiveGateway]) -> None:
+    """The journal reuses the recipients' ids from one flush to the next while the audience
+    is the same sessions: an audience of the same size in another order, or a smaller one,
+    gets its own ids, and each history holds exactly its own references."""
+    from server import protocol
+
+    a, b = pair
+    clients = {cid: await b.connect(client_id=cid) for cid in ("x", "y", "z")}
+    for cid in clients:
+        await wait_redis(a, cid, node="b", connected="1")
+    registry = b.gateway.registry
+    x, y, z = (registry.get(cid) for cid in ("x", "y", "z"))
+    plan = [[x, y], [x, y], [y, z], [z, y], [x], [x, y, z]]
+    m = []
+    for n, targets in enumerate(plan):
+        frame = protocol.server_frame("one", {"n": n})
+        registry.fan_out(targets, protocol.encode(frame), frame["message_id"])
+        m.append(frame["message_id"].encode())
+        await flushed(b)  # one write per broadcast
+    expected = {"x": [0, 1, 4, 5], "y": [0, 1, 2, 3, 5], "z": [2, 3, 5]}
+    redis = redis_of(b)
+    for cid, indexes in expected.items():
+        stored = await redis.lrange(f"sb:h:{cid}", 0, -1)
+        assert [ref.rsplit(b" ", 1)[1] for ref in stored] == [m[i] for i in indexes], cid
+        assert stored == [b"3 %d %s" % (seq, m[i]) for seq, i in enumerate(indexes, 1)], cid
