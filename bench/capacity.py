@@ -313,12 +313,18 @@ class Gateway:
 
     def cpu(self) -> float:
         """CPU seconds of the gateway's processes so far."""
-        total = 0.0
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """User and system CPU seconds of the gateway's processes so far (system: mostly
+        the kernel's work for socket writes, loopback delivery to the receivers included)."""
+        user = system = 0.0
         for proc in [self.ps, *self.ps.children(recursive=True)]:
             with contextlib.suppress(psutil.Error):
                 times = proc.cpu_times()
-                total += times.user + times.system
-        return total
+                user += times.user
+                system += times.system
+        return user, system
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -463,7 +469,7 @@ async def cluster_round(label: str, broker_url: str, workers: int, args: argpars
             profiler = profile_start(args, gw, label)
             if profiler is not None:  # py-spy attaches before the measured window
                 await asyncio.sleep(1.0)
-            cpu0, wall0 = gw.cpu(), time.perf_counter()
+            split0, wall0 = gw.cpu_split(), time.perf_counter()
             reported = await pooled([lambda n=n: send_broadcast(n)
                                      for n in range(args.broadcasts)], 4)
             live = 0
@@ -475,7 +481,8 @@ async def cluster_round(label: str, broker_url: str, workers: int, args: argpars
                     raise SystemExit(f"a receiver timed out at {frames} frames")
                 live += frames
             after = await redis_quiet(redis_url) if redis_url else None
-            cpu = gw.cpu() - cpu0
+            split = [b - a for a, b in zip(split0, gw.cpu_split(), strict=True)]
+            cpu = sum(split)
             profile_stop(profiler)
             for parent in pipes:
                 parent.send("close")
@@ -488,6 +495,8 @@ async def cluster_round(label: str, broker_url: str, workers: int, args: argpars
             out["broadcast_s"] = time.perf_counter() - wall0
             out["node_cpu_us_per_recipient"] = cpu / recipients * 1e6
             out["node_cpu_us_per_live_delivery"] = cpu / live * 1e6
+            out["node_user_cpu_us_per_recipient"] = split[0] / recipients * 1e6
+            out["node_system_cpu_us_per_recipient"] = split[1] / recipients * 1e6
             if before is not None and after is not None:
                 d = redis_delta(before, after)
                 out["redis_bytes_per_recipient_broadcast"] = d["memory"] / recipients
@@ -608,6 +617,9 @@ def report(args: argparse.Namespace, inproc: dict[str, list[dict[str, Any]]],
         lines.append("")
     if cluster:
         keys = [("node_cpu_us_per_recipient", "node CPU µs per recipient (broadcast)"),
+                ("node_user_cpu_us_per_recipient", "… of which user (the gateway's own code)"),
+                ("node_system_cpu_us_per_recipient",
+                 "… of which system (the kernel: socket writes, loopback delivery)"),
                 ("node_cpu_us_per_live_delivery", "node CPU µs per live delivery"),
                 ("broadcast_s", "broadcast phase, s"),
                 ("redis_bytes_per_session", "Redis bytes per session (no history yet)"),
