@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -43,10 +44,39 @@ def find_redis_server() -> str:
                 pytrace=False)
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (outgoing connections and port 0)."""
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return 32768
+
+
+_PICKED_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port for a process the test starts (and may restart on the same port).
+
+    Taken below the kernel's ephemeral range, never from it: a port the kernel handed out for
+    port 0 and that was released can be handed out again at once — as the local port of any
+    outgoing connection (a browser's, a Redis client's) or to a server binding port 0 — and
+    then the process cannot listen on it (a CI run failed that way). Below the range only an
+    explicit choice can collide; each is random, checked free, and never given twice here.
+    """
+    low = min(_ephemeral_low(), 65536)
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(max(1024, low - 12000), low)
+        if port in _PICKED_PORTS:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PICKED_PORTS.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 _HELD_PORTS: list[socket.socket] = []

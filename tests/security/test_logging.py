@@ -8,13 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sys
 import textwrap
 from pathlib import Path
 
 from server.config import Settings
 from server.runner import runner_options
+from tests.conftest_redis import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,15 +91,9 @@ CHILD = textwrap.dedent('''
 ''')
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_no_secret_reaches_the_logs() -> None:
     env = {**os.environ, "WS_HOST": "127.0.0.1", "API_HOST": "127.0.0.1",
-           "WS_PORT": str(_free_port()), "API_PORT": str(_free_port()),
+           "WS_PORT": str(free_port()), "API_PORT": str(free_port()),
            "WS_AUTH": "token", "WS_AUTH_TOKEN": "QUERY-SECRET-3f9a2b1c",
            "API_TOKEN": "API-SECRET-8e7d6c5b", "LOG_LEVEL": "debug", "LOG_FORMAT": "json",
            "WS_HEARTBEAT": "0", "SHUTDOWN_TIMEOUT": "2"}
