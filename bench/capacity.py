@@ -8,7 +8,7 @@ wait has a deadline, every process is stopped at the end)::
     .venv/bin/python -m bench.capacity --quick              # a smoke run (~1 min)
     .venv/bin/python -m bench.capacity --toy                # the harness works (~20 s)
 
-Two parts, each alternating its configurations round by round (medians are reported):
+Three parts, each alternating its configurations (medians are reported):
 
 ``inprocess``
     One process, no sockets: ``SessionRegistry.fan_out`` of ``--frame-bytes`` frames to
@@ -28,6 +28,14 @@ Two parts, each alternating its configurations round by round (medians are repor
     Redis commands (INFO commandstats) and Redis CPU (INFO cpu) per broadcast and per
     unicast, the nodes' CPU per recipient and per delivery to a live socket, and resume
     latency (connect to ``connection_established``, and to the last replayed frame).
+
+``paired``
+    The ``cluster`` part's 1-node measurement of broadcasts, interleaved: a ``memory://`` and
+    a ``redis://`` gateway live side by side with the same sessions and receivers, and
+    ``--phases`` phases of ``--phase-broadcasts`` broadcasts go to one, then the other (the
+    order alternating), the node's CPU per recipient measured per phase. On a shared
+    machine whose load changes from one minute to the next, this is the steadier reading of
+    the redis:// / memory:// ratio than whole rounds a minute apart.
 
 On a 2-core machine the receivers, the load generator, Redis and the nodes share the cores:
 throughput is a floor; CPU per unit of work and memory per session are what carry over.
@@ -235,6 +243,9 @@ class Client(RawClient):
             self.got.set_exception(ConnectionError(f"closed after {self.frames} frames"))
 
     def expect(self, frames: int) -> None:
+        """Resolve :attr:`got` once ``frames`` frames (counted from the greeting on) came."""
+        if self.got.done():  # a later phase: a new wait
+            self.got = asyncio.get_running_loop().create_future()
         self.expected = frames
         if self.frames >= frames and not self.got.done():
             self.got.set_result(None)
@@ -261,22 +272,28 @@ async def open_client(port: int, query: str) -> Client:
 
 
 def receiver_main(port: int, ids: list[str], conn: Connection) -> None:
-    """A receiver process: keeps ``ids`` connected; reports, when told how many, once each
-    got them."""
+    """A receiver process: keeps ``ids`` connected; each time it is told a number of frames
+    (counted from the start), reports once each client got that many; "close" ends it."""
 
     async def main() -> None:
+        loop = asyncio.get_running_loop()
         clients = [await open_client(port, f"client_id={cid}&client_type=bench") for cid in ids]
         conn.send("connected")
-        expected = await asyncio.get_running_loop().run_in_executor(None, conn.recv)
-        for client in clients:
-            client.expect(expected)
-        try:
-            await asyncio.wait_for(asyncio.gather(*(c.got for c in clients)), DEADLINE)
-            conn.send(("done", sum(c.frames for c in clients)))
-        except TimeoutError:
-            conn.send(("timeout", sum(c.frames for c in clients)))
-        # Stay connected until told: disconnects are not part of what is measured.
-        await asyncio.get_running_loop().run_in_executor(None, conn.poll, DEADLINE)
+        while True:
+            # Stay connected until told: disconnects are not part of what is measured.
+            if not await loop.run_in_executor(None, conn.poll, DEADLINE):
+                break
+            expected = conn.recv()
+            if expected == "close":
+                break
+            for client in clients:
+                client.expect(expected)
+            try:
+                await asyncio.wait_for(asyncio.gather(*(c.got for c in clients)), DEADLINE)
+                conn.send(("done", sum(c.frames for c in clients)))
+            except TimeoutError:
+                conn.send(("timeout", sum(c.frames for c in clients)))
+                break
         for client in clients:
             client.transport.close()
 
@@ -407,15 +424,23 @@ async def pooled(jobs: list[Any], concurrency: int) -> list[Any]:
     return results
 
 
-async def cluster_round(label: str, broker_url: str, workers: int, args: argparse.Namespace,
-                        redis_url: str | None) -> dict[str, Any]:
-    gw = Gateway(broker_url, workers, args)
-    receivers: list[multiprocessing.Process] = []
-    pipes: list[Connection] = []
-    out: dict[str, Any] = {"label": label, "workers": workers}
-    try:
-        await wait_ready(gw, workers, redis_url is not None)
-        empty = await redis_quiet(redis_url) if redis_url else None
+class Population:
+    """A gateway's sessions for the cluster parts: ``--connected`` clients kept connected by
+    ``--receivers`` processes, and ``--kept`` sessions opened and dropped (kept for resume)."""
+
+    def __init__(self, gw: Gateway, args: argparse.Namespace) -> None:
+        self.gw = gw
+        self.args = args
+        self.sessions = args.kept + args.connected
+        self.kept = [f"kept{n}" for n in range(args.kept)]
+        self.tokens: dict[str, str] = {}
+        self.receivers: list[multiprocessing.Process] = []
+        self.pipes: list[Connection] = []
+        self.payload = "x" * max(0, args.frame_bytes - 140)
+
+    async def open(self, http: aiohttp.ClientSession) -> None:
+        """Open every session; return once the gateway holds them all."""
+        gw, args = self.gw, self.args
         ctx = multiprocessing.get_context("spawn")
         connected = [f"live{n}" for n in range(args.connected)]
         for r in range(args.receivers):
@@ -423,25 +448,72 @@ async def cluster_round(label: str, broker_url: str, workers: int, args: argpars
             proc = ctx.Process(target=receiver_main,
                                args=(gw.ws_port, connected[r::args.receivers], child))
             proc.start()
-            receivers.append(proc)
-            pipes.append(parent)
-        kept = [f"kept{n}" for n in range(args.kept)]
+            self.receivers.append(proc)
+            self.pipes.append(parent)
 
         async def keep(cid: str) -> str:
             client = await open_client(gw.ws_port, f"client_id={cid}&client_type=bench")
             client.transport.close()
             return str((await client.hello)["data"]["session_token"])
 
-        tokens = dict(zip(kept, await pooled([lambda c=c: keep(c) for c in kept], 32),
-                          strict=True))
-        for parent in pipes:
+        self.tokens = dict(zip(self.kept, await pooled([lambda c=c: keep(c)
+                                                        for c in self.kept], 32), strict=True))
+        for parent in self.pipes:
             if not parent.poll(DEADLINE):
                 raise SystemExit("receivers did not connect in time")
             parent.recv()
-        sessions = args.kept + args.connected
+        # every session exists (and, in a cluster, is written)
+        await settled(http, gw, self.sessions, args.connected)
+
+    def expect(self, frames: int) -> None:
+        """Tell the receivers how many frames each client will have got in all."""
+        for parent in self.pipes:
+            parent.send(frames)
+
+    def received(self) -> int:
+        """Wait for the receivers to report; the frames their clients got in all."""
+        live = 0
+        for parent in self.pipes:
+            if not parent.poll(DEADLINE):
+                raise SystemExit("receivers did not finish in time")
+            state, frames = parent.recv()
+            if state != "done":
+                raise SystemExit(f"a receiver timed out at {frames} frames")
+            live += frames
+        return live
+
+    async def broadcast(self, http: aiohttp.ClientSession, n: int) -> int:
+        """One broadcast to everyone; the recipients the gateway reports."""
+        status, body = await api(http, self.gw, "POST", "/broadcast", {
+            "message_type": "bench", "data": {"n": n, "payload": self.payload}})
+        if status != 200 or body.get("partial"):
+            raise SystemExit(f"broadcast failed: {status} {body}")
+        return int(body["recipients"]) + int(body["queued"])
+
+    def close(self) -> None:
+        for parent in self.pipes:
+            with contextlib.suppress(OSError):
+                parent.send("close")
+
+    def join(self, timeout: float) -> None:
+        for proc in self.receivers:
+            proc.join(timeout=timeout)
+            if proc.is_alive():
+                proc.kill()
+
+
+async def cluster_round(label: str, broker_url: str, workers: int, args: argparse.Namespace,
+                        redis_url: str | None) -> dict[str, Any]:
+    gw = Gateway(broker_url, workers, args)
+    people = Population(gw, args)
+    out: dict[str, Any] = {"label": label, "workers": workers}
+    try:
+        await wait_ready(gw, workers, redis_url is not None)
+        empty = await redis_quiet(redis_url) if redis_url else None
+        sessions, kept = people.sessions, people.kept
         async with aiohttp.ClientSession() as http:
-            # every session exists (and, in a cluster, is written)
-            await settled(http, gw, sessions, args.connected)
+            await people.open(http)
+            tokens = people.tokens
             with_sessions = None
             if redis_url:
                 with_sessions = await redis_quiet(redis_url)
@@ -450,16 +522,10 @@ async def cluster_round(label: str, broker_url: str, workers: int, args: argpars
 
             # broadcasts: ~frame-bytes frames to everyone; one first, not measured, so every
             # session has a history list (its own cost, reported per session)
-            for parent in pipes:
-                parent.send(args.broadcasts + 1)
-            payload = "x" * max(0, args.frame_bytes - 140)
+            people.expect(args.broadcasts + 1)
 
             async def send_broadcast(n: int) -> int:
-                status, body = await api(http, gw, "POST", "/broadcast", {
-                    "message_type": "bench", "data": {"n": n, "payload": payload}})
-                if status != 200 or body.get("partial"):
-                    raise SystemExit(f"broadcast failed: {status} {body}")
-                return int(body["recipients"]) + int(body["queued"])
+                return await people.broadcast(http, n)
 
             first = await send_broadcast(-1)
             before = await redis_quiet(redis_url) if redis_url else None
@@ -472,20 +538,12 @@ async def cluster_round(label: str, broker_url: str, workers: int, args: argpars
             split0, wall0 = gw.cpu_split(), time.perf_counter()
             reported = await pooled([lambda n=n: send_broadcast(n)
                                      for n in range(args.broadcasts)], 4)
-            live = 0
-            for parent in pipes:
-                if not parent.poll(DEADLINE):
-                    raise SystemExit("receivers did not finish in time")
-                state, frames = parent.recv()
-                if state != "done":
-                    raise SystemExit(f"a receiver timed out at {frames} frames")
-                live += frames
+            live = people.received()
             after = await redis_quiet(redis_url) if redis_url else None
             split = [b - a for a, b in zip(split0, gw.cpu_split(), strict=True)]
             cpu = sum(split)
             profile_stop(profiler)
-            for parent in pipes:
-                parent.send("close")
+            people.close()
             recipients = sessions * args.broadcasts
             live -= args.connected  # the first broadcast's
             if (first, sum(reported)) != (sessions, recipients) or (
@@ -511,8 +569,7 @@ async def cluster_round(label: str, broker_url: str, workers: int, args: argpars
             # disconnects (each one a write of the session's hash) must be over first, or a
             # late one is counted as the unicasts' cost (an earlier run of this bench counted
             # 2,000 of them as one hash rewrite per unicast on 2 nodes).
-            for proc in receivers:
-                proc.join(timeout=DEADLINE)
+            people.join(DEADLINE)
             await settled(http, gw, sessions, 0)
             sample = random.Random(7).choices(kept, k=args.unicasts)
             before = await redis_quiet(redis_url) if redis_url else None
@@ -549,11 +606,64 @@ async def cluster_round(label: str, broker_url: str, workers: int, args: argpars
                                              int(len(ordered) * 0.99))] * 1e3
         return out
     finally:
-        for proc in receivers:
-            proc.join(timeout=30)
-            if proc.is_alive():
-                proc.kill()
+        people.close()
+        people.join(30)
         gw.stop()
+
+
+async def paired_run(args: argparse.Namespace, redis_url: str) -> dict[str, list[float]]:
+    """The ``paired`` part: a memory:// and a redis:// gateway (one process each) live side
+    by side with the same sessions, and short phases of broadcasts go to one, then the other,
+    alternating, so a change in the machine's load hits both within seconds instead of
+    between rounds a minute apart. Returns each broker's node CPU µs per recipient per phase
+    and the per-phase ratios."""
+    gws = {"memory://": Gateway("memory://", 1, args), "redis://": Gateway(redis_url, 1, args)}
+    people = {broker: Population(gw, args) for broker, gw in gws.items()}
+    out: dict[str, list[float]] = {"memory://": [], "redis://": [], "ratio": []}
+    per_phase = people["memory://"].sessions * args.phase_broadcasts
+    try:
+        for broker, gw in gws.items():
+            await wait_ready(gw, 1, broker != "memory://")
+        async with aiohttp.ClientSession() as http:
+            frames = dict.fromkeys(gws, 0)
+            for broker, group in people.items():
+                await group.open(http)
+                frames[broker] = 1  # one unmeasured broadcast: every session has a history
+                group.expect(1)
+                await group.broadcast(http, -1)
+                group.received()
+            await redis_quiet(redis_url)
+            for phase in range(args.phases):
+                order = list(gws) if phase % 2 == 0 else list(gws)[::-1]
+                cpu: dict[str, float] = {}
+                for broker in order:
+                    group, gw = people[broker], gws[broker]
+                    frames[broker] += args.phase_broadcasts
+                    group.expect(frames[broker])
+                    cpu0 = gw.cpu()
+                    reported = await pooled([lambda n=n, g=group: g.broadcast(http, n)
+                                             for n in range(args.phase_broadcasts)], 4)
+                    live = group.received()
+                    if broker != "memory://":
+                        await redis_quiet(redis_url)  # the write-behind is part of the cost
+                    cpu[broker] = (gw.cpu() - cpu0) / per_phase * 1e6
+                    if sum(reported) != per_phase or live != args.connected * frames[broker]:
+                        raise SystemExit(f"lost or miscounted on {broker}: {sum(reported)} "
+                                         f"recipients reported, {live} live frames")
+                for broker, value in cpu.items():
+                    out[broker].append(value)
+                if cpu["memory://"]:
+                    out["ratio"].append(cpu["redis://"] / cpu["memory://"])
+                print(f"  paired phase {phase + 1}: node CPU µs per recipient "
+                      f"memory:// {cpu['memory://']:.2f}, redis:// {cpu['redis://']:.2f}",
+                      flush=True)
+        return out
+    finally:
+        for group in people.values():
+            group.close()
+            group.join(30)
+        for gw in gws.values():
+            gw.stop()
 
 
 def run_cluster(args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
@@ -595,7 +705,7 @@ def fmt(value: float | None) -> str:
 
 
 def report(args: argparse.Namespace, inproc: dict[str, list[dict[str, Any]]],
-           cluster: dict[str, list[dict[str, Any]]]) -> str:
+           cluster: dict[str, list[dict[str, Any]]], paired: dict[str, list[float]]) -> str:
     lines = [f"Generated {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} by "
              f"`python -m bench.capacity {' '.join(sys.argv[1:])}`", ""]
     if inproc:
@@ -666,6 +776,19 @@ def report(args: argparse.Namespace, inproc: dict[str, list[dict[str, Any]]],
                 lines += ["", "Node CPU per recipient, redis:// x1 / memory:// x1, per round: "
                           + ", ".join(f"{x:.2f}" for x in ratio)
                           + f"; median **{statistics.median(ratio):.2f}** (target <= 1.15)"]
+    if paired:
+        ratios = paired["ratio"]
+        lines += ["", f"Interleaved (`paired`): a memory:// and a redis:// gateway side by side "
+                  f"with the same {args.kept + args.connected:,} sessions ({args.connected:,} "
+                  f"connected), {args.phases} phases of {args.phase_broadcasts} broadcasts to "
+                  "everyone sent to one, then the other, the order alternating; node CPU µs "
+                  "per recipient, median of the phases: "
+                  f"memory:// {fmt(statistics.median(paired['memory://']))}, "
+                  f"redis:// {fmt(statistics.median(paired['redis://']))}.", "",
+                  "Node CPU per recipient, redis:// / memory://, per phase: "
+                  + ", ".join(f"{r:.2f}" for r in ratios)
+                  + (f"; median **{statistics.median(ratios):.2f}** (target <= 1.15)"
+                     if ratios else "")]
     cpu = psutil.cpu_count() or 0
     lines += ["", f"Machine: {cpu} CPUs ({platform.processor() or platform.machine()}), "
               f"{psutil.virtual_memory().total / 2**30:.1f} GiB, {platform.platform()}, "
@@ -689,7 +812,11 @@ def main() -> int:
     parser.add_argument("--toy", action="store_true",
                         help="toy sizes, 1 and 2 nodes, one round: the harness works (the "
                              "test suite runs it through bench.selftest; numbers mean nothing)")
-    parser.add_argument("--parts", default="inprocess,cluster")
+    parser.add_argument("--parts", default="inprocess,cluster,paired")
+    parser.add_argument("--phases", type=int, default=16,
+                        help="paired part: phases per broker")
+    parser.add_argument("--phase-broadcasts", type=int, default=10,
+                        help="paired part: broadcasts per phase")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rounds-scaled", type=int, default=1,
                         help="rounds for the 2- and 4-node configurations")
@@ -721,13 +848,14 @@ def main() -> int:
     if args.quick:
         args.kept, args.connected, args.broadcasts, args.unicasts = 2_000, 200, 10, 200
         args.resumes, args.rounds, args.inproc_sessions, args.inproc_broadcasts = 50, 1, 500, 30
-        args.history_limit = 100
+        args.history_limit, args.phases, args.phase_broadcasts = 100, 4, 5
         if "--out" not in sys.argv:
             args.out = os.path.join(tempfile.gettempdir(), "capacity.md")
     if args.toy:
         args.kept, args.connected, args.broadcasts, args.unicasts = 60, 20, 3, 10
         args.resumes, args.rounds, args.inproc_sessions, args.inproc_broadcasts = 5, 1, 50, 5
         args.history_limit, args.nodes, args.receivers = 50, "1,2", 1
+        args.phases, args.phase_broadcasts = 2, 2
         if "--out" not in sys.argv:
             args.out = ""  # printed only
     args.nodes = [int(n) for n in str(args.nodes).split(",") if n.strip()]
@@ -744,21 +872,31 @@ def main() -> int:
             finally:
                 proc.kill()
                 proc.wait()
+    if args.pin and parts & {"cluster", "paired"}:
+        # everything started from here inherits this; the gateways move to CPU 0
+        PIN.extend(range(1, os.cpu_count() or 1))
+        if not PIN:
+            raise SystemExit("--pin needs at least two CPUs")
+        psutil.Process().cpu_affinity(PIN)
     if "cluster" in parts:
-        if args.pin:  # everything started from here inherits this; the gateway moves to 0
-            PIN.extend(range(1, os.cpu_count() or 1))
-            if not PIN:
-                raise SystemExit("--pin needs at least two CPUs")
-            psutil.Process().cpu_affinity(PIN)
         cluster = run_cluster(args)
-    text = report(args, inproc, cluster)
+    paired: dict[str, list[float]] = {}
+    if "paired" in parts:
+        with tempfile.TemporaryDirectory() as directory:
+            proc, url = start_redis(directory)
+            try:
+                paired = run_loop(paired_run(args, url))
+            finally:
+                proc.kill()
+                proc.wait()
+    text = report(args, inproc, cluster, paired)
     print("\n" + text)
     if not args.out:
         return 0
     Path(args.out).write_text(text)
     Path(args.out).with_suffix(".json").write_bytes(orjson.dumps(
         {"args": {k: v for k, v in vars(args).items()}, "inprocess": inproc,
-         "cluster": cluster}, option=orjson.OPT_INDENT_2))
+         "cluster": cluster, "paired": paired}, option=orjson.OPT_INDENT_2))
     print(f"written to {args.out} and {Path(args.out).with_suffix('.json')}")
     return 0
 
