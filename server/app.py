@@ -5,7 +5,7 @@
 place that knows whether this process is the whole gateway (``BROKER_URL=memory://``) or one
 node of a cluster (``redis://``): it picks the implementations of the seams
 (:mod:`server.seams`). Resources and background tasks (the backend, the expiry sweeper, the
-metrics collector, webhook clients) live in the WebSocket app's ``cleanup_ctx``; its
+sockets' liveness sweep, the metrics collector, webhook clients) live in the WebSocket app's ``cleanup_ctx``; its
 ``on_shutdown`` closes every socket with 1001.
 """
 
@@ -56,6 +56,7 @@ from server.ws import (
     PublicStatus,
     check_aiohttp,
     close_all,
+    liveness_ctx,
     websocket_handler,
     ws_handlers,
     ws_status,
@@ -127,6 +128,7 @@ def create_apps(settings: Settings, gateway: Gateway | None = None,
     add_client_routes(ws_app)  # /switchboard.js for pages that import the browser client
     ws_app.cleanup_ctx.append(_backend_ctx)
     ws_app.cleanup_ctx.append(_sweeper_ctx)
+    ws_app.cleanup_ctx.append(liveness_ctx)  # WS_HEARTBEAT: one sweep, not a timer per socket
     ws_app.cleanup_ctx.append(_metrics_ctx)
     ws_app.cleanup_ctx.append(webhooks_ctx)
     ws_app.on_shutdown.append(_close_sockets)

@@ -25,7 +25,7 @@ import dataclasses
 import functools
 import time
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from typing import Any
 
 import aiohttp
@@ -89,6 +89,18 @@ CLOSE_GRACE = 5.0
 
 
 _LIVENESS_TYPES = frozenset({"ping", "heartbeat"})
+#: The liveness sweep (:func:`liveness_ctx`) passes over every socket this many times per
+#: WS_HEARTBEAT: a socket is pinged after 5 quiet passes (nothing arrived for more than
+#: WS_HEARTBEAT, at most 1.25 WS_HEARTBEAT) and dropped 2 passes later (WS_HEARTBEAT / 2 after
+#: the ping) unless something (its pong) arrived meanwhile.
+SWEEPS_PER_HEARTBEAT = 4
+_PING_AT = SWEEPS_PER_HEARTBEAT + 1
+_DEAD_AT = _PING_AT + SWEEPS_PER_HEARTBEAT // 2
+#: Sockets checked per event-loop turn: a pass over 15,000 sockets yields to the loop a few
+#: times instead of holding it for the whole pass.
+SWEEP_CHUNK = 2048
+#: RFC 6455 ping, FIN set, no payload (server frames are not masked).
+_PING_FRAME = b"\x89\x00"
 _TEXT_FRAME_HEADERS = protocol.TEXT_FRAME_HEADERS
 #: The aiohttp series the private attributes below were checked against (setup.cfg pins it).
 AIOHTTP_SERIES = "3.14"
@@ -102,7 +114,9 @@ def check_aiohttp() -> None:
     compresses (``WebSocketResponse._writer``, ``WebSocketWriter.compress``), and
     :class:`StrictWebSocketResponse` puts its RFC 6455 guard in front of aiohttp's parser
     (``_post_start``, ``RequestHandler._payload_parser`` / ``_message_tail``,
-    ``WebSocketDataQueue.set_exception``): private API, checked here once, so an aiohttp
+    ``WebSocketDataQueue.set_exception``), and the liveness sweep drops a peer that missed its
+    pong the way aiohttp's own heartbeat does (``_handle_ping_pong_exception``): private API,
+    checked here once, so an aiohttp
     upgrade that renames one stops start-up with one clear line instead of silently sending
     frames another way or skipping a check. Raises StartupError.
     """
@@ -124,6 +138,8 @@ def check_aiohttp() -> None:
             missing.append(f"RequestHandler.{name}")
     if not callable(getattr(WebSocketDataQueue, "set_exception", None)):
         missing.append("WebSocketDataQueue.set_exception")
+    if not callable(getattr(web.WebSocketResponse, "_handle_ping_pong_exception", None)):
+        missing.append("WebSocketResponse._handle_ping_pong_exception")
     if missing:
         raise StartupError(
             f"aiohttp {aiohttp.__version__} lacks {', '.join(missing)}, which Switchboard's "
@@ -226,6 +242,18 @@ class Connection:
                     return False
                 return True
         return queue and self._enqueue(data)
+
+    def ping(self) -> None:
+        """Send an RFC 6455 ping (the liveness sweep's) straight to the transport. A control
+        frame may go between any two frames, and every writer here and in aiohttp writes a
+        frame whole, with no await inside it, so the ping never splits one; it goes behind
+        whatever the transport still buffers, as aiohttp's heartbeat ping does."""
+        if self.close_code is not None or self.closed:
+            return
+        transport = self.request.transport
+        if transport is not None and not transport.is_closing():
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                transport.write(_PING_FRAME)
 
     def _enqueue(self, data: bytes) -> bool:
         """Queue a frame for the writer task (starting it); past the queue's caps the
@@ -413,13 +441,20 @@ class FrameGuard:
     not masked. aiohttp's parser reads the mask bit and does not check it, so this sits in
     front of it (see :class:`StrictWebSocketResponse`) and walks the frame headers of the
     bytes it is fed: a few integer operations per frame, the payloads are skipped, not read.
+
+    Every byte the peer sends passes here, so the guard also keeps the connection's liveness
+    clock for the gateway-wide sweep (:func:`liveness_ctx`): :attr:`quiet` counts the sweep's
+    passes since bytes last arrived, and arriving bytes set it back to 0 — one attribute store
+    per read, where aiohttp's per-socket heartbeat rescheduled a timer (six Python calls).
     """
 
-    __slots__ = ("failed", "header", "parser", "queue", "skip")
+    __slots__ = ("failed", "header", "parser", "queue", "quiet", "skip")
 
     def __init__(self, parser: Any, queue: Any) -> None:
         self.parser = parser
         self.queue = queue
+        #: Liveness sweeps since the peer last sent anything (any frame, pongs included).
+        self.quiet = 0
         #: Payload bytes of the current frame still to come in later chunks.
         self.skip = 0
         #: The start of a frame header split across chunks.
@@ -427,6 +462,7 @@ class FrameGuard:
         self.failed = False
 
     def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.quiet = 0
         # The common case first: a read that is exactly one small masked frame.
         size = len(data)
         if not (self.skip or self.header or self.failed) and size > 1:
@@ -525,14 +561,76 @@ class FlatConnection(Connection):
 def _receive_timeout(heartbeat: float, idle_timeout: float) -> float | None:
     """The receive timeout that enforces WS_TIMEOUT, or None when the heartbeat already does.
 
-    aiohttp pings ``heartbeat`` seconds after the last data and closes a peer whose pong is
-    late by ``heartbeat / 2``: nothing can then stay silent longer than 1.5 heartbeats, so a
-    WS_TIMEOUT at least that long is implied, and skipping the per-receive timer (an
-    ``asyncio.timeout`` on every frame) keeps it off the hot path.
+    The liveness sweep pings a socket quiet for more than ``heartbeat`` seconds and drops it
+    ``heartbeat / 2`` later: nothing can then stay silent longer than 1.5 heartbeats and one
+    sweep interval, so a WS_TIMEOUT at least that long is implied, and skipping the
+    per-receive timer (an ``asyncio.timeout`` on every frame) keeps it off the hot path.
     """
-    if heartbeat and idle_timeout >= 1.5 * heartbeat:
+    if heartbeat and idle_timeout >= (1.5 + 1 / SWEEPS_PER_HEARTBEAT) * heartbeat:
         return None
     return idle_timeout
+
+
+async def liveness_ctx(app: web.Application) -> AsyncIterator[None]:
+    """WS_HEARTBEAT, enforced by one task for the whole gateway (``cleanup_ctx``).
+
+    The contract is aiohttp's heartbeat's: a socket from which nothing arrived for
+    WS_HEARTBEAT seconds is pinged, and one from which nothing (its pong or any frame) arrived
+    WS_HEARTBEAT / 2 after that ping is dropped the way aiohttp drops it (TCP closed without a
+    close frame, close code 1006, ``ws.exception()`` saying no pong came). aiohttp does it
+    with a timer per socket, rescheduled as data arrives: 0.28 KB per idle connection and six
+    Python calls per frame received (docs/BENCHMARKS.md, "heartbeat sweep"). Here arriving
+    bytes reset a counter on the socket's :class:`FrameGuard`, and every WS_HEARTBEAT / 4 one
+    pass counts each socket one quiet interval more, so a dead peer goes within 1.5 to 1.75
+    WS_HEARTBEAT. Client pings are still answered by aiohttp's ``receive()`` (autoping).
+    """
+    heartbeat = app[GATEWAY].settings.ws_heartbeat
+    if not heartbeat:
+        yield
+        return
+    task = asyncio.get_running_loop().create_task(
+        _sweep_forever(app[CONNECTIONS], heartbeat), name="ws-liveness")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _sweep_forever(connections: set[Connection], heartbeat: float) -> None:
+    interval = heartbeat / SWEEPS_PER_HEARTBEAT
+    # aiohttp's own words for the same failure (what ws.exception() and the log line say).
+    reason = f"No PONG received after {heartbeat / 2.0} seconds"
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            # A snapshot: sockets open and close while the pass yields between chunks.
+            snapshot = list(connections)
+            for start in range(0, len(snapshot), SWEEP_CHUNK):
+                if start:
+                    await asyncio.sleep(0)
+                sweep_liveness(snapshot[start:start + SWEEP_CHUNK], reason)
+        except Exception:  # housekeeping must never die
+            log.exception("liveness_sweep_failed")
+
+
+def sweep_liveness(connections: Iterable[Connection], reason: str) -> None:
+    """One pass of the liveness sweep (:func:`liveness_ctx`): count each socket one more quiet
+    interval; ping those quiet for :data:`_PING_AT` passes, drop those still quiet
+    :data:`_DEAD_AT` passes after the last bytes they sent."""
+    for conn in connections:
+        if conn.close_code is not None or conn.closed:
+            continue  # closing already: the close has its own deadline (CLOSE_GRACE)
+        guard = conn.request.protocol._payload_parser
+        if type(guard) is not FrameGuard:
+            continue  # the socket is gone: aiohttp released its parser
+        quiet = guard.quiet + 1
+        if quiet > _DEAD_AT:
+            continue  # dropped already; its reader loop is ending
+        guard.quiet = quiet
+        if quiet == _PING_AT:
+            conn.ping()
+        elif quiet == _DEAD_AT:
+            conn.ws._handle_ping_pong_exception(TimeoutError(reason))
 
 
 def _bad_request(message: str, code: str = "invalid_request", status: int = 400
@@ -657,7 +755,9 @@ async def _admit(request: web.Request
     peer = security.client_ip(request)  # X-Forwarded-For only from TRUSTED_PROXIES
 
     ws = StrictWebSocketResponse(
-        heartbeat=settings.ws_heartbeat or None,
+        # WS_HEARTBEAT is enforced by one sweep for every socket (liveness_ctx), not by a
+        # timer per socket; receive() still answers the client's pings (autoping).
+        heartbeat=None,
         receive_timeout=_receive_timeout(settings.ws_heartbeat, settings.ws_timeout),
         max_msg_size=_max_msg_size(settings.max_message_size),
         compress=settings.ws_compression,

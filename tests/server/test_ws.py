@@ -347,6 +347,11 @@ async def test_an_idle_connection_holds_slotted_objects_and_nothing_made_on_firs
     # went out, so the backlog is the shared empty tuple.
     assert conn.queue is None and conn.writer is None and conn.backlog == ()
     assert session.history == () and session.channels is NO_CHANNELS
+    # WS_HEARTBEAT (on: 30 s) is the gateway-wide sweep's (server.ws.liveness_ctx): no timer
+    # per socket, no callback per read; the socket's liveness is a counter on its guard.
+    assert live_gateway.settings.ws_heartbeat > 0
+    assert conn.ws._heartbeat_cb is None and conn.ws._pong_response_cb is None
+    assert conn.request.protocol._data_received_cb is None and guard.quiet == 0
     # One Switchboard coroutine per idle socket: the handler, waiting in aiohttp's receive
     # (a nested reader coroutine cost 0.3 KB a connection), holding no frame limiter yet.
     handler, awaiting = _handler_of(conn)
