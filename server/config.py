@@ -434,7 +434,9 @@ SETTINGS_DOC: tuple[SettingSpec, ...] = (
           "Interface of the HTTP API."),
     _spec("API_PORT", _port, "9005", "HTTP API port."),
     _spec("WS_HEARTBEAT", lambda n, r: _float(n, r, 0, 3600), "30",
-          "Seconds between server pings (0 disables)."),
+          "A connection from which nothing arrived for this many seconds is pinged; one whose "
+          "pong (or any frame) has not arrived half of it later is dropped without a close "
+          "frame (the client sees 1006): within 1.5-1.75 × this. 0 disables."),
     _spec("WS_TIMEOUT", lambda n, r: _float(n, r, 1, 86400), "300",
           "Close a connection from which nothing arrived, not even a heartbeat pong, for this "
           "many seconds (close 4011). A silent listener that answers pings stays connected."),

@@ -385,7 +385,8 @@ class Connection:
             if task is not None and task.cancelling():
                 raise
             # Not our cancellation: aiohttp cancelled the drain future this write waited on
-            # (its heartbeat ping, cancelled while the socket closes, was waiting on it too).
+            # (another write of aiohttp's waiting on it — its automatic pong, or its heartbeat
+            # ping when that was on — was cancelled while the socket closed).
             # Nothing can be written any more; the close path ends the connection.
             self.closed = True
         finally:
