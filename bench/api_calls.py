@@ -78,8 +78,9 @@ def client_main(ws_port: int, api_port: int, requests: int, concurrency: int = 1
     uvloop.run(run())
 
 
-async def serve(target: str) -> tuple[Any, int, int]:
-    """Start the target's two apps on free ports: (runners, ws_port, api_port)."""
+async def serve(target: str, **settings: Any) -> tuple[Any, int, int]:
+    """Start the target's two apps on free ports: (runners, ws_port, api_port); ``settings``
+    override Switchboard's defaults."""
     from aiohttp import web
 
     if target == "bare":
@@ -93,7 +94,7 @@ async def serve(target: str) -> tuple[Any, int, int]:
 
         configure_logging("warning")
         ws_app, api_app = create_apps(Settings(ws_host="127.0.0.1", api_host="127.0.0.1",
-                                               api_token=TOKEN))
+                                               api_token=TOKEN, **settings))
     runners, ports = [], []
     for app in (ws_app, api_app):
         runner = web.AppRunner(app, access_log=None)
