@@ -114,27 +114,7 @@ async def measure(args: argparse.Namespace) -> None:
         "--requests", str(args.requests), "--concurrency", str(args.concurrency),
         "--clients", str(args.clients), env=env,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert client.stdout is not None and client.stdin is not None
-    totals: list[int] = []
-    cpu: list[float] = []
-    stats = None
-    line = (await client.stdout.readline()).decode().strip()
-    for batch in range(3):  # warm-up, N requests, 2N requests
-        if line != "READY":
-            raise SystemExit(f"client failed before batch {batch}: {line!r}")
-        profile = cProfile.Profile()
-        if batch and not args.cpu:
-            profile.enable()
-        started = time.process_time()
-        client.stdin.write(b"go\n")
-        await client.stdin.drain()
-        line = (await client.stdout.readline()).decode().strip()  # the batch is done
-        cpu.append(time.process_time() - started)
-        if batch and not args.cpu:
-            profile.disable()
-            stats = pstats.Stats(profile)
-            totals.append(stats.total_calls)  # type: ignore[attr-defined]
-    await client.wait()
+    totals, cpu, stats = await run_batches(client, profile=not args.cpu)
     for runner in runners:
         await runner.cleanup()
     if args.cpu:
@@ -144,6 +124,36 @@ async def measure(args: argparse.Namespace) -> None:
     print(f"{args.target}: {per_request:.1f} Python calls per POST /send_message")
     if args.top and stats is not None:
         print_breakdown(stats, 2 * args.requests, args.top)
+
+
+async def run_batches(client: asyncio.subprocess.Process, profile: bool = True
+                      ) -> tuple[list[int], list[float], Any]:
+    """Cue a client process through its three batches (warm-up, N, 2N: it prints ``READY``
+    before each and waits for a line on stdin, then ``DONE``). Returns cProfile's call totals
+    of batches N and 2N (when ``profile``), this process's CPU time in each batch, and the
+    last batch's ``pstats.Stats``."""
+    assert client.stdout is not None and client.stdin is not None
+    totals: list[int] = []
+    cpu: list[float] = []
+    stats = None
+    line = (await client.stdout.readline()).decode().strip()
+    for batch in range(3):
+        if line != "READY":
+            raise SystemExit(f"client failed before batch {batch}: {line!r}")
+        profiler = cProfile.Profile()
+        if batch and profile:
+            profiler.enable()
+        started = time.process_time()
+        client.stdin.write(b"go\n")
+        await client.stdin.drain()
+        line = (await client.stdout.readline()).decode().strip()  # the batch is done
+        cpu.append(time.process_time() - started)
+        if batch and profile:
+            profiler.disable()
+            stats = pstats.Stats(profiler)
+            totals.append(stats.total_calls)  # type: ignore[attr-defined]
+    await client.wait()
+    return totals, cpu, stats
 
 
 def _package(filename: str) -> str:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import cProfile
 import os
-import pstats
 import subprocess
 import sys
 
@@ -46,7 +44,7 @@ def client_main(port: int, pings: int, target: str) -> None:
 
 
 async def measure(args: argparse.Namespace) -> None:
-    from bench.api_calls import print_breakdown, serve
+    from bench.api_calls import print_breakdown, run_batches, serve
 
     # The round-trip scenario's settings (bench/run.py): no frame rate limit.
     runners, ws_port, _ = await serve(args.target, ws_rate_limit=1e6, ws_rate_burst=1_000_000)
@@ -55,24 +53,7 @@ async def measure(args: argparse.Namespace) -> None:
         "--pings", str(args.pings), "--target", args.target,
         env={**os.environ, "PYTHONPATH": args.checkout},
         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert client.stdout is not None and client.stdin is not None
-    totals: list[int] = []
-    stats = None
-    line = (await client.stdout.readline()).decode().strip()
-    for batch in range(3):
-        if line != "READY":
-            raise SystemExit(f"client failed before batch {batch}: {line!r}")
-        profile = cProfile.Profile()
-        if batch:
-            profile.enable()
-        client.stdin.write(b"go\n")
-        await client.stdin.drain()
-        line = (await client.stdout.readline()).decode().strip()  # the batch is done
-        if batch:
-            profile.disable()
-            stats = pstats.Stats(profile)
-            totals.append(stats.total_calls)  # type: ignore[attr-defined]
-    await client.wait()
+    totals, _, stats = await run_batches(client)
     for runner in runners:
         await runner.cleanup()
     print(f"{args.target}: {(totals[1] - totals[0]) / args.pings:.1f} Python calls per round "
