@@ -5,8 +5,8 @@
 place that knows whether this process is the whole gateway (``BROKER_URL=memory://``) or one
 node of a cluster (``redis://``): it picks the implementations of the seams
 (:mod:`server.seams`). Resources and background tasks (the backend, the expiry sweeper, the
-sockets' liveness sweep, the metrics collector, webhook clients) live in the WebSocket app's ``cleanup_ctx``; its
-``on_shutdown`` closes every socket with 1001.
+sockets' liveness sweep, the metrics collector, webhook clients) live in the WebSocket app's
+``cleanup_ctx``; its ``on_shutdown`` closes every socket with 1001.
 """
 
 from __future__ import annotations

@@ -116,9 +116,9 @@ def check_aiohttp() -> None:
     (``_post_start``, ``RequestHandler._payload_parser`` / ``_message_tail``,
     ``WebSocketDataQueue.set_exception``), and the liveness sweep drops a peer that missed its
     pong the way aiohttp's own heartbeat does (``_handle_ping_pong_exception``): private API,
-    checked here once, so an aiohttp
-    upgrade that renames one stops start-up with one clear line instead of silently sending
-    frames another way or skipping a check. Raises StartupError.
+    checked here once, so an aiohttp upgrade that renames one stops start-up with one clear
+    line instead of silently sending frames another way or skipping a check. Raises
+    StartupError.
     """
     missing: list[str] = []
     for name in ("_paused", "transport"):
@@ -579,8 +579,8 @@ async def liveness_ctx(app: web.Application) -> AsyncIterator[None]:
     WS_HEARTBEAT seconds is pinged, and one from which nothing (its pong or any frame) arrived
     WS_HEARTBEAT / 2 after that ping is dropped the way aiohttp drops it (TCP closed without a
     close frame, close code 1006, ``ws.exception()`` saying no pong came). aiohttp does it
-    with a timer per socket, rescheduled as data arrives: 0.28 KB per idle connection and six
-    Python calls per frame received (docs/BENCHMARKS.md, "heartbeat sweep"). Here arriving
+    with a timer per socket, rescheduled as data arrives: 0.66 KB per idle connection and six
+    Python calls per read (docs/BENCHMARKS.md, "Heartbeat sweep"). Here arriving
     bytes reset a counter on the socket's :class:`FrameGuard`, and every WS_HEARTBEAT / 4 one
     pass counts each socket one quiet interval more, so a dead peer goes within 1.5 to 1.75
     WS_HEARTBEAT. Client pings are still answered by aiohttp's ``receive()`` (autoping).
