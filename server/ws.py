@@ -579,7 +579,7 @@ async def liveness_ctx(app: web.Application) -> AsyncIterator[None]:
     WS_HEARTBEAT seconds is pinged, and one from which nothing (its pong or any frame) arrived
     WS_HEARTBEAT / 2 after that ping is dropped the way aiohttp drops it (TCP closed without a
     close frame, close code 1006, ``ws.exception()`` saying no pong came). aiohttp does it
-    with a timer per socket, rescheduled as data arrives: 0.66 KB per idle connection and six
+    with a timer per socket, rescheduled as data arrives: 0.65 KB per idle connection and six
     Python calls per read (docs/BENCHMARKS.md, "Heartbeat sweep"). Here arriving
     bytes reset a counter on the socket's :class:`FrameGuard`, and every WS_HEARTBEAT / 4 one
     pass counts each socket one quiet interval more, so a dead peer goes within 1.5 to 1.75
