@@ -279,20 +279,26 @@ def test_expiry_frees_the_session_and_its_channel_memberships() -> None:
     assert history() is None  # nothing else holds the session's history: memory is freed
 
 
-def test_a_session_adopted_offline_expires_by_when_it_went_offline() -> None:
-    """The sweep walks sessions in the order they went offline and stops at the first one
-    within SESSION_TTL; one taken over from another node went offline earlier than those
-    already here, and must neither wait for them nor be evicted after them."""
-    reg = registry(session_ttl=10)
-    now = time.time()
+def go_offline_then_take_one_over(reg: SessionRegistry, offline_since: float) -> None:
+    """Sessions b and c go offline here now; then a, offline since ``offline_since`` on its
+    old node (before b and c), is taken over (adopted)."""
     for client_id in ("b", "c"):
         session = reg.create(client_id, "t")
         box = FakeOutbox()
         reg.attach(session, box)
         reg.detach(session, box)
     taken = Session("a", "t", 100)
-    taken.disconnected_at = now - 8  # offline on its old node before b and c went offline
+    taken.disconnected_at = offline_since
     reg.adopt(taken)
+
+
+def test_a_session_adopted_offline_expires_by_when_it_went_offline() -> None:
+    """The sweep walks sessions in the order they went offline and stops at the first one
+    within SESSION_TTL; one taken over from another node went offline earlier than those
+    already here, and must neither wait for them nor be evicted after them."""
+    reg = registry(session_ttl=10)
+    now = time.time()
+    go_offline_then_take_one_over(reg, offline_since=now - 8)
     assert reg.expire(now=now + 1) == []
     assert reg.expire(now=now + 3) == ["a"]  # b and c went offline at ~now: not yet
     assert sorted(reg.expire(now=now + 11)) == ["b", "c"]
@@ -300,14 +306,7 @@ def test_a_session_adopted_offline_expires_by_when_it_went_offline() -> None:
 
 def test_eviction_ends_the_session_offline_longest_even_if_adopted_last() -> None:
     reg = registry(session_ttl=100, max_sessions=3)
-    for client_id in ("b", "c"):
-        session = reg.create(client_id, "t")
-        box = FakeOutbox()
-        reg.attach(session, box)
-        reg.detach(session, box)
-    taken = Session("a", "t", 100)
-    taken.disconnected_at = time.time() - 50
-    reg.adopt(taken)
+    go_offline_then_take_one_over(reg, offline_since=time.time() - 50)
     reg.create("d", "t")
     assert reg.evicted == ["a"]
     assert sorted(reg.sessions) == ["b", "c", "d"]
