@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
@@ -183,3 +184,35 @@ async def test_shutdown_answers_calls_still_waiting_for_an_offline_client(
         assert (await resp.json())["error"]["code"] == "unavailable"
         resp.release()
     assert await asyncio.wait_for(server.process.wait(), 15) == 0
+
+
+async def test_serve_freezes_what_start_up_made_out_of_the_cyclic_collector() -> None:
+    """Start-up's objects live as long as the process: once serving, they are frozen, so no
+    full collection walks them again (each one paused every socket for ~20 ms or more)."""
+    import gc
+
+    from server.config import Settings
+    from server.runner import serve
+
+    settings = Settings.from_env(base_env(
+        WS_HOST="127.0.0.1", API_HOST="127.0.0.1", WS_PORT=str(free_port()),
+        API_PORT=str(free_port()), API_TOKEN=TOKEN))
+    stop = asyncio.Event()
+    gc.unfreeze()
+    task = asyncio.get_running_loop().create_task(serve(settings, stop=stop))
+    try:
+        health = f"http://127.0.0.1:{settings.api_port}/health"
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + START_TIMEOUT
+            while not task.done():
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    async with http.get(health) as resp:
+                        if resp.status == 200:
+                            break
+                assert time.monotonic() < deadline, "the gateway did not start"
+                await asyncio.sleep(0.05)  # polling a server for its start, bounded
+        assert gc.get_freeze_count() > 10_000, gc.get_freeze_count()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, START_TIMEOUT)
+        gc.unfreeze()  # the test process's objects go back to the collector
