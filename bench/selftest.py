@@ -39,7 +39,7 @@ async def check(targets: list[str]) -> list[str]:
         for scenario, params in TINY.items():
             tag = f"{scenario}-{name}"
             try:
-                async with asyncio.timeout(120):
+                async with asyncio.timeout(60):  # a few seconds each
                     result = await run.run_one(name, scenario, params, logdir, tag)
             except Exception as exc:
                 problems.append(f"{tag}: {exc!r}\n{run.tail(logdir / f'{tag}.log')}")
@@ -60,7 +60,7 @@ async def check_capacity() -> list[str]:
         sys.executable, "-m", "bench.capacity", "--toy", stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT, cwd=REPO)
     try:
-        async with asyncio.timeout(240):
+        async with asyncio.timeout(150):  # ~13 s on an idle machine
             out, _ = await proc.communicate()
     except TimeoutError:
         proc.kill()
