@@ -13,6 +13,8 @@ RSS measured while it happens.
   longest is ended first, and when all are connected a new one is closed with 4012.
 * Channel history is capped in frames, bytes and channels (CHANNEL_HISTORY_*), presence
   listings at PRESENCE_LIMIT.
+* Sockets held open and silent (never a frame, never a pong) are pinged once and dropped by
+  the liveness sweep within 1.75 WS_HEARTBEAT, freeing their MAX_CONNECTIONS slots.
 
 Waits are bounded by deadlines on the event itself (never sleeps as synchronisation).
 """
@@ -361,3 +363,45 @@ async def test_channel_history_and_presence_listings_are_capped(
     for client in (publisher, *members):
         await client.close()
     no_traceback(node)
+
+
+# --- silent sockets: the liveness sweep ------------------------------------------------------
+
+SILENT = 40
+HEARTBEAT = 1.0
+
+
+async def test_silent_sockets_holding_every_slot_are_dropped_and_free_them(
+        tmp_path: Path, nodes: list[Node], http: aiohttp.ClientSession) -> None:
+    """An attacker opens every connection the gateway allows and then says nothing, not even
+    a pong: each socket gets one ping, then its TCP connection ends without a close frame
+    (what aiohttp's heartbeat did: the client sees 1006) within 1.75 heartbeats, and every
+    slot is free again for real clients."""
+    node = spawn_ready(tmp_path, "silent", MAX_CONNECTIONS=str(SILENT),
+                       WS_HEARTBEAT=str(HEARTBEAT))
+    nodes.append(node)
+    opened = asyncio.get_running_loop().time()
+    silent = await asyncio.gather(*(asyncio.to_thread(
+        RawWebSocket, node.ws_port, f"/?client_id=silent-{i}") for i in range(SILENT)))
+    assert {sock.status for sock in silent} == {101}
+    refused = await asyncio.to_thread(RawWebSocket, node.ws_port, "/?client_id=one-too-many")
+    assert refused.status == 503, refused.response  # every slot is held
+    refused.close()
+
+    def drained(sock: RawWebSocket) -> tuple[list[int], bool]:
+        frames, close = sock.recv_until_close()  # never answers the ping
+        return [f.opcode for f in frames], close is not None
+
+    ends = await asyncio.gather(*(asyncio.to_thread(drained, sock) for sock in silent))
+    took = asyncio.get_running_loop().time() - opened
+    for opcodes, closed_with_frame in ends:
+        assert opcodes.count(0x9) == 1, opcodes  # one ping, after the greeting (text)
+        assert not closed_with_frame  # dropped, as aiohttp's heartbeat drops: no close frame
+    assert took <= 1.75 * HEARTBEAT + 2.0, took  # the sweep's bound, plus start-up slack
+    for sock in silent:
+        sock.close()
+    await until(lambda: status(http, node), lambda s: s["connected_clients"] == 0, node,
+                "every silent socket released")
+    client = await connect(http, node, client_id="real")  # a slot is free again
+    assert client.hello["type"] == "connection_established"
+    await client.close()
