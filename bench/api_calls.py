@@ -1,6 +1,7 @@
 """Python calls per ``POST /send_message``, counted with cProfile, in a checkout.
 
     python -m bench.api_calls CHECKOUT [--target switchboard|bare] [--requests 2000] [--top 25]
+    python -m bench.api_calls CHECKOUT [--target switchboard|bare] --bytecodes [--top 25]
     python -m bench.api_calls CHECKOUT --cpu [--rounds 7] [--requests 4000] [--concurrency 16]
 
 Imports ``server`` (or ``bench.bare_server``) from CHECKOUT (a worktree, or
@@ -12,7 +13,8 @@ batch, and the difference between the two batches divided by ``--requests`` is t
 request, fixed costs cancelled. Unlike timings on a shared machine, call counts do not move
 between runs, so this is how the unicast path's cost is compared between checkouts and
 against bare aiohttp. ``--top N`` prints the functions with the most calls in the second
-batch (where the remaining cost is).
+batch (where the remaining cost is). ``--bytecodes`` counts the bytecodes executed per
+request instead, by function (:class:`BytecodeCounter`, over the N batch).
 
 ``--cpu`` measures time instead of calls: the server's process CPU time per request (the
 same batch difference, no profiler), for Switchboard and bare aiohttp in turn, each round in
@@ -34,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 TOKEN = "bench-token"
@@ -114,11 +117,16 @@ async def measure(args: argparse.Namespace) -> None:
         "--requests", str(args.requests), "--concurrency", str(args.concurrency),
         "--clients", str(args.clients), env=env,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    totals, cpu, stats = await run_batches(client, profile=not args.cpu)
+    bytecodes = BytecodeCounter() if args.bytecodes else None
+    totals, cpu, stats = await run_batches(client, profile=not args.cpu, bytecodes=bytecodes)
     for runner in runners:
         await runner.cleanup()
     if args.cpu:
         print(f"cpu_us_per_request={(cpu[2] - cpu[1]) / args.requests * 1e6:.2f}")
+        return
+    if bytecodes is not None:
+        print(f"{args.target}: ", end="")
+        bytecodes.report("POST /send_message", args.requests, args.top or 25)
         return
     per_request = (totals[1] - totals[0]) / args.requests
     print(f"{args.target}: {per_request:.1f} Python calls per POST /send_message")
@@ -126,12 +134,52 @@ async def measure(args: argparse.Namespace) -> None:
         print_breakdown(stats, 2 * args.requests, args.top)
 
 
-async def run_batches(client: asyncio.subprocess.Process, profile: bool = True
+class BytecodeCounter:
+    """Bytecodes this thread executes, by function, while enabled (``sys.settrace`` with
+    per-opcode events). Deterministic like call counts, and closer to the interpreter's work:
+    a call to a short function and one to a long one count apart. Tracing slows everything
+    about 30x, so what depends on the clock is skewed (``protocol.now_iso`` misses its
+    per-millisecond cache far more often than at full speed)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def _trace(self, frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        code = frame.f_code
+        where = f"{_package(code.co_filename)}:{code.co_firstlineno}({code.co_name})"
+        counts = self.counts
+
+        def count(frame: Any, event: str, arg: Any) -> Any:
+            if event == "opcode":
+                counts[where] = counts.get(where, 0) + 1
+            return count
+
+        return count
+
+    def enable(self) -> None:
+        sys.settrace(self._trace)
+
+    def disable(self) -> None:
+        sys.settrace(None)
+
+    def report(self, unit: str, per: int, top: int) -> None:
+        total = sum(self.counts.values())
+        print(f"{total / per:.0f} bytecodes per {unit}; the {top} functions executing most:")
+        for where, n in sorted(self.counts.items(), key=lambda kv: -kv[1])[:top]:
+            print(f"  {n / per:7.1f}  {where}")
+
+
+async def run_batches(client: asyncio.subprocess.Process, profile: bool = True,
+                      bytecodes: BytecodeCounter | None = None,
+                      at_batch: Callable[[int], None] | None = None
                       ) -> tuple[list[int], list[float], Any]:
     """Cue a client process through its three batches (warm-up, N, 2N: it prints ``READY``
     before each and waits for a line on stdin, then ``DONE``). Returns cProfile's call totals
     of batches N and 2N (when ``profile``), this process's CPU time in each batch, and the
-    last batch's ``pstats.Stats``."""
+    last batch's ``pstats.Stats``. With ``bytecodes``, that counter runs over batch N (and
+    cProfile does not). ``at_batch(n)`` is called before batch ``n`` starts and, with
+    ``n == 3``, after the last one."""
     assert client.stdout is not None and client.stdin is not None
     totals: list[int] = []
     cpu: list[float] = []
@@ -141,17 +189,25 @@ async def run_batches(client: asyncio.subprocess.Process, profile: bool = True
         if line != "READY":
             raise SystemExit(f"client failed before batch {batch}: {line!r}")
         profiler = cProfile.Profile()
-        if batch and profile:
+        if batch and profile and bytecodes is None:
             profiler.enable()
+        if batch == 1 and bytecodes is not None:
+            bytecodes.enable()
+        if at_batch is not None:
+            at_batch(batch)
         started = time.process_time()
         client.stdin.write(b"go\n")
         await client.stdin.drain()
         line = (await client.stdout.readline()).decode().strip()  # the batch is done
         cpu.append(time.process_time() - started)
-        if batch and profile:
+        if bytecodes is not None:
+            bytecodes.disable()
+        elif batch and profile:
             profiler.disable()
             stats = pstats.Stats(profiler)
             totals.append(stats.total_calls)  # type: ignore[attr-defined]
+    if at_batch is not None:
+        at_batch(3)
     await client.wait()
     return totals, cpu, stats
 
@@ -218,6 +274,8 @@ def main() -> None:
     parser.add_argument("--target", choices=("switchboard", "bare"), default="switchboard")
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--top", type=int, default=0)
+    parser.add_argument("--bytecodes", action="store_true",
+                        help="count bytecodes per request by function (BytecodeCounter)")
     parser.add_argument("--cpu", action="store_true",
                         help="CPU per request of both targets, alternating (see above)")
     parser.add_argument("--rounds", type=int, default=7)

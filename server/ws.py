@@ -102,6 +102,13 @@ SWEEP_CHUNK = 2048
 #: RFC 6455 ping, FIN set, no payload (server frames are not masked).
 _PING_FRAME = b"\x89\x00"
 _TEXT_FRAME_HEADERS = protocol.TEXT_FRAME_HEADERS
+#: Frames shorter than this are written as one buffer, header and payload joined; longer ones
+#: as two (``writelines``: uvloop hands both to one ``writev``, the payload uncopied). uvloop
+#: writes at once, one system call per frame either way, and on Linux a two-buffer ``writev``
+#: of a small frame costs ~0.35-0.45 µs more kernel time than a ``write`` of the same bytes
+#: (150-byte frames, 8 alternating rounds of 50,000: docs/BENCHMARKS.md, "One buffer or two"),
+#: where joining them costs ~0.04 µs; from a few KB the copy costs what the second buffer does.
+ONE_BUFFER_BELOW = 2048
 #: The aiohttp series the private attributes below were checked against (setup.cfg pins it).
 AIOHTTP_SERIES = "3.14"
 
@@ -216,12 +223,13 @@ class Connection:
         frame: a fan-out calls it once per recipient). While nothing is waiting to go first
         (:attr:`direct`), the transport takes more (aiohttp's protocol is not paused:
         back-pressure goes through the writer task's drain) and it is not closing, the frame
-        is written synchronously as two buffers: its RFC 6455 header
-        (:data:`protocol.TEXT_FRAME_HEADERS`, a dict lookup by length) and the payload itself,
-        uncopied (``writelines``: uvloop keeps both and sends them with one ``writev`` when the
-        loop flushes). A broadcast is encoded once; its per-session ``seq`` is the only
-        per-recipient work (``SessionRegistry.fan_out``); on its way to the kernel a frame
-        costs no task, no await and no copy. Anything else is queued for the writer task.
+        is written synchronously with its RFC 6455 header
+        (:data:`protocol.TEXT_FRAME_HEADERS`, a dict lookup by length): joined into one buffer
+        below :data:`ONE_BUFFER_BELOW` bytes, else as two buffers, the payload uncopied
+        (``writelines``); uvloop makes the system call at once. A broadcast is encoded once;
+        its per-session ``seq`` is the only per-recipient work (``SessionRegistry.fan_out``);
+        on its way to the kernel a frame costs no task and no await. Anything else is queued
+        for the writer task.
 
         Why not ``WebSocketResponse.send_frame``: per frame that is two coroutines and three
         Python calls in aiohttp plus a copy of header and payload together, for what is a
@@ -234,8 +242,12 @@ class Connection:
         if handler is not None and not handler._paused:
             transport = handler.transport
             if transport is not None and not transport.is_closing():
+                size = len(data)
                 try:
-                    transport.writelines((_TEXT_FRAME_HEADERS[len(data)], data))
+                    if size < ONE_BUFFER_BELOW:
+                        transport.write(_TEXT_FRAME_HEADERS[size] + data)
+                    else:
+                        transport.writelines((_TEXT_FRAME_HEADERS[size], data))
                 except (ConnectionError, RuntimeError):  # the transport went away under us
                     self.closed = True
                     self.direct = None
