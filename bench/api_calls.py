@@ -143,6 +143,7 @@ class BytecodeCounter:
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
+        self._previous: Any = None
 
     def _trace(self, frame: Any, event: str, arg: Any) -> Any:
         frame.f_trace_opcodes = True
@@ -158,10 +159,11 @@ class BytecodeCounter:
         return count
 
     def enable(self) -> None:
+        self._previous = sys.gettrace()  # a debugger's or coverage's, given back after
         sys.settrace(self._trace)
 
     def disable(self) -> None:
-        sys.settrace(None)
+        sys.settrace(self._previous)
 
     def report(self, unit: str, per: int, top: int) -> None:
         total = sum(self.counts.values())
