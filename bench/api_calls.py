@@ -125,8 +125,7 @@ async def measure(args: argparse.Namespace) -> None:
         print(f"cpu_us_per_request={(cpu[2] - cpu[1]) / args.requests * 1e6:.2f}")
         return
     if bytecodes is not None:
-        print(f"{args.target}: ", end="")
-        bytecodes.report("POST /send_message", args.requests, args.top or 25)
+        bytecodes.report(args.target, "POST /send_message", args.requests, args.top or 25)
         return
     per_request = (totals[1] - totals[0]) / args.requests
     print(f"{args.target}: {per_request:.1f} Python calls per POST /send_message")
@@ -165,9 +164,11 @@ class BytecodeCounter:
     def disable(self) -> None:
         sys.settrace(self._previous)
 
-    def report(self, unit: str, per: int, top: int) -> None:
+    def report(self, target: str, unit: str, per: int, top: int) -> None:
+        """Print the bytecodes per ``unit`` (``per`` of them ran) and the ``top`` functions."""
         total = sum(self.counts.values())
-        print(f"{total / per:.0f} bytecodes per {unit}; the {top} functions executing most:")
+        print(f"{target}: {total / per:.0f} bytecodes per {unit}; the {top} functions "
+              "executing most:")
         for where, n in sorted(self.counts.items(), key=lambda kv: -kv[1])[:top]:
             print(f"  {n / per:7.1f}  {where}")
 

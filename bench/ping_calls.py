@@ -81,8 +81,7 @@ async def measure(args: argparse.Namespace) -> None:
         print(f"{args.target}: {(twice_n - n) / args.pings:,.0f} instructions per round trip")
         return
     if bytecodes is not None:
-        print(f"{args.target}: ", end="")
-        bytecodes.report("round trip", args.pings, args.top or 25)
+        bytecodes.report(args.target, "round trip", args.pings, args.top or 25)
         return
     print(f"{args.target}: {(totals[1] - totals[0]) / args.pings:.1f} Python calls per round "
           f"trip")
