@@ -129,6 +129,9 @@ class Accepting:
     def push(self, data: bytes) -> bool:
         return True
 
+    def push_parts(self, head: bytes, tail: bytes) -> bool:
+        return True
+
     def close_soon(self, code: int, reason: str) -> None:
         return None
 

@@ -30,6 +30,9 @@ class _Outbox:
     def push(self, data: bytes) -> bool:
         return True
 
+    def push_parts(self, head: bytes, tail: bytes) -> bool:
+        return True
+
     def close_soon(self, code: int, reason: str) -> None:
         return None
 

@@ -1,6 +1,6 @@
 """Time one fan-out per delivery through real connections, the kernel left out, in a checkout.
 
-    python bench/fanout_step.py CHECKOUT [--sessions 1000] [--options]
+    python bench/fanout_step.py CHECKOUT [--sessions 1000] [--options [--sizes 250,16070]]
 
 Imports ``server`` from CHECKOUT (a worktree, or ``git archive main | tar -x -C DIR``), attaches
 a :class:`server.ws.Connection` to every session whose transport is a stub (``write`` is a C
@@ -13,7 +13,8 @@ checkouts to compare them on a noisy machine.
 
 ``--options`` instead times the per-recipient bytes work of the ways a per-session ``seq`` can
 coexist with a broadcast's shared bytes (docs/BENCHMARKS.md, "Prepared frames"), best of 7 ×
-1,000,000, in nanoseconds: what each costs per delivery before the write itself.
+1,000,000, in nanoseconds: what each costs per delivery before the write itself, for payloads
+of ``--sizes`` bytes (about; default 250 and 16,070).
 """
 
 from __future__ import annotations
@@ -32,10 +33,12 @@ def main() -> None:
     parser.add_argument("checkout")
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--options", action="store_true")
+    parser.add_argument("--sizes", default="250,16070",
+                        help="payload sizes in bytes for --options, comma-separated")
     args = parser.parse_args()
     sys.path.insert(0, args.checkout)
     if args.options:
-        time_options()
+        time_options([int(size) for size in args.sizes.split(",")])
         return
     from server import protocol
     from server import ws as ws_module
@@ -66,10 +69,11 @@ def main() -> None:
     print(f"fanout {best * 1e9:.1f} ns/delivery")
 
 
-def time_options() -> None:
-    """Per recipient, for a ~250-byte and a ~16 KB broadcast at seq 12345: the bytes each
+def time_options(sizes: list[int]) -> None:
+    """Per recipient, for broadcasts of about ``sizes`` bytes at seq 12345: the bytes each
     design builds and the buffers it hands to ``transport.writelines`` (a C no-op here)."""
-    for pad in (180, 16_000):
+    for size in sizes:
+        pad = max(0, size - 70)
         print(f"payload {pad + 70} bytes:")
         _time_options(pad)
 

@@ -1,6 +1,7 @@
 """CPU per delivered frame of one fan-out, in-process, user and system time apart.
 
-    python bench/wire_cost.py CHECKOUT [--target switchboard|bare] [--loop uvloop|asyncio]
+    python bench/wire_cost.py CHECKOUT [--target switchboard|bare|floor] [--loop uvloop|asyncio]
+                              [--payload BYTES]
 
 Imports ``server`` (or ``bench.bare_server``) from CHECKOUT (a worktree, or
 ``git archive main | tar -x -C DIR``), serves its WebSocket app in this process on the chosen
@@ -13,6 +14,11 @@ prints this process's user and system CPU per delivery (``os.times``), with no H
 or load generator in the measured process. The sink reports lost, duplicate and reordered
 frames and seq gaps. Run it alternately on two checkouts, or targets, to compare them on a
 noisy machine; it is the per-delivery measurement behind docs/BENCHMARKS.md's "wire path".
+
+``--payload`` sets the size of each frame's payload on the wire (about 250 bytes by default,
+the benchmark's frame; docs/BENCHMARKS.md "Large broadcasts"): the ``pad`` field is sized so
+that Switchboard's frame (with its ``seq``) is about that long. Large frames need fewer
+``--clients``/``--broadcasts`` and a longer ``--pause-ms`` for the sink to keep up.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ import sys
 import time
 from typing import Any
 
-PAD = "x" * 100
+#: Bytes of a benchmark frame besides its ``pad`` (type, i, t, message_id, timestamp, seq).
+FRAME_OVERHEAD = 150
 
 
 def sink_main(port: int, clients: int, broadcasts: int) -> None:
@@ -51,9 +58,11 @@ def sink_main(port: int, clients: int, broadcasts: int) -> None:
     uvloop.run(run())
 
 
-async def serve(target: str) -> tuple[Any, Any, Any]:
+async def serve(target: str, payload: int) -> tuple[Any, Any, Any]:
     """Start the target's WebSocket app on a free port: (runner, port, broadcast function)."""
     from aiohttp import web
+
+    pad = "x" * max(0, payload - FRAME_OVERHEAD)
 
     if target in ("bare", "floor"):
         import orjson
@@ -65,7 +74,7 @@ async def serve(target: str) -> tuple[Any, Any, Any]:
         ws_app, _ = build_apps(gw)
 
         def frame(i: int) -> dict[str, Any]:
-            return {"type": "bench", "data": {"i": i, "t": time.monotonic_ns(), "pad": PAD},
+            return {"type": "bench", "data": {"i": i, "t": time.monotonic_ns(), "pad": pad},
                     "message_id": os.urandom(16).hex(), "timestamp": now_iso()}
 
         if target == "bare":
@@ -75,8 +84,12 @@ async def serve(target: str) -> tuple[Any, Any, Any]:
             # The floor of any server on aiohttp + uvloop: one frame, serialised and framed
             # once (RFC 6455 header + payload), the same bytes written to every transport.
             async def broadcast(i: int) -> None:
-                payload = orjson.dumps(frame(i))
-                data = b"\x81\x7e" + len(payload).to_bytes(2, "big") + payload  # 126..65535
+                body = orjson.dumps(frame(i))
+                n = len(body)
+                header = (bytes((0x81, n)) if n < 126 else
+                          b"\x81\x7e" + n.to_bytes(2, "big") if n < 65536 else
+                          b"\x81\x7f" + n.to_bytes(8, "big"))
+                data = header + body
                 for ws in gw.clients.values():
                     ws._writer.transport.write(data)  # type: ignore[union-attr]
     else:
@@ -93,7 +106,7 @@ async def serve(target: str) -> tuple[Any, Any, Any]:
         gateway = ws_app[GATEWAY]
 
         async def broadcast(i: int) -> None:
-            await gateway.broadcast("bench", {"i": i, "t": time.monotonic_ns(), "pad": PAD})
+            await gateway.broadcast("bench", {"i": i, "t": time.monotonic_ns(), "pad": pad})
     runner = web.AppRunner(ws_app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
@@ -103,7 +116,7 @@ async def serve(target: str) -> tuple[Any, Any, Any]:
 
 
 async def measure(args: argparse.Namespace) -> None:
-    runner, port, broadcast = await serve(args.target)
+    runner, port, broadcast = await serve(args.target, args.payload)
     env = {**os.environ, "PYTHONPATH": args.checkout}
     sink = await asyncio.create_subprocess_exec(
         sys.executable, __file__, args.checkout, "--sink", str(port), "--clients",
@@ -128,7 +141,7 @@ async def measure(args: argparse.Namespace) -> None:
     user = (after.user - before.user) / deliveries * 1e6
     system = (after.system - before.system) / deliveries * 1e6
     loop = type(asyncio.get_running_loop()).__module__.split(".")[0]
-    print(f"{args.target} loop={loop} user {user:.2f} sys {system:.2f} total "
+    print(f"{args.target} payload={args.payload} loop={loop} user {user:.2f} sys {system:.2f} total "
           f"{user + system:.2f} us/delivery ({checks})")
 
 
@@ -138,6 +151,8 @@ def main() -> None:
     parser.add_argument("checkout")
     parser.add_argument("--target", choices=("switchboard", "bare", "floor"), default="switchboard")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
+    parser.add_argument("--payload", type=int, default=250,
+                        help="bytes per frame on the wire, about (default: 250)")
     parser.add_argument("--clients", type=int, default=1000)
     parser.add_argument("--broadcasts", type=int, default=200)
     parser.add_argument("--pause-ms", type=float, default=20.0,

@@ -36,15 +36,32 @@ from server.metrics import HOT
 from server.protocol import now_iso
 
 CLIENT_ID_MAX = 128
+#: Broadcast frames at least this long reach each connection as its own small head and the
+#: broadcast's one shared tail (:meth:`Outbox.push_parts`), not as a per-recipient copy of the
+#: whole frame: the copy grows with the frame, the head does not. Below it the one-piece copy
+#: is cheaper (``bench/fanout_step.py --options``: the per-recipient bytes work of the two
+#: cross between 0.5 and 1 KB; docs/BENCHMARKS.md, "Large broadcasts").
+SHARED_TAIL_MIN_BYTES = 1024
 #: Default byte cap of one session's history (``HISTORY_BYTES``).
 HISTORY_BYTES = 16 * 1024 * 1024
 
 
 class Outbox(Protocol):
-    """Where a connected session's frames go. ``push`` never blocks; it returns False when the
-    connection is closing or overflowed (the frame stays in history for resume)."""
+    """Where a connected session's frames go. ``push`` and ``push_parts`` never block; they
+    return False when the connection is closing or overflowed (the frame stays in history for
+    resume)."""
 
     def push(self, data: bytes) -> bool: ...
+
+    def push_parts(self, head: bytes, tail: bytes) -> bool:
+        """Send the frame ``head + tail``, exactly those bytes, as ``push(head + tail)`` would.
+
+        ``tail`` is shared: a large broadcast hands the same bytes object to every recipient
+        (only ``head``, ``b'{"seq":N,'``, is theirs), so an implementation must not copy it
+        per recipient where it can avoid it, nor modify it. Used by
+        :meth:`SessionRegistry.fan_out` for frames of :data:`SHARED_TAIL_MIN_BYTES` and more.
+        """
+        ...
 
     def close_soon(self, code: int, reason: str) -> None: ...
 
@@ -619,7 +636,10 @@ class SessionRegistry:
 
         Every recipient's history keeps the same ``encoded`` object (with its own seq in the
         entry); the bytes with the seq are made for live connections only, and each is handed
-        exactly the bytes of its seq (how they are framed is the connection's business).
+        exactly the bytes of its seq (how they are framed is the connection's business): a
+        frame shorter than :data:`SHARED_TAIL_MIN_BYTES` as one copy with the seq spliced in
+        (``Outbox.push``), a longer one as its own head ``{"seq":N,`` and the rest of the
+        frame, one bytes object shared by every recipient (``Outbox.push_parts``).
         Returns ``(pushed, queued)``: frames handed to live connections, and frames kept for
         sessions that are offline (or whose connection is overflowing) until they resume.
         """
@@ -639,6 +659,7 @@ class SessionRegistry:
         size = len(encoded)
         # protocol.with_seq, unrolled: the frame's tail is sliced once for every recipient.
         tail = encoded[1:]
+        shared = size >= SHARED_TAIL_MIN_BYTES
         for session in sessions:
             session.seq += 1
             seq = session.seq
@@ -655,7 +676,8 @@ class SessionRegistry:
                 session.remember((seq, True, encoded, now), max_bytes)
             session.messages_out += 1
             outbox = session.outbox
-            if outbox is not None and outbox.push(b'{"seq":%d,%b' % (seq, tail)):
+            if outbox is not None and (outbox.push_parts(b'{"seq":%d,' % seq, tail) if shared
+                                       else outbox.push(b'{"seq":%d,%b' % (seq, tail))):
                 pushed += 1
             else:
                 queued += 1

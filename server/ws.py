@@ -188,7 +188,7 @@ class Connection:
         self.max_bytes = max_bytes
         #: Frames waiting for the writer; made on the first backlog (an empty deque costs
         #: about 0.6 KB, and most connections never need one).
-        self.queue: deque[bytes] | None = None
+        self.queue: deque[bytes | tuple[bytes, bytes]] | None = None
         self.queued_bytes = 0
         #: The greeting and the resume replay, sent before the live queue. Not counted against
         #: the queue limits: the replayed frames are the history's frames (bounded by
@@ -253,7 +253,32 @@ class Connection:
                     self.direct = None
                     return False
                 return True
-        return queue and self._enqueue(data)
+        return queue and self._enqueue(data, len(data))
+
+    def push_parts(self, head: bytes, tail: bytes) -> bool:
+        """:meth:`push` for the frame ``head + tail`` whose ``tail`` is shared: a large
+        broadcast's bytes, the same object for every recipient (``SessionRegistry.fan_out``).
+
+        Same checks and the same single ``writelines`` as :meth:`push`, kept apart so that the
+        small frames of :meth:`push` pay nothing for it: the header for the whole length and
+        the small per-session head go as one buffer, the shared tail as the other, uncopied.
+        Queued (slow consumer, backlog, permessage-deflate), the queue holds the two parts,
+        so a frame waiting for a slow client costs it its head, not a copy of the frame; the
+        caps count the whole frame. The writer task joins them as it sends the frame.
+        """
+        handler = self.direct
+        if handler is not None and not handler._paused:
+            transport = handler.transport
+            if transport is not None and not transport.is_closing():
+                try:
+                    transport.writelines(
+                        (_TEXT_FRAME_HEADERS[len(head) + len(tail)] + head, tail))
+                except (ConnectionError, RuntimeError):  # the transport went away under us
+                    self.closed = True
+                    self.direct = None
+                    return False
+                return True
+        return self._enqueue((head, tail), len(head) + len(tail))
 
     def ping(self) -> None:
         """Send an RFC 6455 ping (the liveness sweep's) straight to the transport. A control
@@ -267,12 +292,12 @@ class Connection:
             with contextlib.suppress(ConnectionError, RuntimeError):
                 transport.write(_PING_FRAME)
 
-    def _enqueue(self, data: bytes) -> bool:
-        """Queue a frame for the writer task (starting it); past the queue's caps the
-        connection is closed with 4008 (the frame stays in history for resume)."""
+    def _enqueue(self, data: bytes | tuple[bytes, bytes], size: int) -> bool:
+        """Queue a frame of ``size`` bytes (whole, or as :meth:`push_parts`'s two parts) for
+        the writer task (starting it); past the queue's caps the connection is closed with
+        4008 (the frame stays in history for resume)."""
         if self.close_code is not None or self.closed:
             return False
-        size = len(data)
         queue = self.queue
         if queue is None:
             queue = self.queue = deque()
@@ -387,8 +412,10 @@ class Connection:
             queue = self.queue
             while queue:
                 data = queue.popleft()
+                if type(data) is tuple:  # push_parts: joined only now, aiohttp takes one
+                    data = b"".join(data)
                 self.queued_bytes -= len(data)
-                await ws.send_frame(data, text)
+                await ws.send_frame(data, text)  # type: ignore[arg-type]  # bytes by now
         except (ConnectionError, RuntimeError):
             # The peer went away mid-write; the reader sees the close and cleans up.
             self.closed = True
@@ -566,6 +593,10 @@ class FlatConnection(Connection):
         if self.close_code is not None or self.closed:
             return False
         return Connection.push(self, protocol.to_flat(data, self.session.client_id), queue)
+
+    def push_parts(self, head: bytes, tail: bytes) -> bool:
+        # Re-encoded whole anyway: the shared tail cannot be kept.
+        return self.push(head + tail)
 
     def preload(self, data: bytes) -> None:
         Connection.preload(self, protocol.to_flat(data, self.session.client_id))

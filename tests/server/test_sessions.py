@@ -33,6 +33,9 @@ class FakeOutbox:
         self.frames.append(data)
         return True
 
+    def push_parts(self, head: bytes, tail: bytes) -> bool:
+        return self.push(head + tail)
+
     def close_soon(self, code: int, reason: str) -> None:
         self.closed = (code, reason)
 

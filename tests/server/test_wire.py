@@ -1,12 +1,18 @@
-"""The wire path (``server.ws.Connection.push``): frames written straight to the
-transport must be exactly the bytes aiohttp's own writer would send, each session's ``seq``
-gapless, and connections that take aiohttp's path (permessage-deflate) unaffected."""
+"""The wire path (``server.ws.Connection.push`` and ``push_parts``): frames written straight to
+the transport must be exactly the bytes aiohttp's own writer would send, each session's ``seq``
+gapless, and connections that take aiohttp's path (permessage-deflate) unaffected. A large
+broadcast reaches every connection as its own small head and one shared tail (no copy of the
+frame per recipient), on the direct path, through a slow consumer's queue, and to flat-profile
+and compressing connections."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import os
+import socket
+from collections import deque
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -15,8 +21,11 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp._websocket.writer import WebSocketWriter
 
+from server import protocol
 from server.protocol import TEXT_FRAME_HEADERS, text_frame_header
-from tests.conftest import LiveGateway, MakeGateway
+from server.sessions import SHARED_TAIL_MIN_BYTES, SessionRegistry
+from server.ws import Connection
+from tests.conftest import LiveGateway, MakeGateway, wait_for
 
 #: Payload lengths around every RFC 6455 length-encoding boundary and the header cache's.
 LENGTHS = [0, 1, 125, 126, 127, 4095, 4096, 65535, 65536, 70_000]
@@ -72,9 +81,16 @@ class RawClient:
         self.writer = writer
 
     @classmethod
-    async def connect(cls, live: LiveGateway, client_id: str) -> RawClient:
+    async def connect(cls, live: LiveGateway, client_id: str, rcvbuf: int = 0) -> RawClient:
+        """Connect and upgrade; ``rcvbuf`` > 0 shrinks the socket's receive buffer (a slow
+        consumer whose kernel buffers fill after a few frames)."""
         url = live.ws_server.make_url("/")
-        reader, writer = await asyncio.open_connection(url.host, url.port)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (url.host, url.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
         key = base64.b64encode(os.urandom(16)).decode()
         writer.write(f"GET /?client_id={client_id} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
                      f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
@@ -149,18 +165,192 @@ async def test_deflate_and_plain_connections_share_broadcasts(make_gateway: Make
     # The plain connection takes the wire path; the compressing one goes through aiohttp.
     by_id = {conn.session.client_id: conn for conn in live.connections}
     assert by_id["plain"].direct is not None and by_id["deflate"].direct is None
-    for n in range(20):
+    # Small frames and large ones (a shared tail: queued as two parts, joined by the writer).
+    pads = [n * 400 for n in range(20)] + [70_000, 200_000]
+    for n, pad in enumerate(pads):
         status, body = await live.api("POST", "/broadcast", {
-            "message_type": "tick", "data": {"n": n, "pad": "y" * (n * 400)}})
+            "message_type": "tick", "data": {"n": n, "pad": "y" * pad}})
         assert status == 200 and body["recipients"] == 2, body
     got = []
-    for _ in range(20):
+    for _ in pads:
         msg = await deflate.receive(timeout=5)
         assert msg.type is aiohttp.WSMsgType.TEXT
         got.append(orjson.loads(msg.data))
-    assert [f["data"]["n"] for f in got] == list(range(20))
-    assert [f["seq"] for f in got] == list(range(1, 21))
-    plain_frames = [await plain.recv_type("tick") for _ in range(20)]
-    assert [f["data"]["n"] for f in plain_frames] == list(range(20))
-    assert [f["seq"] for f in plain_frames] == list(range(1, 21))
+    assert [f["data"]["n"] for f in got] == list(range(len(pads)))
+    assert [f["seq"] for f in got] == list(range(1, len(pads) + 1))
+    assert [len(f["data"]["pad"]) for f in got] == pads
+    plain_frames = [await plain.recv_type("tick") for _ in pads]
+    assert [f["data"]["n"] for f in plain_frames] == list(range(len(pads)))
+    assert [f["seq"] for f in plain_frames] == list(range(1, len(pads) + 1))
+    assert [f["data"] for f in plain_frames] == [f["data"] for f in got]
     await deflate.close()
+
+
+# --- large broadcasts: one shared tail (SessionRegistry.fan_out -> Outbox.push_parts) ----------
+
+
+def _encoded(size: int) -> bytes:
+    """A broadcast frame as the gateway encodes it (no seq), ``size`` bytes long."""
+    frame = protocol.encode(protocol.server_frame("tick", {"pad": ""}))
+    pad = size - len(frame)
+    assert pad >= 0
+    return protocol.encode(protocol.server_frame("tick", {"pad": "z" * pad}))
+
+
+class _RecordingTransport:
+    """A transport that keeps every ``writelines`` call's buffers, as given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[bytes, ...]] = []
+
+    def writelines(self, chunks: Any) -> None:
+        self.calls.append(tuple(chunks))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("size", [SHARED_TAIL_MIN_BYTES - 1, SHARED_TAIL_MIN_BYTES, 5000,
+                                  70_000])
+async def test_a_large_broadcast_hands_every_connection_the_same_tail(size: int) -> None:
+    registry: Any = SessionRegistry(history_limit=10, session_ttl=60.0)
+    stub_ws = SimpleNamespace(_writer=SimpleNamespace(compress=0))
+    transports = []
+    sessions = []
+    for n in range(3):
+        session = registry.create(f"c{n}", "test")
+        transport = _RecordingTransport()
+        request = SimpleNamespace(protocol=SimpleNamespace(_paused=False, transport=transport),
+                                  transport=transport)
+        conn = Connection(stub_ws, request, session, 100, 1 << 24)  # type: ignore[arg-type]
+        conn.start()
+        registry.attach(session, conn)
+        transports.append(transport)
+        sessions.append(session)
+    registry.fan_out([sessions[0]], _encoded(200))  # c0 one frame ahead: seqs differ
+    encoded = _encoded(size)
+    assert len(encoded) == size
+    assert registry.fan_out(sessions, encoded) == (3, 0)
+    last = [transport.calls[-1] for transport in transports]
+    for session, chunks in zip(sessions, last, strict=True):
+        # Byte-identical to what aiohttp writes for the frame with this session's seq.
+        assert b"".join(chunks) == await aiohttp_text_frame(
+            protocol.with_seq(encoded, session.seq))
+        assert session.history[-1][2] is encoded  # history keeps the one shared object
+    assert [s.seq for s in sessions] == [2, 1, 1]
+    tails = [chunks[-1] for chunks in last]
+    if size >= SHARED_TAIL_MIN_BYTES:
+        # Two buffers: header + the session's own head, then the broadcast's one tail.
+        assert all(tail is tails[0] for tail in tails) and tails[0] == encoded[1:]
+        assert [chunks[0][-len(b'{"seq":1,'):] for chunks in last] == [
+            b'{"seq":2,', b'{"seq":1,', b'{"seq":1,']
+    else:
+        # Small frames keep the one-piece copy with the seq spliced in (cheaper there).
+        assert [len(chunks) for chunks in last] == [2, 2, 2]
+        assert tails[1] == tails[2] and tails[1] is not tails[2]
+
+
+async def test_large_broadcasts_around_the_shared_tail_threshold_are_aiohttps_bytes(
+        live_gateway: LiveGateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    live = live_gateway
+    parts: dict[str, list[tuple[bytes, bytes]]] = {"big-1": [], "big-2": []}
+    push_parts = Connection.push_parts
+
+    def spy(conn: Connection, head: bytes, tail: bytes) -> bool:
+        parts[conn.session.client_id].append((head, tail))
+        return push_parts(conn, head, tail)
+
+    monkeypatch.setattr(Connection, "push_parts", spy)
+    first = await RawClient.connect(live, "big-1")
+    second = await RawClient.connect(live, "big-2")
+    for client in (first, second):
+        assert orjson.loads((await client.frame())[1])["type"] == "connection_established"
+    # Frames below and above the threshold, with 7-, 16- (cached and computed header) and
+    # 64-bit lengths.
+    pads = [10, SHARED_TAIL_MIN_BYTES - 300, SHARED_TAIL_MIN_BYTES, 5000, 70_000, 200_000]
+    for n, pad in enumerate(pads):
+        status, body = await live.api("POST", "/broadcast", {
+            "message_type": "tick", "data": {"n": n, "pad": "q" * pad}})
+        assert status == 200 and body["recipients"] == 2, body
+    for client, name in ((first, "big-1"), (second, "big-2")):
+        frames = [await client.frame() for _ in pads]
+        for wire, payload in frames:
+            assert wire == await aiohttp_text_frame(payload)
+        decoded = [orjson.loads(payload) for _, payload in frames]
+        assert [frame["seq"] for frame in decoded] == list(range(1, len(pads) + 1))
+        assert [len(frame["data"]["pad"]) for frame in decoded] == pads
+        # Exactly the frames at or above the threshold went as (head, shared tail).
+        large = [payload for _, payload in frames
+                 if len(payload) - len(b'"seq":%d,' % orjson.loads(payload)["seq"])
+                 >= SHARED_TAIL_MIN_BYTES]
+        assert 0 < len(large) < len(pads)
+        assert [head + tail for head, tail in parts[name]] == large
+    # The two sessions were handed the very same tail object for each large broadcast.
+    assert all(a[1] is b[1] for a, b in zip(parts["big-1"], parts["big-2"], strict=True))
+    first.close()
+    second.close()
+
+
+async def test_a_slow_consumer_gets_queued_large_broadcasts_in_order_once_it_reads(
+        make_gateway: MakeGateway) -> None:
+    live = await make_gateway(send_queue_bytes=48 * 1024 * 1024,
+                              history_bytes=96 * 1024 * 1024)
+    slow = await RawClient.connect(live, "slow", rcvbuf=4096)
+    assert orjson.loads((await slow.frame())[1])["type"] == "connection_established"
+    conn = next(c for c in live.connections if c.session.client_id == "slow")
+    pad = "s" * 64_000
+    sent = 0
+
+    def queued_parts() -> int:
+        return sum(type(item) is tuple for item in conn.queue or ())
+
+    # The client reads nothing: its kernel buffers fill, then the connection's queue, which
+    # holds each large frame as (head, shared tail).
+    while queued_parts() < 5:
+        sent += 1
+        assert sent < 400, "the slow consumer's queue never filled"
+        status, body = await live.api("POST", "/broadcast", {
+            "message_type": "tick", "data": {"n": sent, "pad": pad}})
+        assert status == 200 and body["recipients"] == 1, body
+    queue: deque[Any] = conn.queue  # type: ignore[assignment]
+    # A queued large frame is its small head and the shared tail; the caps count whole frames.
+    assert all(len(item[0]) < 20 for item in queue if type(item) is tuple)
+    assert conn.queued_bytes == sum(len(item[0]) + len(item[1]) if type(item) is tuple
+                                    else len(item) for item in queue)
+    assert conn.close_code is None
+    frames = [await slow.frame() for _ in range(sent)]
+    for wire, payload in frames:
+        assert wire == await aiohttp_text_frame(payload)
+    decoded = [orjson.loads(payload) for _, payload in frames]
+    assert [frame["data"]["n"] for frame in decoded] == list(range(1, sent + 1))
+    assert [frame["seq"] for frame in decoded] == list(range(1, sent + 1))
+    await wait_for(lambda: conn.queued_frames == 0 and conn.direct is not None,
+                   what="the writer task to drain the queue")
+    assert conn.queued_bytes == 0
+    slow.close()
+
+
+async def test_a_flat_profile_client_gets_large_broadcasts_whole(live_gateway: LiveGateway
+                                                                 ) -> None:
+    live = live_gateway
+    flat = await live.http.ws_connect(live.ws_server.make_url("/"),
+                                      params={"client_id": "flat", "format": "flat"})
+    hello = orjson.loads((await flat.receive(timeout=5)).data)
+    assert hello["type"] == "connection_established" and hello["client_id"] == "flat"
+    envelope = await live.connect(client_id="envelope")
+    pads = [10, SHARED_TAIL_MIN_BYTES, 70_000]
+    for n, pad in enumerate(pads):
+        status, body = await live.api("POST", "/broadcast", {
+            "message_type": "tick", "data": {"n": n, "pad": "f" * pad}})
+        assert status == 200 and body["recipients"] == 2, body
+    for n, pad in enumerate(pads):
+        msg = await flat.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.TEXT
+        frame = orjson.loads(msg.data)
+        # Seed 004's flat form: the data fields and client_id also at the top level.
+        assert frame["seq"] == n + 1 and frame["client_id"] == "flat"
+        assert frame["n"] == frame["data"]["n"] == n
+        assert frame["pad"] == frame["data"]["pad"] == "f" * pad
+        plain = await envelope.recv_type("tick")
+        assert plain["seq"] == n + 1 and plain["data"] == frame["data"] and "pad" not in plain
+    await flat.close()
