@@ -1,6 +1,7 @@
 """Time one fan-out per delivery through real connections, the kernel left out, in a checkout.
 
-    python bench/fanout_step.py CHECKOUT [--sessions 1000] [--options [--sizes 250,16070]]
+    python bench/fanout_step.py CHECKOUT [--sessions 1000] [--payload 250]
+    python bench/fanout_step.py CHECKOUT --options [--sizes 250,16070]
 
 Imports ``server`` from CHECKOUT (a worktree, or ``git archive main | tar -x -C DIR``), attaches
 a :class:`server.ws.Connection` to every session whose transport is a stub (``write`` is a C
@@ -9,7 +10,8 @@ the best of 7 runs of ``SessionRegistry.fan_out``, in nanoseconds per delivery: 
 work of a delivery — ``seq``, history, the frame's bytes, its RFC 6455 header, the connection's
 checks and the write call. The kernel's share (the ``send`` system call, ~7-9 us per delivery
 on the project's machine) is what ``bench/wire_cost.py`` adds. Run it alternately on two
-checkouts to compare them on a noisy machine.
+checkouts to compare them on a noisy machine; ``--payload`` sets the frame's size in bytes
+(about; default 250, the benchmark's frame).
 
 ``--options`` instead times the per-recipient bytes work of the ways a per-session ``seq`` can
 coexist with a broadcast's shared bytes (docs/BENCHMARKS.md, "Prepared frames"), best of 7 ×
@@ -32,6 +34,8 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkout")
     parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--payload", type=int, default=250,
+                        help="bytes per frame, about (default: 250)")
     parser.add_argument("--options", action="store_true")
     parser.add_argument("--sizes", default="250,16070",
                         help="payload sizes in bytes for --options, comma-separated")
@@ -60,13 +64,14 @@ def main() -> None:
         conn.start()
         registry.attach(session, conn)
         sessions.append(session)
-    frame = protocol.encode(protocol.server_frame("bench", {"i": 1, "t": 1, "p": "x" * 100}))
+    pad = "x" * max(0, args.payload - 150)  # 100 by default, as before --payload existed
+    frame = protocol.encode(protocol.server_frame("bench", {"i": 1, "t": 1, "p": pad}))
     for _ in range(110):  # full histories: every append also drops the oldest frame
         registry.fan_out(sessions, frame)
     assert all(s.outbox.queue is None for s in sessions), "a frame was queued, not written"
     best = min(timeit.repeat(lambda: registry.fan_out(sessions, frame), number=100,
                              repeat=7)) / (100 * args.sessions)
-    print(f"fanout {best * 1e9:.1f} ns/delivery")
+    print(f"fanout {best * 1e9:.1f} ns/delivery ({len(frame)}-byte frame)")
 
 
 def time_options(sizes: list[int]) -> None:
