@@ -38,10 +38,13 @@ from server.protocol import now_iso
 CLIENT_ID_MAX = 128
 #: Broadcast frames at least this long reach each connection as its own small head and the
 #: broadcast's one shared tail (:meth:`Outbox.push_parts`), not as a per-recipient copy of the
-#: whole frame: the copy grows with the frame, the head does not. Below it the one-piece copy
-#: is cheaper (``bench/fanout_step.py --options``: the per-recipient bytes work of the two
-#: cross between 0.5 and 1 KB; docs/BENCHMARKS.md, "Large broadcasts").
-SHARED_TAIL_MIN_BYTES = 1024
+#: whole frame: the copy grows with the frame (64 KB: 3.2 vs 1.3 µs per delivery, and a copy
+#: per slow client's queued frame), the head does not. Below it the one-piece copy is as
+#: cheap or cheaper: the bytes work of the two crosses at ~1 KB, and the socket endpoint joins
+#: frames under 2 KB to their header anyway (``server.ws.ONE_BUFFER_BELOW``: one buffer is
+#: the cheaper system call there), which two shared parts could not be without a copy
+#: (docs/BENCHMARKS.md, "Large broadcasts share their payload").
+SHARED_TAIL_MIN_BYTES = 2048
 #: Default byte cap of one session's history (``HISTORY_BYTES``).
 HISTORY_BYTES = 16 * 1024 * 1024
 

@@ -259,9 +259,11 @@ class Connection:
         """:meth:`push` for the frame ``head + tail`` whose ``tail`` is shared: a large
         broadcast's bytes, the same object for every recipient (``SessionRegistry.fan_out``).
 
-        Same checks and the same single ``writelines`` as :meth:`push`, kept apart so that the
-        small frames of :meth:`push` pay nothing for it: the header for the whole length and
-        the small per-session head go as one buffer, the shared tail as the other, uncopied.
+        Same checks as :meth:`push` and one ``writelines``, kept apart so that the small
+        frames of :meth:`push` pay nothing for it: the header for the whole length and the
+        small per-session head go as one buffer, the shared tail as the other, uncopied (only
+        frames of at least ``SHARED_TAIL_MIN_BYTES`` come here: two buffers, as :meth:`push`
+        writes frames from :data:`ONE_BUFFER_BELOW` up).
         Queued (slow consumer, backlog, permessage-deflate), the queue holds the two parts,
         so a frame waiting for a slow client costs it its head, not a copy of the frame; the
         caps count the whole frame. The writer task joins them as it sends the frame.

@@ -24,7 +24,7 @@ from aiohttp._websocket.writer import WebSocketWriter
 from server import protocol
 from server.protocol import TEXT_FRAME_HEADERS, text_frame_header
 from server.sessions import SHARED_TAIL_MIN_BYTES, SessionRegistry
-from server.ws import Connection
+from server.ws import ONE_BUFFER_BELOW, Connection
 from tests.conftest import LiveGateway, MakeGateway, wait_for
 
 #: Payload lengths around every RFC 6455 length-encoding boundary and the header cache's.
@@ -198,10 +198,13 @@ def _encoded(size: int) -> bytes:
 
 
 class _RecordingTransport:
-    """A transport that keeps every ``writelines`` call's buffers, as given."""
+    """A transport that keeps the buffers of every ``write`` and ``writelines``, as given."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[bytes, ...]] = []
+
+    def write(self, data: bytes) -> None:
+        self.calls.append((data,))
 
     def writelines(self, chunks: Any) -> None:
         self.calls.append(tuple(chunks))
@@ -245,9 +248,16 @@ async def test_a_large_broadcast_hands_every_connection_the_same_tail(size: int)
         assert [chunks[0][-len(b'{"seq":1,'):] for chunks in last] == [
             b'{"seq":2,', b'{"seq":1,', b'{"seq":1,']
     else:
-        # Small frames keep the one-piece copy with the seq spliced in (cheaper there).
-        assert [len(chunks) for chunks in last] == [2, 2, 2]
+        # Smaller frames keep the one-piece copy with the seq spliced in (joined to their
+        # header below ONE_BUFFER_BELOW).
+        assert [len(chunks) for chunks in last] == [1 if size + 9 < ONE_BUFFER_BELOW else 2] * 3
         assert tails[1] == tails[2] and tails[1] is not tails[2]
+
+
+def test_shared_tails_start_where_frames_go_as_two_buffers() -> None:
+    # Below ONE_BUFFER_BELOW the endpoint joins a frame to its header (the cheaper system
+    # call): a shared tail there would be either a dearer writev or a copy after all.
+    assert SHARED_TAIL_MIN_BYTES >= ONE_BUFFER_BELOW
 
 
 async def test_large_broadcasts_around_the_shared_tail_threshold_are_aiohttps_bytes(
