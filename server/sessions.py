@@ -38,9 +38,9 @@ from server.protocol import now_iso
 CLIENT_ID_MAX = 128
 #: Broadcast frames at least this long reach each connection as its own small head and the
 #: broadcast's one shared tail (:meth:`Outbox.push_parts`), not as a per-recipient copy of the
-#: whole frame: the copy grows with the frame (64 KB: 3.2 vs 1.3 µs per delivery, and a copy
+#: whole frame: the copy grows with the frame (64 KB: 2.9 vs 1.2 µs per delivery, and a copy
 #: per slow client's queued frame), the head does not. Below it the one-piece copy is as
-#: cheap or cheaper: the bytes work of the two crosses at ~1 KB, and the socket endpoint joins
+#: cheap or cheaper: the bytes work of the two crosses below 1 KB, and the socket endpoint joins
 #: frames under 2 KB to their header anyway (``server.ws.ONE_BUFFER_BELOW``: one buffer is
 #: the cheaper system call there), which two shared parts could not be without a copy
 #: (docs/BENCHMARKS.md, "Large broadcasts share their payload").

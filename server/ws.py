@@ -264,6 +264,7 @@ class Connection:
         small per-session head go as one buffer, the shared tail as the other, uncopied (only
         frames of at least ``SHARED_TAIL_MIN_BYTES`` come here: two buffers, as :meth:`push`
         writes frames from :data:`ONE_BUFFER_BELOW` up).
+
         Queued (slow consumer, backlog, permessage-deflate), the queue holds the two parts,
         so a frame waiting for a slow client costs it its head, not a copy of the frame; the
         caps count the whole frame. The writer task joins them as it sends the frame.
