@@ -41,4 +41,6 @@ def test_write_cost_times_both_shapes_of_a_write_over_a_real_socket() -> None:
     got = measure(200, rounds=2, writes=200)
     assert set(got) == {"write", "writev"}
     for total, system in got.values():
-        assert total > 0 and 0 <= system <= total
+        # getrusage's user and system times are rounded apart: system may exceed the total
+        # by a rounding error when user time rounds to 0.
+        assert total > 0 and 0 <= system <= total + 1e-6
