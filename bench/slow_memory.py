@@ -25,6 +25,8 @@ import time
 
 import aiohttp
 
+from bench.loadgen import Endpoint, wait_http_ready
+
 MAX_CLIENTS = 500
 DEADLINE = 60.0
 
@@ -92,17 +94,10 @@ async def measure(args: argparse.Namespace) -> None:
     api = f"http://127.0.0.1:{api_port}"
     socks: list[socket.socket] = []
     try:
+        await wait_http_ready(Endpoint("switchboard", ws_port, api_port, token),
+                              lambda: server.returncode is None,
+                              limit_s=max(deadline - time.monotonic(), 1.0))
         async with aiohttp.ClientSession(headers=headers) as http:
-            while True:
-                try:
-                    async with http.get(f"{api}/health") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                if time.monotonic() > deadline or server.returncode is not None:
-                    raise SystemExit("the server did not start")
-                await asyncio.sleep(0.1)
             for n in range(args.clients):
                 socks.append(await silent_client(ws_port, n))
             before = await steady_rss(server.pid, deadline)
