@@ -39,6 +39,7 @@ async def handle_subscribe(ctx: HandlerContext, frame: ClientFrame) -> None:
 async def handle_unsubscribe(ctx: HandlerContext, frame: ClientFrame) -> None:
     channel = frame.data["channel"]
     was_subscribed = ctx.gateway.registry.leave(ctx.session, channel)
+    await ctx.gateway.channels.settled()  # answered once the cluster's membership has it
     ctx.reply("unsubscribed", {"channel": channel, "was_subscribed": was_subscribed,
                                "channel_count": len(ctx.session.channels)})
 

@@ -83,6 +83,11 @@ class ChannelService:
         self.hooks = hooks
         self.events = events
         self.changes: deque[MemberChange | Ended] = deque()
+        #: Changes queued and changes recorded since start: a change is recorded (in the
+        #: shared membership, its events emitted) once ``recorded`` reaches its number.
+        self.noted = 0
+        self.recorded = 0
+        self._progress = asyncio.Event()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -124,6 +129,7 @@ class ChannelService:
             self.events.emit_event(kind, **fields)
 
     def _note(self, change: MemberChange | Ended) -> None:
+        self.noted += 1
         self.changes.append(change)
         self._idle.clear()
         self._wake.set()
@@ -153,6 +159,24 @@ class ChannelService:
         """Return once every change queued so far is recorded and announced."""
         if self._tasks:
             await self._idle.wait()
+
+    async def settled(self) -> None:
+        """Return once every change queued so far here is recorded (at most SYNC_TIMEOUT).
+
+        A client's subscribe or unsubscribe is answered after this: the answer then means
+        the cluster's membership has it, so what the client (or whoever it tells) does next
+        on any node is ordered after it. Recording is asynchronous; without this a join
+        acknowledged on one node could be recorded after another node's join and leave, and
+        the channel would be seen vacated and occupied again while it never was empty.
+        Unlike :meth:`flush`, it waits for the changes before it only, not for a quiet queue.
+        """
+        if not self._tasks:
+            return
+        target = self.noted
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SYNC_TIMEOUT):
+                while self.recorded < target:
+                    await self._progress.wait()
 
     async def sync(self) -> None:
         """:meth:`flush` on every node (those that answer within SYNC_TIMEOUT): what any
@@ -186,18 +210,23 @@ class ChannelService:
                             error=f"{type(exc).__name__}: {exc}", retry_in=RETRY_DELAY)
                 await asyncio.sleep(RETRY_DELAY)
                 continue
-            for change in batch:
-                if isinstance(change, Ended):
-                    self._emit("session_ended", client_id=change.client_id,
-                               user_id=change.user_id, reason=change.reason)
-                    continue
-                changed, edge = next(results)
-                if changed:
-                    try:
-                        await self._announce(change, edge)
-                    except Exception:  # one failed announcement must not stop the rest
-                        log.exception("membership_announce_failed", channel=change.channel,
-                                      client_id=change.client_id)
+            try:
+                for change in batch:
+                    if isinstance(change, Ended):
+                        self._emit("session_ended", client_id=change.client_id,
+                                   user_id=change.user_id, reason=change.reason)
+                        continue
+                    changed, edge = next(results)
+                    if changed:
+                        try:
+                            await self._announce(change, edge)
+                        except Exception:  # one failed announcement must not stop the rest
+                            log.exception("membership_announce_failed",
+                                          channel=change.channel, client_id=change.client_id)
+            finally:
+                self.recorded += len(batch)
+                self._progress.set()
+                self._progress = asyncio.Event()
 
     async def _announce(self, change: MemberChange, edge: bool) -> None:
         joined, channel, client_id, user_id = change
@@ -251,7 +280,9 @@ class ChannelService:
         registry = self.gateway.registry
         if not registry.holds(session):
             return False  # the session ended or moved while the webhook answered
-        return registry.join(session, channel)
+        joined = registry.join(session, channel)
+        await self.settled()
+        return joined
 
     async def publish(self, session: Session, channel: str, data: dict[str, Any]
                       ) -> dict[str, Any]:
@@ -409,6 +440,7 @@ class ChannelService:
     async def _subscribe_here(self, session: Session, header: dict[str, Any], body: bytes
                               ) -> dict[str, Any]:
         changed = self._join_and_tell(session, header["channel"])
+        await self.settled()
         return {"client_id": session.client_id, "channel": header["channel"],
                 "subscribed": True, "changed": changed,
                 "channel_count": len(session.channels)}
@@ -417,6 +449,7 @@ class ChannelService:
                                 ) -> dict[str, Any]:
         channel = header["channel"]
         was_subscribed = self.gateway.registry.leave(session, channel)
+        await self.settled()
         if was_subscribed:
             self.gateway.emit(session, "unsubscribed", {
                 "channel": channel, "was_subscribed": True,

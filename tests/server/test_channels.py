@@ -5,6 +5,7 @@ sessions are spread over both (``node=live.api_node`` puts one beside the API)."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
@@ -196,6 +197,44 @@ async def test_lifecycle_events_once_each_over_the_cluster(make_gateway: MakeGat
     ended = next(e for e in events if e["type"] == "session_ended")
     assert ended["reason"] == "deleted" and ended["user_id"] == "alice"
     assert len({e["id"] for e in events}) == len(events)
+
+
+async def test_an_acknowledged_join_is_recorded_before_another_nodes_join_and_leave(
+        make_gateway: MakeGateway, backend: Backend) -> None:
+    """``subscribed`` is answered once the cluster's membership has the join: with the
+    recorder of alice's node slowed down, bob joining and leaving on the other node after
+    alice's ``subscribed`` does not make the channel look vacated and occupied again (it
+    never was empty). Fails when the answer comes before the join is recorded."""
+    backend.handler = reply_json({"ok": True})
+    live = await make_gateway(channel_rules=RULES, events_webhook_url=backend.url,
+                              events_batch_wait=0.01)
+    directory = live.api_node.gateway.backend.directory
+    record = directory.record_membership
+
+    async def slow_record(changes: Any) -> Any:
+        await asyncio.sleep(0.3)  # a busy node or a slow Redis
+        return await record(changes)
+
+    directory.record_membership = slow_record  # type: ignore[method-assign]
+    alice = await live.connect(node=live.api_node, user_id="alice")
+    bob = await live.connect(user_id="bob")
+    await subscribe(alice, "room:steady")
+    await subscribe(bob, "room:steady")
+    await bob.send("unsubscribe", {"channel": "room:steady"})
+    await bob.recv_type("unsubscribed")
+
+    def about_the_room(events: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+        return [(e["type"], e.get("client_id")) for e in events
+                if e.get("channel") == "room:steady"]
+
+    async def delivered() -> list[tuple[str, Any]]:
+        return about_the_room([e for body in backend.requests for e in body["events"]])
+
+    events = await eventually(delivered, lambda got: {
+        ("member_added", alice.client_id), ("member_removed", bob.client_id)} <= set(got))
+    assert ("channel_vacated", None) not in events, _trail(backend)
+    assert events.count(("channel_occupied", None)) == 1, _trail(backend)
+    assert events[0] == ("member_added", alice.client_id), _trail(backend)
 
 
 async def test_server_side_subscriptions(make_gateway: MakeGateway) -> None:
