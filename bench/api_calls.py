@@ -270,15 +270,22 @@ def compare_cpu(args: argparse.Namespace) -> None:
           f"{args.clients} clients)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+def counting_parser(doc: str | None, unit: str) -> argparse.ArgumentParser:
+    """The options every per-unit counter here takes (this tool and ``bench.ping_calls``):
+    the checkout, ``--target``, ``--top`` and ``--bytecodes``."""
+    parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkout")
     parser.add_argument("--target", choices=("switchboard", "bare"), default="switchboard")
-    parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--top", type=int, default=0)
     parser.add_argument("--bytecodes", action="store_true",
-                        help="count bytecodes per request by function (BytecodeCounter)")
+                        help=f"count bytecodes per {unit} by function (BytecodeCounter)")
+    return parser
+
+
+def main() -> None:
+    parser = counting_parser(__doc__, "request")
+    parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--cpu", action="store_true",
                         help="CPU per request of both targets, alternating (see above)")
     parser.add_argument("--rounds", type=int, default=7)

@@ -96,14 +96,10 @@ def _instructions(dump: str) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkout")
-    parser.add_argument("--target", choices=("switchboard", "bare"), default="switchboard")
+    from bench.api_calls import counting_parser
+
+    parser = counting_parser(__doc__, "round trip")
     parser.add_argument("--pings", type=int, default=2000)
-    parser.add_argument("--top", type=int, default=0)
-    parser.add_argument("--bytecodes", action="store_true",
-                        help="count bytecodes per round trip by function (see above)")
     parser.add_argument("--callgrind", default="", metavar="DIR",
                         help="under callgrind: instructions per round trip (see above)")
     parser.add_argument("--client", type=int, default=0, help=argparse.SUPPRESS)
